@@ -1,0 +1,75 @@
+"""Liveness, readiness and metrics: ``/healthz``, ``/readyz``, ``/metrics``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import trio
+from quart import Blueprint, Response, current_app, jsonify
+
+from bitnet_actor.api.errors import ApiError
+from bitnet_actor.observability import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from bitnet_actor.system import System
+
+__all__ = ["blueprint"]
+
+blueprint = Blueprint("health", __name__)
+
+_CHECK_TIMEOUT_S = 3.0
+
+
+def _system() -> System:
+    system: System = current_app.config["SYSTEM"]
+    return system
+
+
+@blueprint.get("/healthz")
+async def healthz() -> Response:
+    """Liveness: the process serves requests. Never touches a backing store."""
+    return jsonify({"status": "ok"})
+
+
+@blueprint.get("/readyz")
+async def readyz() -> Response:
+    """Readiness: PostgreSQL, Redis and the object store answer, and we are not shutting down.
+
+    503 names every failed check, so an operator reading a probe failure knows which dependency to look at.
+    """
+    system = _system()
+    if system.draining.is_set():
+        system.metrics.ready.set(0)
+        raise ApiError(503, "not ready: shutting down", code="shutting_down")
+    checks: dict[str, Callable[[], Awaitable[None]]] = {
+        "postgres": system.stores.db.ping,
+        "redis": system.stores.redis.ping,
+        "object_store": system.stores.objects.ping,
+    }
+    failures: dict[str, str] = {}
+
+    async def run(name: str, check: Callable[[], Awaitable[None]]) -> None:
+        try:
+            with trio.fail_after(_CHECK_TIMEOUT_S):
+                await check()
+        except trio.TooSlowError:
+            failures[name] = f"no answer within {_CHECK_TIMEOUT_S:g} s"
+        except Exception as exc:
+            failures[name] = str(exc) or type(exc).__name__
+
+    async with trio.open_nursery() as nursery:
+        for name, check in checks.items():
+            nursery.start_soon(run, name, check)
+    system.metrics.ready.set(0 if failures else 1)
+    if failures:
+        detail = "; ".join(f"{name}: {why}" for name, why in sorted(failures.items()))
+        raise ApiError(503, f"not ready: {detail}", code="not_ready", headers={"Retry-After": "5"})
+    return jsonify({"status": "ready", "checks": dict.fromkeys(checks, "ok")})
+
+
+@blueprint.get("/metrics")
+async def metrics() -> Response:
+    """Prometheus text exposition of this instance's registry."""
+    return Response(_system().metrics.render(), content_type=CONTENT_TYPE_LATEST)

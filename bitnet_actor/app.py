@@ -1,0 +1,89 @@
+"""``create_app(system)``: the Quart-Trio application, given the running system's handles.
+
+The app never starts actors or opens stores: ``bitnet_actor.system`` does, and passes them in. This module
+adds what every request gets: a request id (``X-Request-ID`` echoed or generated), one JSON access-log line,
+HTTP metrics by route template, and OpenAI-shaped errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+from quart import Response, g, request
+from quart_trio import QuartTrio
+
+from bitnet_actor.api import health, objects
+from bitnet_actor.api.errors import install_error_handlers
+
+if TYPE_CHECKING:
+    from bitnet_actor.system import System
+
+__all__ = ["MAX_BODY_BYTES", "create_app"]
+
+access_log = logging.getLogger("bitnet_actor.access")
+
+MAX_BODY_BYTES = 16 * 1024 * 1024  # JSON API bodies; model uploads stream through their own route
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def create_app(system: System) -> QuartTrio:
+    """Build the HTTP application around ``system`` (stores, metrics, actor handles)."""
+    app = QuartTrio("bitnet_actor")
+    app.config.update(
+        SYSTEM=system,
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+        RESPONSE_TIMEOUT=None,  # SSE streams run as long as generation does
+        BODY_TIMEOUT=60,
+        JSON_SORT_KEYS=False,
+        PROVIDE_AUTOMATIC_OPTIONS=True,
+    )
+    install_error_handlers(app)
+    app.register_blueprint(health.blueprint)
+    app.register_blueprint(objects.blueprint)
+    metrics = system.metrics
+
+    @app.before_request
+    async def _start() -> None:
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request.request_id = g.request_id  # type: ignore[attr-defined]  # for the 500 handler
+        g.started = time.perf_counter()
+        metrics.http_in_flight.inc()
+        g.counted = True
+
+    @app.after_request
+    async def _finish(response: Response) -> Response:
+        request_id = g.get("request_id") or uuid.uuid4().hex
+        response.headers["X-Request-ID"] = request_id
+        started = g.get("started")
+        latency = time.perf_counter() - started if started is not None else 0.0
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        metrics.http_requests.labels(request.method, route, str(response.status_code)).inc()
+        metrics.http_latency.labels(request.method, route).observe(latency)
+        access_log.info(
+            "%s %s %d",
+            request.method,
+            route,
+            response.status_code,
+            extra={
+                "request_id": request_id,
+                "method": request.method,
+                "route": route,
+                "path": request.path,
+                "status": response.status_code,
+                "latency_ms": round(latency * 1000, 3),
+            },
+        )
+        return response
+
+    @app.teardown_request
+    async def _teardown(exc: BaseException | None) -> None:
+        # Runs even when the client went away mid-response, unlike after_request.
+        if g.pop("counted", False):
+            metrics.http_in_flight.dec()
+
+    return app

@@ -1,0 +1,224 @@
+"""The root of the process: one nursery that owns everything.
+
+``run_system`` opens, in order and inside one another so they close in reverse: the trio-asyncio loop, the
+stores (embedded or configured), the migrations, the actors under their supervisors, and finally Hypercorn
+serving ``create_app(system)`` in the same nursery. SIGTERM or SIGINT starts a graceful shutdown: ``/readyz``
+turns 503, Hypercorn stops accepting and gives in-flight requests up to ``shutdown_grace`` seconds, then
+the actors are cancelled and the stores closed. A second signal cancels at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+import trio_asyncio
+
+from bitnet_actor.app import create_app
+from bitnet_actor.errors import StartupError
+from bitnet_actor.observability import Metrics
+from bitnet_actor.stores import Stores, open_stores
+from bitnet_actor.stores.migrate import migrate
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from actors import Supervisor
+    from bitnet_actor.config import Settings
+
+__all__ = ["System", "check_data_dir", "run_system"]
+
+log = logging.getLogger(__name__)
+
+_MAINTENANCE_INTERVAL_S = 6 * 3600
+
+
+@dataclass(slots=True, kw_only=True)
+class System:
+    """Handles to the running system, given to ``create_app``: the web layer reads them, starts nothing."""
+
+    settings: Settings
+    stores: Stores
+    metrics: Metrics
+    draining: trio.Event = field(default_factory=trio.Event)
+    supervisors: list[Supervisor] = field(default_factory=list)
+
+
+def check_data_dir(data_dir: Path) -> None:
+    """Create the data dir if needed and make sure we can write to it.
+
+    Raises:
+        StartupError: it cannot be created or written.
+    """
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        probe = data_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StartupError(f"data dir {data_dir} is not writable: {exc.strerror or exc}") from None
+
+
+class _DataDirLock:
+    """An exclusive lock on ``data_dir/serve.lock``: one ``serve`` per data dir. The kernel releases it when
+    the process dies, so a crash never leaves a stale lock."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "serve.lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> _DataDirLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise StartupError(
+                    f"data dir {self.path.parent} is in use by another bitnet-actor serve (pid {holder})"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+async def _watch_signals(stop: trio.Event, draining: trio.Event, root: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if not stop.is_set():
+                log.info("received %s: shutting down gracefully", signal.Signals(signum).name)
+                draining.set()
+                stop.set()
+            else:
+                log.warning("received %s again: stopping now", signal.Signals(signum).name)
+                root.cancel()
+
+
+async def _maintain(system: System) -> None:
+    # Partitions for the coming months, created ahead of the rows that will need them.
+    while True:
+        try:
+            await system.stores.db.execute("SELECT bitnet_ensure_partitions('inference_requests')")
+        except Exception:
+            log.exception("partition maintenance failed; retrying in an hour")
+            await trio.sleep(3600)
+            continue
+        await trio.sleep(_MAINTENANCE_INTERVAL_S)
+
+
+def _hypercorn_config(settings: Settings) -> hypercorn.config.Config:
+    config = hypercorn.config.Config()
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    config.bind = [f"{host}:{settings.port}"]
+    config.graceful_timeout = settings.shutdown_grace
+    config.accesslog = None  # our own JSON access log covers it
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.keep_alive_timeout = 75  # above common load balancer idle timeouts
+    config.include_server_header = False
+    return config
+
+
+class _Started:
+    """Forwards ``started`` to a task status and remembers it happened (bind errors come before it)."""
+
+    def __init__(self, inner: trio.TaskStatus[list[str]]) -> None:
+        self.inner = inner
+        self.done = False
+
+    def started(self, value: list[str]) -> None:
+        self.done = True
+        self.inner.started(value)
+
+
+async def _serve_http(
+    system: System, stop: trio.Event, root: trio.CancelScope, *, task_status: trio.TaskStatus[list[str]]
+) -> None:
+    config = _hypercorn_config(system.settings)
+    listening = _Started(task_status)
+    try:
+        await hypercorn.trio.serve(
+            create_app(system),
+            config,
+            shutdown_trigger=stop.wait,
+            task_status=listening,  # type: ignore[arg-type]
+        )
+    except* OSError as group:  # binding happens inside Hypercorn's nurseries
+        if listening.done:
+            raise
+        exc = next(e for e in iter_leaves(group) if isinstance(e, OSError))
+        where = f"{system.settings.host}:{system.settings.port}"
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        raise StartupError(f"cannot listen on {where}: {reason}") from None
+    log.info("HTTP server stopped; stopping actors and closing stores")
+    root.cancel()
+
+
+async def run_system(
+    settings: Settings,
+    *,
+    stop: trio.Event | None = None,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the whole service until ``stop`` is set or a signal arrives; return after a clean shutdown.
+
+    Args:
+        settings: validated settings.
+        stop: set it to shut down gracefully (tests); signals set it too.
+        handle_signals: install the SIGTERM/SIGINT receiver (only possible in the main thread).
+        task_status: receives the list of bound URLs once the server accepts connections.
+
+    Raises:
+        StartupError: the data dir, a store or the listening socket could not be set up.
+        StoreUnavailableError: a configured server is unreachable.
+        MigrationError: the schema could not be brought up to date.
+    """
+    check_data_dir(settings.data_dir)
+    stop = stop or trio.Event()
+    with _DataDirLock(settings.data_dir):
+        async with trio_asyncio.open_loop(), open_stores(settings) as stores:
+            applied = await migrate(stores.db)
+            if applied:
+                log.info("applied migrations %s", applied)
+            system = System(settings=settings, stores=stores, metrics=Metrics())
+            async with trio.open_nursery() as nursery:
+                if handle_signals:
+                    nursery.start_soon(_watch_signals, stop, system.draining, nursery.cancel_scope)
+                else:
+                    nursery.start_soon(_drain_on, stop, system.draining)
+                nursery.start_soon(_maintain, system)
+                binds = await nursery.start(_serve_http, system, stop, nursery.cancel_scope)
+                log.info("serving on %s", ", ".join(binds), extra={"embedded": list(stores.embedded)})
+                task_status.started(binds)
+    log.info("stopped")
+
+
+async def _drain_on(stop: trio.Event, draining: trio.Event) -> None:
+    await stop.wait()
+    draining.set()
+
+
+def iter_leaves(exc: BaseException) -> Iterator[BaseException]:
+    """Yield the non-group exceptions inside ``exc`` (itself if it is not a group)."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from iter_leaves(inner)
+    else:
+        yield exc
