@@ -25,7 +25,7 @@ setup() {
     fi
     # A new venv has setuptools 65, which cannot build PEP 660 editable installs: upgrade first.  The build
     # runs without isolation so it uses the Cython and numpy installed here.
-    "$PY" -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24" "setuptools>=70" wheel \
+    "$PY" -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24" "setuptools>=77" wheel \
         "Cython>=3.0" "numpy>=1.26"
     local spec="."
     [ -n "$extras" ] && spec=".[$extras]"
