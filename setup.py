@@ -1,9 +1,10 @@
 """Build the Cython kernels.
 
-Every ``kernels_cython/*.pyx`` becomes an extension module built with -O3 and OpenMP. By default the code
-is compiled for the build machine's CPU (``-march=native``). Set ``BITNET_PORTABLE_BUILD=1`` for a binary
-that runs on any x86-64 CPU (``-march=x86-64-v2``); the kernels still pick AVX2 / AVX-512 paths at run time
-where the CPU has them, because those paths are compiled with per-function target attributes.
+Every ``kernels_cython/*.pyx`` and ``bitnet_actor/engine/*.pyx`` becomes an extension module built with
+-O3 and OpenMP. By default the code is compiled for the build machine's CPU (``-march=native``). Set
+``BITNET_PORTABLE_BUILD=1`` for a binary that runs on any x86-64 CPU (``-march=x86-64-v2``); the kernels
+still pick AVX2 / AVX-512 paths at run time where the CPU has them, because those paths are compiled with
+per-function target attributes.
 """
 
 from __future__ import annotations
@@ -30,16 +31,20 @@ def _compile_args() -> list[str]:
 
 
 def _extensions() -> list[Extension]:
+    sources = sorted((HERE / "kernels_cython").glob("*.pyx")) + sorted(
+        (HERE / "bitnet_actor" / "engine").glob("*.pyx")
+    )
     return [
         Extension(
-            f"kernels_cython.{pyx.stem}",
+            ".".join(pyx.relative_to(HERE).with_suffix("").parts),
             [str(pyx.relative_to(HERE))],
             include_dirs=[np.get_include()],
             extra_compile_args=_compile_args(),
             extra_link_args=["-fopenmp"],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+            depends=[str(h.relative_to(HERE)) for h in sorted((HERE / "kernels_cython").glob("*.h"))],
         )
-        for pyx in sorted((HERE / "kernels_cython").glob("*.pyx"))
+        for pyx in sources
     ]
 
 

@@ -16,9 +16,6 @@ from bitnet_actor.errors import ObjectNotFoundError
 from bitnet_actor.stores.objects import FilesystemObjectStore
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
-    from bitnet_actor.stores.objects import ObjectStream
     from bitnet_actor.system import System
 
 __all__ = ["blueprint"]
@@ -45,17 +42,11 @@ async def download(digest: str) -> Response:
         await stream.__aenter__()
     except ObjectNotFoundError:
         raise ApiError(404, "no such object") from None
-    response = Response(_chunks(stream), content_type="application/octet-stream")
+    # Quart iterates the stream and calls its aclose() when done or when the client goes away.
+    response = Response(stream, content_type="application/octet-stream")
     response.content_length = stream.size
     response.headers["ETag"] = f'"{digest}"'
     response.headers["Cache-Control"] = "private, max-age=0"
     response.timeout = None  # large artifacts take as long as they take
     return response
 
-
-async def _chunks(stream: ObjectStream) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in stream:
-            yield chunk
-    finally:
-        await stream.aclose()  # noqa: ASYNC102  # ObjectStream.aclose shields itself
