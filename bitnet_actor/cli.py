@@ -59,15 +59,42 @@ def _build_parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="apply pending database migrations and exit")
     _add_settings_flags(migrate, ["BITNET_DATA_DIR", "BITNET_DATABASE_URL", "BITNET_LOG_LEVEL"])
     sub.add_parser("version", help="print the version")
+    local = [
+        "BITNET_DATA_DIR",
+        "BITNET_DATABASE_URL",
+        "BITNET_DATABASE_APP_USER",
+        "BITNET_DATABASE_APP_PASSWORD",
+        "BITNET_REDIS_URL",
+        "BITNET_PUBLIC_URL",
+        "BITNET_LOG_LEVEL",
+    ]
+    admin = sub.add_parser("admin", help="operator commands for organizations and API keys")
+    admin_sub = admin.add_subparsers(dest="admin_command", metavar="ACTION", parser_class=_Parser)
+    admin_sub.required = True
+    create_org = admin_sub.add_parser("create-org", help="create an organization (and its owner's account)")
+    create_org.add_argument("--name", required=True)
+    create_org.add_argument("--owner-email", required=True)
+    create_key = admin_sub.add_parser("create-key", help="create an API key and print it (once)")
+    create_key.add_argument("--org", required=True, help="organization name")
+    create_key.add_argument("--name", required=True, help="key name")
+    create_key.add_argument("--scopes", required=True, help="comma-separated: inference,models:read,...")
+    revoke_key = admin_sub.add_parser("revoke-key", help="revoke the organization's active keys of that name")
+    revoke_key.add_argument("--org", required=True, help="organization name")
+    revoke_key.add_argument("--name", required=True, help="key name")
+    for p in (create_org, create_key, revoke_key):
+        _add_settings_flags(p, local)
+    audit = sub.add_parser("audit", help="audit log tools")
+    audit_sub = audit.add_subparsers(dest="audit_command", metavar="ACTION", parser_class=_Parser)
+    audit_sub.required = True
+    verify = audit_sub.add_parser("verify", help="check the audit log's hash chains; exit 1 if tampered")
+    _add_settings_flags(verify, local)
     return parser
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     settings = Settings.from_env()
     overrides = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(Settings)
-        if getattr(args, f.name, None) is not None
+        f.name: getattr(args, f.name) for f in dataclasses.fields(Settings) if getattr(args, f.name, None) is not None
     }
     settings = dataclasses.replace(settings, **overrides)
     settings = dataclasses.replace(settings, data_dir=settings.data_dir.expanduser().absolute())
@@ -81,8 +108,30 @@ async def _migrate(settings: Settings) -> list[int]:
 
     if not settings.database_url:
         check_data_dir(settings.data_dir)
-    async with trio_asyncio.open_loop(), open_database_only(settings) as db:
+    async with trio_asyncio.open_loop(), open_database_only(settings, as_owner=True) as db:
         return await migrate(db)
+
+
+def _run_admin(args: argparse.Namespace, settings: Settings) -> int:
+    import trio
+
+    from bitnet_actor import admin
+
+    if not settings.database_url:
+        from bitnet_actor.system import check_data_dir
+
+        check_data_dir(settings.data_dir)
+    if args.command == "audit":
+        intact, text = trio.run(admin.verify_audit, settings)
+        print(text)
+        return 0 if intact else 1
+    if args.admin_command == "create-org":
+        print(trio.run(partial(admin.create_org, settings, name=args.name, owner_email=args.owner_email)))
+    elif args.admin_command == "create-key":
+        print(trio.run(partial(admin.create_key, settings, org=args.org, name=args.name, scopes=args.scopes)))
+    else:
+        print(trio.run(partial(admin.revoke_key, settings, org=args.org, name=args.name)))
+    return 0
 
 
 def _one_line(exc: BaseException) -> str | None:
@@ -120,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else "database schema is up to date"
             )
             return 0
+        if args.command in ("admin", "audit"):
+            return _run_admin(args, settings)
         from bitnet_actor.system import run_system
 
         trio.run(partial(run_system, settings))

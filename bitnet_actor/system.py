@@ -25,8 +25,12 @@ import trio_asyncio
 from bitnet_actor.app import create_app
 from bitnet_actor.errors import StartupError
 from bitnet_actor.observability import Metrics
-from bitnet_actor.stores import Stores, open_stores
-from bitnet_actor.stores.migrate import migrate
+from bitnet_actor.services.api_keys import KeyCache
+from bitnet_actor.services.bundle import AuthServices
+from bitnet_actor.services.email import LogEmailSender
+from bitnet_actor.services.sessions import SessionStore
+from bitnet_actor.services.throttle import LoginThrottle
+from bitnet_actor.stores import Stores, open_stores, secret_key
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -34,6 +38,7 @@ if TYPE_CHECKING:
 
     from actors import Supervisor
     from bitnet_actor.config import Settings
+    from bitnet_actor.services.email import EmailSender
 
 __all__ = ["System", "check_data_dir", "run_system"]
 
@@ -49,8 +54,20 @@ class System:
     settings: Settings
     stores: Stores
     metrics: Metrics
+    auth: AuthServices
+    secret_key: bytes = b""
     draining: trio.Event = field(default_factory=trio.Event)
     supervisors: list[Supervisor] = field(default_factory=list)
+
+
+def build_auth(settings: Settings, stores: Stores, key: bytes, *, mailer: EmailSender | None = None) -> AuthServices:
+    """The authentication services over ``stores``."""
+    return AuthServices(
+        keys=KeyCache(stores.db, stores.redis),
+        sessions=SessionStore(stores.redis),
+        throttle=LoginThrottle(redis=stores.redis),
+        mailer=mailer or LogEmailSender(),
+    )
 
 
 def check_data_dir(data_dir: Path) -> None:
@@ -194,11 +211,11 @@ async def run_system(
     stop = stop or trio.Event()
     with _DataDirLock(settings.data_dir):
         async with trio_asyncio.open_loop(), open_stores(settings) as stores:
-            applied = await migrate(stores.db)
-            if applied:
-                log.info("applied migrations %s", applied)
-            system = System(settings=settings, stores=stores, metrics=Metrics())
+            key = secret_key(settings)
+            auth = build_auth(settings, stores, key)
+            system = System(settings=settings, stores=stores, metrics=Metrics(), auth=auth, secret_key=key)
             async with trio.open_nursery() as nursery:
+                await nursery.start(auth.keys.run)
                 if handle_signals:
                     nursery.start_soon(_watch_signals, stop, system.draining, nursery.cancel_scope)
                 else:

@@ -27,6 +27,12 @@ setup() {
     # runs without isolation so it uses the Cython and numpy installed here.
     "$PY" -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24" "setuptools>=77" wheel \
         "Cython>=3.0" "numpy>=1.26"
+    if [[ ",$extras," == *",test,"* ]] && ! "$PY" -c "import torch" 2>/dev/null; then
+        # The oracle tests need torch; 2.13.0 is a CPU wheel. Installed first and alone, so no other
+        # requirement can pull a CUDA build.
+        say "installing torch==2.13.0 (CPU) for the tests"
+        "$PY" -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
+    fi
     local spec="."
     [ -n "$extras" ] && spec=".[$extras]"
     say "installing bitnet-actor${extras:+ with [$extras]}"

@@ -14,9 +14,8 @@ from bitnet_actor.app import create_app
 from bitnet_actor.config import Settings
 from bitnet_actor.observability import Metrics
 from bitnet_actor.stores import Stores, open_stores
-from bitnet_actor.stores.migrate import migrate
 from bitnet_actor.stores.objects import S3ObjectStore
-from bitnet_actor.system import System
+from bitnet_actor.system import System, build_auth
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -29,12 +28,12 @@ if TYPE_CHECKING:
 async def stores(aio_loop: object, pg_dsn: str, redis_url: str, tmp_path: Path) -> AsyncIterator[Stores]:
     settings = Settings(data_dir=tmp_path, database_url=pg_dsn, redis_url=redis_url)
     async with open_stores(settings) as opened:
-        await migrate(opened.db)
         yield opened
 
 
 def build_app(stores: Stores, tmp_path: Path) -> tuple[QuartTrio, System]:
-    system = System(settings=Settings(data_dir=tmp_path), stores=stores, metrics=Metrics())
+    settings = Settings(data_dir=tmp_path)
+    system = System(settings=settings, stores=stores, metrics=Metrics(), auth=build_auth(settings, stores, b"k" * 32))
     app = create_app(system)
     # A JSON route of the test's own, to exercise the shared body parser and error mapping.
     echo = Blueprint("echo", __name__)

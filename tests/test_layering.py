@@ -25,6 +25,8 @@ LAYERS: dict[str, int] = {
     "portal": 5,
     "bitnet_actor.system": 6,
     "bitnet_actor.cli": 6,
+    "bitnet_actor.admin": 6,
+    "bitnet_actor.cli_engine": 6,
     "bitnet_actor.__main__": 6,
     "bitnet_actor": 1,  # the package's own __init__ (version)
 }
@@ -42,9 +44,7 @@ FORBIDDEN = [
 def layer_of(module: str) -> tuple[str, int] | None:
     best = None
     for prefix, level in LAYERS.items():
-        if (module == prefix or module.startswith(prefix + ".")) and (
-            best is None or len(prefix) > len(best[0])
-        ):
+        if (module == prefix or module.startswith(prefix + ".")) and (best is None or len(prefix) > len(best[0])):
             best = (prefix, level)
     return best
 

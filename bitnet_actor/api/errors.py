@@ -14,6 +14,15 @@ from quart import Response, request
 from werkzeug.exceptions import HTTPException
 
 from bitnet_actor.errors import StoreUnavailableError
+from bitnet_actor.services.errors import (
+    AuthenticationError,
+    ConflictStateError,
+    NotFoundError,
+    PermissionDeniedError,
+    ServiceError,
+    ThrottledError,
+    ValidationError,
+)
 
 if TYPE_CHECKING:
     from quart import Quart
@@ -119,6 +128,23 @@ async def json_body(*, max_bytes: int | None = None) -> dict[str, Any]:
     return value
 
 
+def service_error(err: ServiceError) -> ApiError:
+    """The HTTP form of a domain error (the one status map)."""
+    if isinstance(err, NotFoundError):
+        return ApiError(404, str(err))
+    if isinstance(err, PermissionDeniedError):
+        return ApiError(403, str(err))
+    if isinstance(err, AuthenticationError):
+        return ApiError(401, str(err))
+    if isinstance(err, ConflictStateError):
+        return ApiError(409, str(err))
+    if isinstance(err, ValidationError):
+        return ApiError(400, str(err), param=err.field, code="invalid_value")
+    if isinstance(err, ThrottledError):
+        return ApiError(429, str(err), headers={"Retry-After": str(err.retry_after)})
+    return ApiError(400, str(err))
+
+
 def install_error_handlers(app: Quart) -> None:
     """Make every error response JSON in OpenAI's shape, 404 and 405 included; hide 500 internals."""
 
@@ -140,6 +166,10 @@ def install_error_handlers(app: Quart) -> None:
         if allow:
             headers["Allow"] = allow
         return error_response(ApiError(status, message, headers=headers))
+
+    @app.errorhandler(ServiceError)
+    async def _service_error(err: ServiceError) -> Response:
+        return error_response(service_error(err))
 
     @app.errorhandler(StoreUnavailableError)
     async def _store_down(err: StoreUnavailableError) -> Response:

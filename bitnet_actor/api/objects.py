@@ -49,4 +49,3 @@ async def download(digest: str) -> Response:
     response.headers["Cache-Control"] = "private, max-age=0"
     response.timeout = None  # large artifacts take as long as they take
     return response
-

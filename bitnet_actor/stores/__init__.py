@@ -7,9 +7,11 @@ the filesystem object store wherever the settings name no server. Everything abo
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import secrets
+from urllib.parse import quote, urlsplit, urlunsplit
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from bitnet_actor.stores.embedded import EmbeddedPostgres, EmbeddedRedis
+from bitnet_actor.stores.migrate import migrate
 from bitnet_actor.stores.objects import FilesystemObjectStore, ObjectStore, S3ObjectStore
 from bitnet_actor.stores.postgres import Database, open_database
 from bitnet_actor.stores.redis import RedisStore, open_redis
@@ -27,7 +30,7 @@ if TYPE_CHECKING:
 
     from bitnet_actor.config import Settings
 
-__all__ = ["Stores", "load_or_create_secret", "open_database_only", "open_stores"]
+__all__ = ["Stores", "app_dsn", "load_or_create_secret", "open_database_only", "open_stores", "secret_key"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,19 @@ def load_or_create_secret(data_dir: Path, name: str, nbytes: int = 32) -> bytes:
     return path.read_bytes()
 
 
+def secret_key(settings: Settings) -> bytes:
+    """The 32-byte key that encrypts stored secrets: ``BITNET_SECRET_KEY``, else one kept in the data dir.
+
+    Replicas sharing a database must share this key; a single process may rely on the data-dir file.
+    """
+    if settings.secret_key:
+        padded = settings.secret_key + "=" * (-len(settings.secret_key) % 4)
+        return base64.urlsafe_b64decode(padded)
+    if settings.database_url:
+        log.warning("BITNET_SECRET_KEY is not set: using a key from the data dir, which other replicas lack")
+    return load_or_create_secret(settings.data_dir, "secret.key")
+
+
 async def _embedded_postgres(stack: AsyncExitStack, data_dir: Path) -> str:
     server = EmbeddedPostgres(data_dir)
     dsn = await trio.to_thread.run_sync(server.start)
@@ -88,17 +104,44 @@ async def _embedded_redis(stack: AsyncExitStack, data_dir: Path) -> str:
     return server.url
 
 
+def app_dsn(owner_dsn: str, user: str, password: str = "") -> str:
+    """``owner_dsn`` with its user (and password) replaced by the service role's."""
+    parts = urlsplit(owner_dsn)
+    host = parts.netloc.rpartition("@")[2]
+    auth = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
+    return urlunsplit(parts._replace(netloc=f"{auth}@{host}"))
+
+
+async def _migrate_as_owner(dsn: str) -> None:
+    async with open_database(dsn, min_size=1, max_size=1) as owner:
+        applied = await migrate(owner)
+    if applied:
+        log.info("applied migrations %s", applied)
+
+
 @asynccontextmanager
-async def open_database_only(settings: Settings) -> AsyncIterator[Database]:
-    """Open just PostgreSQL (configured or embedded), for ``migrate`` and admin commands."""
+async def open_database_only(settings: Settings, *, as_owner: bool = False) -> AsyncIterator[Database]:
+    """Open just PostgreSQL (configured or embedded), for ``migrate`` and admin commands.
+
+    Args:
+        settings: where the database is.
+        as_owner: connect as the tables' owner (migrations, audit verification) instead of the service role.
+    """
     async with AsyncExitStack() as stack:
         dsn = settings.database_url or await _embedded_postgres(stack, settings.data_dir)
+        if not as_owner:
+            await _migrate_as_owner(dsn)
+            dsn = app_dsn(dsn, settings.database_app_user, settings.database_app_password)
         yield await stack.enter_async_context(open_database(dsn))
 
 
 @asynccontextmanager
 async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
     """Open PostgreSQL, Redis and the object store for the block; embedded ones where none is configured.
+
+    Migrations run first, as the owner of the tables (``BITNET_DATABASE_URL``'s user); the pool the service
+    uses then connects as the service role (``BITNET_DATABASE_APP_USER``), to which row-level security
+    applies.
 
     Raises:
         StoreUnavailableError: a configured server cannot be reached.
@@ -114,7 +157,9 @@ async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
         if not redis_url:
             redis_url = await _embedded_redis(stack, settings.data_dir)
             embedded.append("redis")
-        db = await stack.enter_async_context(open_database(dsn))
+        await _migrate_as_owner(dsn)
+        app = app_dsn(dsn, settings.database_app_user, settings.database_app_password)
+        db = await stack.enter_async_context(open_database(app))
         redis = await stack.enter_async_context(open_redis(redis_url))
         objects: ObjectStore
         if settings.uses_s3:

@@ -37,7 +37,7 @@ import psutil
 
 from bitnet_actor.errors import StartupError
 
-__all__ = ["EmbeddedPostgres", "EmbeddedRedis"]
+__all__ = ["EmbeddedPostgres", "EmbeddedRedis", "redis_answers"]
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +81,7 @@ class EmbeddedPostgres:
             server = pgserver.get_server(self.pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
         except Exception as exc:
             log_file = self.pgdata / "log"
-            raise StartupError(
-                f"embedded PostgreSQL in {self.pgdata} failed to start ({exc}); see {log_file}"
-            ) from exc
+            raise StartupError(f"embedded PostgreSQL in {self.pgdata} failed to start ({exc}); see {log_file}") from exc
         self._server = server
         uri: str = server.get_uri()
         if server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{_PG_DATABASE}';").count("(1 row)") == 0:
@@ -105,9 +103,7 @@ class EmbeddedPostgres:
                 pids = []
             alive = [p for p in pids if _pid_alive(p) and p != os.getpid()]
             if alive != pids:
-                log.info(
-                    "embedded postgres: dropping handles of dead processes %s", sorted(set(pids) - set(alive))
-                )
+                log.info("embedded postgres: dropping handles of dead processes %s", sorted(set(pids) - set(alive)))
                 handles.write_text(json.dumps(alive))
         pidfile = self.pgdata / "postmaster.pid"
         if pidfile.exists():
@@ -125,6 +121,11 @@ def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child between fo
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def redis_answers(sock: Path, timeout: float = 1.0) -> bool:
+    """Whether a Redis server answers PING on the unix socket ``sock``."""
+    return _redis_ping(sock, timeout)
 
 
 def _redis_ping(sock: Path, timeout: float = 1.0) -> bool:
@@ -233,9 +234,7 @@ class EmbeddedRedis:
                     f"embedded Redis exited with code {self._proc.returncode}: {err or self._log_tail()}"
                 )
             time.sleep(0.02)
-        raise StartupError(
-            f"embedded Redis did not answer on {self.socket} within {timeout:g} s: {self._log_tail()}"
-        )
+        raise StartupError(f"embedded Redis did not answer on {self.socket} within {timeout:g} s: {self._log_tail()}")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server if we started or adopted it (SIGTERM: it saves its snapshot). Blocking."""

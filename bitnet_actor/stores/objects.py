@@ -162,9 +162,7 @@ def sign_presigned(signing_key: bytes, key: str, expires: int) -> str:
     return hmac.new(signing_key, _presign_message(key, expires), hashlib.sha256).hexdigest()
 
 
-def verify_presigned(
-    signing_key: bytes, key: str, expires: int, signature: str, *, now: float | None = None
-) -> bool:
+def verify_presigned(signing_key: bytes, key: str, expires: int, signature: str, *, now: float | None = None) -> bool:
     """Check a presigned URL made by :meth:`FilesystemObjectStore.presigned_url`.
 
     The comparison is constant-time. Malformed input (bad key, non-hex signature) is rejected, never raised.
@@ -488,9 +486,7 @@ class ObjectStore(abc.ABC):
     def _translate(self, exc: Exception, key: str | None) -> StoreError | None:
         """Map a foreign exception to a store error, or return None to let it propagate unchanged."""
 
-    async def _run(
-        self, fn: Callable[[], T], *, key: str | None = None, abandon_on_cancel: bool = False
-    ) -> T:
+    async def _run(self, fn: Callable[[], T], *, key: str | None = None, abandon_on_cancel: bool = False) -> T:
         """Run blocking ``fn`` in a worker thread, mapping backend errors (``key`` names a missing object)."""
         try:
             return await trio.to_thread.run_sync(fn, abandon_on_cancel=abandon_on_cancel)
@@ -511,9 +507,7 @@ class ObjectStore(abc.ABC):
             limit = f" and at most {maximum}" if maximum is not None else ""
             raise ValueError(f"expires_s must be positive{limit}, got {expires_s}")
 
-    async def _spool(
-        self, data: AsyncIterable[bytes], tmp_dir: Path, *, fsync: bool
-    ) -> tuple[Path, str, int]:
+    async def _spool(self, data: AsyncIterable[bytes], tmp_dir: Path, *, fsync: bool) -> tuple[Path, str, int]:
         """Write an async iterable to a new temporary file in ``tmp_dir`` while hashing it.
 
         Small chunks are coalesced so each worker-thread hop writes about a MiB. On any failure or

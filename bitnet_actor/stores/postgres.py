@@ -245,9 +245,7 @@ async def open_database(
                 command_timeout=None,
             )
     except trio.TooSlowError:
-        raise StoreUnavailableError(
-            f"PostgreSQL at {where} did not answer within {connect_timeout:g} s"
-        ) from None
+        raise StoreUnavailableError(f"PostgreSQL at {where} did not answer within {connect_timeout:g} s") from None
     except _UNAVAILABLE_OR_REJECTED as exc:
         raise StoreUnavailableError(f"cannot connect to PostgreSQL at {where}: {exc}") from exc
     try:

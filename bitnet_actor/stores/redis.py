@@ -70,9 +70,7 @@ class RedisStore:
         value: bytes | None = await self.run(lambda r: r.get(key))  # type: ignore[arg-type,return-value]
         return value
 
-    async def set(
-        self, key: str, value: bytes | str | int, *, ex: int | None = None, nx: bool = False
-    ) -> bool:
+    async def set(self, key: str, value: bytes | str | int, *, ex: int | None = None, nx: bool = False) -> bool:
         """SET key value [EX seconds] [NX]; True if it was set."""
         return bool(await self.run(lambda r: r.set(key, value, ex=ex, nx=nx)))
 
@@ -140,9 +138,7 @@ async def open_redis(url: str, *, connect_timeout: float = 10.0) -> AsyncIterato
                 f"Redis at {redact_url(url)} did not answer within {connect_timeout:g} s"
             ) from None
         except StoreUnavailableError as exc:
-            raise StoreUnavailableError(
-                f"cannot connect to Redis at {redact_url(url)}: {exc.__cause__}"
-            ) from exc
+            raise StoreUnavailableError(f"cannot connect to Redis at {redact_url(url)}: {exc.__cause__}") from exc
         yield store
     finally:
         with trio.move_on_after(5, shield=True):

@@ -1,0 +1,284 @@
+"""The OpenAPI 3.1 description of ``/api/v1`` (served at ``/api/v1/openapi.json``).
+
+Written by hand, next to the routes; a test checks that every route of the app is described here and that
+nothing here is missing from the app.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Blueprint, Response, jsonify
+
+from bitnet_actor import __version__
+
+__all__ = ["SPEC", "blueprint"]
+
+blueprint = Blueprint("openapi", __name__)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    schema = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _ok(description: str, schema: dict[str, Any] | None = None, status: str = "200") -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description}
+    if schema is not None:
+        response["content"] = {"application/json": {"schema": schema}}
+    errors = {code: {"$ref": "#/components/responses/Error"} for code in ("400", "401", "403", "404", "409", "429")}
+    return {status: response, **errors}
+
+
+_S = {"type": "string"}
+_ORG = {"name": "org_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+
+
+def _id(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+
+
+_ROLE = {"type": "string", "enum": ["owner", "admin", "member", "viewer", "billing"]}
+_SCOPES = {"type": "array", "items": {"type": "string", "enum": ["inference", "models:read", "models:write",
+                                                                   "billing:read", "admin"]}}  # fmt: skip
+
+SPEC: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "bitnet-actor account API", "version": __version__},
+    "components": {
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "API key (bnk_live_...) or access token"},
+            "session": {
+                "type": "apiKey",
+                "in": "cookie",
+                "name": "__Host-bitnet_session",
+                "description": "portal session; unsafe methods need X-CSRF-Token",
+            },
+        },  # fmt: skip
+        "responses": {
+            "Error": {"description": "OpenAI-shaped error", "content": {"application/json": {"schema": _ref("Error")}}}
+        },
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "properties": {
+                            "message": _S,
+                            "type": _S,
+                            "param": {"type": ["string", "null"]},
+                            "code": {"type": ["string", "null"]},
+                        },
+                    }
+                },
+            },
+            "Organization": {
+                "type": "object",
+                "properties": {"id": _S, "name": _S, "plan": _S, "created_at": _S, "role": _ROLE},
+            },
+            "Member": {
+                "type": "object",
+                "properties": {"user_id": _S, "email": _S, "name": _S, "role": _ROLE, "joined_at": _S},
+            },
+            "ApiKey": {
+                "type": "object",
+                "properties": {
+                    "id": _S,
+                    "name": _S,
+                    "prefix": _S,
+                    "last4": _S,
+                    "scopes": _SCOPES,
+                    "active": {"type": "boolean"},
+                    "expires_at": {"type": ["string", "null"]},
+                    "revoked_at": {"type": ["string", "null"]},
+                    "last_used_at": {"type": ["string", "null"]},
+                    "key": {"type": "string", "description": "the secret; only in create/rotate responses"},
+                },
+            },
+            "AuditEntry": {
+                "type": "object",
+                "properties": {
+                    "seq": {"type": "integer"},
+                    "created_at": _S,
+                    "action": _S,
+                    "actor_user_id": _S,
+                    "actor_key_id": _S,
+                    "target_type": _S,
+                    "target_id": _S,
+                    "ip": _S,
+                    "user_agent": _S,
+                    "details": {"type": "object"},
+                    "hash": _S,
+                },
+            },
+        },  # fmt: skip
+    },
+    "security": [{"bearer": []}, {"session": []}],
+    "paths": {
+        "/api/v1/signup": {
+            "post": {
+                "summary": "Start a sign-up (mails a verification link)",
+                "security": [],
+                "requestBody": _body(
+                    {"email": _S, "password": _S, "organization": _S, "name": _S}, ["email", "password", "organization"]
+                ),
+                "responses": _ok("always the same answer", status="202"),
+            }
+        },
+        "/api/v1/signup/verify": {
+            "post": {
+                "summary": "Finish a sign-up; starts a session",
+                "security": [],
+                "requestBody": _body({"token": _S}, ["token"]),
+                "responses": _ok("signed in", status="201"),
+            }
+        },
+        "/api/v1/password/set": {
+            "post": {
+                "summary": "Set a password from a one-time link",
+                "security": [],
+                "requestBody": _body({"token": _S, "password": _S}, ["token", "password"]),
+                "responses": _ok("signed in"),
+            }
+        },
+        "/api/v1/login": {
+            "post": {
+                "summary": "Sign in; sets the session cookie",
+                "security": [],
+                "requestBody": _body({"email": _S, "password": _S}, ["email", "password"]),
+                "responses": _ok("signed in"),
+            }
+        },
+        "/api/v1/logout": {"post": {"summary": "End the session", "responses": _ok("signed out", status="204")}},
+        "/api/v1/token": {
+            "post": {
+                "summary": "OAuth-style token endpoint: password or refresh_token grant",
+                "security": [],
+                "requestBody": _body(
+                    {
+                        "grant_type": {"type": "string", "enum": ["password", "refresh_token"]},
+                        "email": _S,
+                        "password": _S,
+                        "refresh_token": _S,
+                        "org_id": _S,
+                    },
+                    ["grant_type"],
+                ),
+                "responses": _ok("access and refresh token"),
+            }
+        },
+        "/api/v1/me": {"get": {"summary": "The signed-in user and their organizations", "responses": _ok("user")}},
+        "/api/v1/roles": {"get": {"summary": "What each role may do", "responses": _ok("role table")}},
+        "/api/v1/orgs": {
+            "get": {"summary": "My organizations", "responses": _ok("list")},
+            "post": {
+                "summary": "Create an organization",
+                "requestBody": _body({"name": _S}, ["name"]),
+                "responses": _ok("created", _ref("Organization"), "201"),
+            },
+        },
+        "/api/v1/orgs/{org_id}": {
+            "parameters": [_ORG],
+            "get": {"summary": "An organization", "responses": _ok("organization", _ref("Organization"))},
+            "patch": {"summary": "Rename", "requestBody": _body({"name": _S}, ["name"]), "responses": _ok("renamed")},
+        },
+        "/api/v1/orgs/{org_id}/members": {
+            "parameters": [_ORG],
+            "get": {"summary": "Members", "responses": _ok("list")},
+        },
+        "/api/v1/orgs/{org_id}/members/{user_id}": {
+            "parameters": [_ORG, _id("user_id")],
+            "patch": {
+                "summary": "Change a role",
+                "requestBody": _body({"role": _ROLE}, ["role"]),
+                "responses": _ok("changed", _ref("Member")),
+            },
+            "delete": {"summary": "Remove a member (or leave)", "responses": _ok("removed", status="204")},
+        },
+        "/api/v1/orgs/{org_id}/invitations": {
+            "parameters": [_ORG],
+            "get": {"summary": "Invitations", "responses": _ok("list")},
+            "post": {
+                "summary": "Invite by email",
+                "requestBody": _body({"email": _S, "role": _ROLE}, ["email", "role"]),
+                "responses": _ok("invited", status="201"),
+            },
+        },
+        "/api/v1/orgs/{org_id}/invitations/{invitation_id}": {
+            "parameters": [_ORG, _id("invitation_id")],
+            "delete": {"summary": "Withdraw an invitation", "responses": _ok("withdrawn", status="204")},
+        },
+        "/api/v1/invitations/accept": {
+            "post": {
+                "summary": "Accept an invitation",
+                "security": [{"session": []}, {}],
+                "requestBody": _body({"token": _S, "password": _S}, ["token"]),
+                "responses": _ok("joined", status="201"),
+            }
+        },
+        "/api/v1/orgs/{org_id}/keys": {
+            "parameters": [_ORG],
+            "get": {"summary": "API keys", "responses": _ok("list")},
+            "post": {
+                "summary": "Create an API key (the secret is shown once)",
+                "requestBody": _body({"name": _S, "scopes": _SCOPES, "expires_at": _S}, ["name", "scopes"]),
+                "responses": _ok("created", _ref("ApiKey"), "201"),
+            },
+        },
+        "/api/v1/orgs/{org_id}/keys/{key_id}": {
+            "parameters": [_ORG, _id("key_id")],
+            "delete": {"summary": "Revoke on every replica", "responses": _ok("revoked", _ref("ApiKey"))},
+        },
+        "/api/v1/orgs/{org_id}/keys/{key_id}/rotate": {
+            "parameters": [_ORG, _id("key_id")],
+            "post": {
+                "summary": "Replace a key; the old one works for grace_seconds",
+                "requestBody": _body({"grace_seconds": {"type": "integer"}}, []),
+                "responses": _ok("new key", _ref("ApiKey"), "201"),
+            },
+        },
+        "/api/v1/orgs/{org_id}/audit": {
+            "parameters": [
+                _ORG,
+                {"name": "limit", "in": "query", "schema": {"type": "integer"}},
+                {"name": "before", "in": "query", "schema": {"type": "integer"}},
+            ],
+            "get": {"summary": "Audit log, newest first", "responses": _ok("entries")},
+        },
+        "/api/v1/oidc/login": {
+            "get": {
+                "summary": "Start single sign-on (redirects to the provider)",
+                "security": [],
+                "responses": {"302": {"description": "to the provider"}},
+            }
+        },
+        "/api/v1/oidc/callback": {
+            "get": {
+                "summary": "Single sign-on callback; starts a session",
+                "security": [],
+                "responses": {"302": {"description": "signed in"}},
+            }
+        },
+        "/.well-known/jwks.json": {
+            "get": {
+                "summary": "Public keys of access tokens",
+                "security": [],
+                "responses": {"200": {"description": "JWKS"}},
+            }
+        },
+        "/api/v1/openapi.json": {
+            "get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI"}}}
+        },
+    },  # fmt: skip
+}
+
+
+@blueprint.get("/api/v1/openapi.json")
+async def openapi() -> Response:
+    """The OpenAPI document."""
+    return jsonify(SPEC)

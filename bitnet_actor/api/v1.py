@@ -1,0 +1,379 @@
+"""The account and tenancy JSON API under ``/api/v1`` (the portal uses it too).
+
+Every route authenticates through ``bitnet_actor.api.auth`` and checks one permission of the role table in
+``bitnet_actor.services.permissions``; bodies are strict (unknown fields are 400s).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from quart import Blueprint, Response, jsonify, request
+
+from bitnet_actor.api.auth import authenticate, client_ip, org_access, request_actor, require_user, system
+from bitnet_actor.api.errors import ApiError
+from bitnet_actor.api.validate import Field, parse_body, parse_datetime
+from bitnet_actor.services import api_keys, audit, tenancy
+from bitnet_actor.services.permissions import ROLE_PERMISSIONS, SCOPES, scopes_allowed
+from bitnet_actor.services.sessions import COOKIE_NAME
+
+if TYPE_CHECKING:
+    from bitnet_actor.services.sessions import Session
+
+__all__ = ["blueprint", "json_ready"]
+
+blueprint = Blueprint("api_v1", __name__, url_prefix="/api/v1")
+
+
+def json_ready(value: Any) -> Any:
+    """Dataclasses, UUIDs and datetimes as JSON-friendly values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: json_ready(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, frozenset, set)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    response = jsonify(json_ready(value))
+    response.status_code = status
+    return response
+
+
+def _link_base(path: str) -> str:
+    settings = system().settings
+    base = settings.public_url or f"http://{settings.host}:{settings.port}"
+    return base.rstrip("/") + path
+
+
+def _with_session(response: Response, session: Session) -> Response:
+    response.set_cookie(
+        COOKIE_NAME,
+        session.id,
+        max_age=system().auth.sessions.absolute_s,
+        path="/",
+        secure=True,
+        httponly=True,
+        samesite="Lax",
+    )
+    return response
+
+
+async def _start_session(user_id: UUID, body: dict[str, Any], status: int = 200) -> Response:
+    sessions = system().auth.sessions
+    session = await sessions.create(user_id, replacing=request.cookies.get(COOKIE_NAME))
+    user = await tenancy.get_user(system().stores.db, user_id)
+    return _with_session(_json({**body, "user": user, "csrf_token": session.csrf_token}, status), session)
+
+
+# ------------------------------------------------------------------ accounts
+
+
+@blueprint.post("/signup")
+async def signup() -> Response:
+    """Start a sign-up. The answer is the same whether or not the email has an account."""
+    body = await parse_body(
+        {
+            "email": Field(str, max_len=320),
+            "password": Field(str, max_len=1024),
+            "organization": Field(str, max_len=200),
+            "name": Field(str, required=False, max_len=200),
+        }
+    )
+    await tenancy.signup_start(
+        system().stores.db,
+        system().auth.mailer,
+        email=body["email"],
+        password=body["password"],
+        org_name=body["organization"],
+        name=body.get("name", ""),
+        link_base=_link_base("/signup/verify"),
+    )
+    return _json({"status": "verification_sent", "message": "check your email to finish signing up"}, 202)
+
+
+@blueprint.post("/signup/verify")
+async def signup_verify() -> Response:
+    """Finish a sign-up from the emailed token; signs the new user in."""
+    body = await parse_body({"token": Field(str, max_len=200)})
+    user_id, org_id = await tenancy.signup_verify(system().stores.db, token=body["token"], actor=request_actor())
+    org = await tenancy.get_org(system().stores.db, org_id)
+    return await _start_session(user_id, {"organization": org}, 201)
+
+
+@blueprint.post("/password/set")
+async def password_set() -> Response:
+    """Set a password from an emailed one-time token; signs the user in and ends their other sessions."""
+    body = await parse_body({"token": Field(str, max_len=200), "password": Field(str, max_len=1024)})
+    user_id = await tenancy.set_password_with_token(system().stores.db, token=body["token"], password=body["password"])
+    await system().auth.sessions.revoke_user(user_id)
+    refresh = system().auth.refresh
+    if refresh is not None:
+        await refresh.revoke_user(str(user_id))
+    return await _start_session(user_id, {})
+
+
+@blueprint.post("/login")
+async def login() -> Response:
+    """Sign in with email and password; one message for every failure."""
+    body = await parse_body({"email": Field(str, max_len=320), "password": Field(str, max_len=1024)})
+    user_id = await tenancy.authenticate_password(
+        system().stores.db, system().auth.throttle, email=body["email"], password=body["password"], ip=client_ip()
+    )
+    return await _start_session(user_id, {})
+
+
+@blueprint.post("/logout")
+async def logout() -> Response:
+    """End the current session (a no-op without one)."""
+    principal = await authenticate(optional=True)
+    if principal is not None and principal.session is not None:
+        await system().auth.sessions.delete(principal.session.id)
+    response = Response(b"", status=204)
+    response.delete_cookie(COOKIE_NAME, path="/", secure=True, httponly=True, samesite="Lax")
+    return response
+
+
+@blueprint.get("/me")
+async def me() -> Response:
+    """The signed-in user and their organizations."""
+    principal = await require_user()
+    assert principal.user_id is not None
+    db = system().stores.db
+    user = await tenancy.get_user(db, principal.user_id)
+    memberships = await tenancy.user_memberships(db, principal.user_id)
+    return _json({"user": user, "organizations": [{**json_ready(m.org), "role": m.role} for m in memberships]})
+
+
+# ------------------------------------------------------------------ organizations
+
+
+@blueprint.get("/orgs")
+async def list_orgs() -> Response:
+    """The caller's organizations."""
+    principal = await require_user()
+    assert principal.user_id is not None
+    memberships = await tenancy.user_memberships(system().stores.db, principal.user_id)
+    return _json({"data": [{**json_ready(m.org), "role": m.role} for m in memberships]})
+
+
+@blueprint.post("/orgs")
+async def create_org() -> Response:
+    """Create an organization; the caller becomes its owner."""
+    principal = await require_user()
+    assert principal.user_id is not None
+    body = await parse_body({"name": Field(str, max_len=200)})
+    org = await tenancy.create_org(
+        system().stores.db, name=body["name"], owner=principal.user_id, actor=request_actor(principal)
+    )
+    return _json({**json_ready(org), "role": "owner"}, 201)
+
+
+@blueprint.get("/orgs/<uuid:org_id>")
+async def get_org(org_id: UUID) -> Response:
+    """One organization."""
+    access = await org_access(org_id, "org:read")
+    org = await tenancy.get_org(system().stores.db, org_id)
+    return _json({**json_ready(org), "role": access.role})
+
+
+@blueprint.patch("/orgs/<uuid:org_id>")
+async def update_org(org_id: UUID) -> Response:
+    """Rename an organization."""
+    access = await org_access(org_id, "org:update")
+    body = await parse_body({"name": Field(str, max_len=200)})
+    org = await tenancy.update_org(system().stores.db, org_id, name=body["name"], actor=access.actor)
+    return _json(org)
+
+
+# ------------------------------------------------------------------ members and invitations
+
+
+@blueprint.get("/orgs/<uuid:org_id>/members")
+async def list_members(org_id: UUID) -> Response:
+    """Members and their roles."""
+    await org_access(org_id, "members:read")
+    return _json({"data": await tenancy.list_members(system().stores.db, org_id)})
+
+
+@blueprint.patch("/orgs/<uuid:org_id>/members/<uuid:user_id>")
+async def change_member(org_id: UUID, user_id: UUID) -> Response:
+    """Change a member's role."""
+    access = await org_access(org_id, "members:manage")
+    body = await parse_body({"role": Field(str, max_len=20)})
+    member = await tenancy.change_role(
+        system().stores.db, org_id, user_id, role=body["role"], actor_role=access.role or "admin", actor=access.actor
+    )
+    return _json(member)
+
+
+@blueprint.delete("/orgs/<uuid:org_id>/members/<uuid:user_id>")
+async def remove_member(org_id: UUID, user_id: UUID) -> Response:
+    """Remove a member (anyone may leave; removing others needs members:manage)."""
+    access = await org_access(org_id, "org:read")
+    if access.principal.user_id != user_id:
+        access = await org_access(org_id, "members:manage")
+    await tenancy.remove_member(
+        system().stores.db, org_id, user_id, actor_role=access.role or "admin", actor=access.actor
+    )
+    return Response(b"", status=204)
+
+
+@blueprint.get("/orgs/<uuid:org_id>/invitations")
+async def list_invitations(org_id: UUID) -> Response:
+    """Invitations and their status."""
+    await org_access(org_id, "members:manage")
+    return _json({"data": await tenancy.list_invitations(system().stores.db, org_id)})
+
+
+@blueprint.post("/orgs/<uuid:org_id>/invitations")
+async def invite(org_id: UUID) -> Response:
+    """Invite someone by email (the link is mailed, never returned)."""
+    access = await org_access(org_id, "members:manage")
+    body = await parse_body({"email": Field(str, max_len=320), "role": Field(str, max_len=20)})
+    invitation = await tenancy.create_invitation(
+        system().stores.db,
+        system().auth.mailer,
+        org_id,
+        email=body["email"],
+        role=body["role"],
+        actor_role=access.role or "admin",
+        actor=access.actor,
+        link_base=_link_base("/invitations/accept"),
+    )
+    return _json(invitation, 201)
+
+
+@blueprint.delete("/orgs/<uuid:org_id>/invitations/<uuid:invitation_id>")
+async def revoke_invitation(org_id: UUID, invitation_id: UUID) -> Response:
+    """Withdraw a pending invitation."""
+    access = await org_access(org_id, "members:manage")
+    await tenancy.revoke_invitation(system().stores.db, org_id, invitation_id, actor=access.actor)
+    return Response(b"", status=204)
+
+
+@blueprint.post("/invitations/accept")
+async def accept_invitation() -> Response:
+    """Accept an invitation: signed in as the invited email, or creating the account with a password."""
+    principal = await authenticate(optional=True)
+    body = await parse_body({"token": Field(str, max_len=200), "password": Field(str, required=False, max_len=1024)})
+    user_id = principal.user_id if principal is not None else None
+    if principal is not None and principal.key is not None:
+        raise ApiError(403, "this endpoint needs a signed-in user, not an API key")
+    new_user, org_id = await tenancy.accept_invitation(
+        system().stores.db,
+        token=body["token"],
+        user_id=user_id,
+        password=body.get("password"),
+        actor=request_actor(principal),
+    )
+    org = await tenancy.get_org(system().stores.db, org_id)
+    if user_id is None:
+        return await _start_session(new_user, {"organization": org}, 201)
+    return _json({"organization": org}, 201)
+
+
+# ------------------------------------------------------------------ API keys
+
+
+def _key_json(key: api_keys.ApiKey) -> dict[str, Any]:
+    out: dict[str, Any] = json_ready(key)
+    out["active"] = key.active
+    return out
+
+
+@blueprint.get("/orgs/<uuid:org_id>/keys")
+async def list_keys(org_id: UUID) -> Response:
+    """The organization's API keys (never their secrets)."""
+    await org_access(org_id, "keys:read")
+    return _json({"data": [_key_json(k) for k in await api_keys.list_keys(system().stores.db, org_id)]})
+
+
+@blueprint.post("/orgs/<uuid:org_id>/keys")
+async def create_key(org_id: UUID) -> Response:
+    """Create a key; the secret is in this response only."""
+    access = await org_access(org_id, "keys:manage")
+    body = await parse_body(
+        {
+            "name": Field(str, max_len=100),
+            "scopes": Field(list, max_len=10),
+            "expires_at": Field((str, int), required=False, max_len=64),
+        }
+    )
+    allowed = scopes_allowed(access.role) if access.role else access.principal.key.scopes  # type: ignore[union-attr]
+    excess = sorted(set(body["scopes"]) - allowed)
+    if excess and set(body["scopes"]) <= set(SCOPES):
+        raise ApiError(403, f"you may not create keys with scopes {excess}", param="scopes")
+    expires = parse_datetime(body["expires_at"], param="expires_at") if "expires_at" in body else None
+    secret, key = await api_keys.create_key(
+        system().stores.db,
+        org_id=org_id,
+        name=body["name"],
+        scopes=body["scopes"],
+        actor=access.actor,
+        expires_at=expires,
+    )
+    return _json({**_key_json(key), "key": secret}, 201)
+
+
+@blueprint.delete("/orgs/<uuid:org_id>/keys/<uuid:key_id>")
+async def revoke_key(org_id: UUID, key_id: UUID) -> Response:
+    """Revoke a key on every replica."""
+    access = await org_access(org_id, "keys:manage")
+    key = await api_keys.revoke_key(
+        system().stores.db,
+        system().stores.redis,
+        org_id=org_id,
+        key_id=key_id,
+        actor=access.actor,
+        cache=system().auth.keys,
+    )
+    return _json(_key_json(key))
+
+
+@blueprint.post("/orgs/<uuid:org_id>/keys/<uuid:key_id>/rotate")
+async def rotate_key(org_id: UUID, key_id: UUID) -> Response:
+    """Replace a key; the old one keeps working for ``grace_seconds`` (default one day)."""
+    access = await org_access(org_id, "keys:manage")
+    body = await parse_body({"grace_seconds": Field(int, required=False)})
+    secret, key = await api_keys.rotate_key(
+        system().stores.db,
+        system().stores.redis,
+        org_id=org_id,
+        key_id=key_id,
+        actor=access.actor,
+        grace_s=body.get("grace_seconds", 86400),
+        cache=system().auth.keys,
+    )
+    return _json({**_key_json(key), "key": secret}, 201)
+
+
+# ------------------------------------------------------------------ audit log
+
+
+@blueprint.get("/orgs/<uuid:org_id>/audit")
+async def audit_log(org_id: UUID) -> Response:
+    """The organization's audit log, newest first; page with ``before`` (a ``seq``)."""
+    await org_access(org_id, "audit:read")
+    try:
+        limit = min(max(int(request.args.get("limit", "100")), 1), 500)
+        before = int(request.args["before"]) if "before" in request.args else None
+    except ValueError:
+        raise ApiError(400, "limit and before must be integers", param="limit") from None
+    entries = await audit.list_entries(system().stores.db, org_id, limit=limit, before_seq=before)
+    return _json({"data": entries, "next_before": entries[-1].seq if len(entries) == limit else None})
+
+
+@blueprint.get("/roles")
+async def roles() -> Response:
+    """The role table: what each role may do."""
+    return _json({"data": {role: sorted(perms) for role, perms in ROLE_PERMISSIONS.items()}})

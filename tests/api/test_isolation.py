@@ -1,0 +1,215 @@
+"""Tenant isolation: the route x role x tenant matrix, and row-level security underneath it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import pytest
+
+from bitnet_actor.errors import QueryError
+from bitnet_actor.services.permissions import ROLES, role_allows
+from bitnet_actor.stores.postgres import open_database
+from tests.api.conftest import ANON, Caller, Harness
+
+
+@dataclass
+class World:
+    org_a: str
+    org_b: str
+    a: dict[str, Caller]  # role -> member of org A
+    b_owner: Caller
+    b_key: str  # an admin-scoped key of org B
+    a_key_id: str  # a key of org A
+    a_invitation: str
+
+
+async def build_world(h: Harness) -> World:
+    owner = await h.signup()
+    org_a = next(iter(owner.orgs.values()))
+    members = {"owner": owner}
+    for role in ROLES[1:]:
+        members[role] = await h.invite(owner, org_a, role)
+    b_owner = await h.signup()
+    org_b = next(iter(b_owner.orgs.values()))
+    b_key, _ = await h.key(b_owner, org_b, ["admin", "inference", "models:write", "billing:read"])
+    _, a_key_id = await h.key(owner, org_a, ["inference"], name="a-key")
+    r = await h.call(
+        "POST", f"/api/v1/orgs/{org_a}/invitations", owner, json={"email": "later@example.com", "role": "member"}
+    )
+    a_invitation = (await r.get_json())["id"]
+    await h.call(
+        "POST", f"/api/v1/orgs/{org_b}/invitations", b_owner, json={"email": "b@example.com", "role": "viewer"}
+    )
+    return World(org_a, org_b, members, b_owner, b_key, a_key_id, a_invitation)
+
+
+# (method, path template, body factory, permission). Paths use {org}, {key}, {member}, {invitation};
+# a `prepare` hook creates a fresh target so destructive calls don't depend on order.
+Prepare = Callable[[Harness, World], Awaitable[dict[str, str]]]
+
+
+async def fresh_key(h: Harness, w: World) -> dict[str, str]:
+    _, key_id = await h.key(w.a["owner"], w.org_a, ["inference"], name="victim")
+    return {"key": key_id}
+
+
+async def fresh_member(h: Harness, w: World) -> dict[str, str]:
+    victim = await h.invite(w.a["owner"], w.org_a, "viewer")
+    assert victim.user_id
+    return {"member": victim.user_id}
+
+
+async def fresh_invitation(h: Harness, w: World) -> dict[str, str]:
+    r = await h.call(
+        "POST",
+        f"/api/v1/orgs/{w.org_a}/invitations",
+        w.a["owner"],
+        json={"email": f"x-{uuid.uuid4().hex[:6]}@example.com", "role": "viewer"},
+    )
+    return {"invitation": (await r.get_json())["id"]}
+
+
+async def nothing(h: Harness, w: World) -> dict[str, str]:
+    return {}
+
+
+ROUTES: list[tuple[str, str, dict | None, str, Prepare]] = [
+    ("GET", "/api/v1/orgs/{org}", None, "org:read", nothing),
+    ("PATCH", "/api/v1/orgs/{org}", "rename", "org:update", nothing),
+    ("GET", "/api/v1/orgs/{org}/members", None, "members:read", nothing),
+    ("PATCH", "/api/v1/orgs/{org}/members/{member}", {"role": "member"}, "members:manage", fresh_member),
+    ("DELETE", "/api/v1/orgs/{org}/members/{member}", None, "members:manage", fresh_member),
+    ("GET", "/api/v1/orgs/{org}/invitations", None, "members:manage", nothing),
+    ("POST", "/api/v1/orgs/{org}/invitations", "invite", "members:manage", nothing),
+    ("DELETE", "/api/v1/orgs/{org}/invitations/{invitation}", None, "members:manage", fresh_invitation),
+    ("GET", "/api/v1/orgs/{org}/keys", None, "keys:read", nothing),
+    ("POST", "/api/v1/orgs/{org}/keys", {"name": "m", "scopes": ["models:read"]}, "keys:manage", nothing),
+    ("DELETE", "/api/v1/orgs/{org}/keys/{key}", None, "keys:manage", fresh_key),
+    ("POST", "/api/v1/orgs/{org}/keys/{key}/rotate", {"grace_seconds": 0}, "keys:manage", fresh_key),
+    ("GET", "/api/v1/orgs/{org}/audit", None, "audit:read", nothing),
+]
+
+
+def body_for(spec: dict | str | None) -> dict | None:
+    if spec == "rename":
+        return {"name": f"renamed-{uuid.uuid4().hex[:8]}"}
+    if spec == "invite":
+        return {"email": f"i-{uuid.uuid4().hex[:6]}@example.com", "role": "viewer"}
+    return spec  # type: ignore[return-value]
+
+
+@pytest.mark.slow
+async def test_route_role_tenant_matrix(harness: Harness) -> None:
+    h = harness
+    w = await build_world(h)
+    failures: list[str] = []
+    for method, template, body, permission, prepare in ROUTES:
+        for who, caller in [
+            *w.a.items(),
+            ("org B owner", w.b_owner),
+            ("org B key", Caller(bearer=w.b_key)),
+            ("anonymous", ANON),
+        ]:
+            ids = await prepare(h, w)
+            path = template.format(org=w.org_a, **ids)
+            r = await h.call(method, path, caller, json=body_for(body))
+            if who == "anonymous":
+                expected = {401}
+            elif who.startswith("org B"):
+                expected = {404}  # not 403: nothing leaks about org A
+            elif role_allows(who, permission):  # type: ignore[arg-type]
+                expected = {200, 201, 204}
+            else:
+                expected = {403}
+            if r.status_code not in expected:
+                failures.append(f"{method} {template} as {who}: {r.status_code} (expected {sorted(expected)})")
+            if r.status_code >= 400:
+                body_json = await r.get_json()
+                assert set(body_json["error"]) == {"message", "type", "param", "code"}
+    assert not failures, "\n".join(failures)
+
+
+async def test_foreign_objects_are_404_inside_own_org(harness: Harness) -> None:
+    """Org B's owner, acting in org B's own path, cannot reach org A's key by id."""
+    w = await build_world(harness)
+    for method in ("DELETE",):
+        r = await harness.call(method, f"/api/v1/orgs/{w.org_b}/keys/{w.a_key_id}", w.b_owner)
+        assert r.status_code == 404
+    r = await harness.call("POST", f"/api/v1/orgs/{w.org_b}/keys/{w.a_key_id}/rotate", Caller(bearer=w.b_key), json={})
+    assert r.status_code == 404
+    r = await harness.call("DELETE", f"/api/v1/orgs/{w.org_b}/invitations/{w.a_invitation}", w.b_owner)
+    assert r.status_code == 404
+    a_owner_id = w.a["owner"].user_id
+    r = await harness.call("PATCH", f"/api/v1/orgs/{w.org_b}/members/{a_owner_id}", w.b_owner, json={"role": "viewer"})
+    assert r.status_code == 404
+    # And org A's key still works: nothing was changed by those attempts.
+    keys = await (await harness.call("GET", f"/api/v1/orgs/{w.org_a}/keys", w.a["owner"])).get_json()
+    assert any(k["id"] == w.a_key_id and k["active"] for k in keys["data"])
+
+
+async def test_org_keeps_an_owner(harness: Harness) -> None:
+    owner = await harness.signup()
+    org = next(iter(owner.orgs.values()))
+    admin = await harness.invite(owner, org, "admin")
+    r = await harness.call("PATCH", f"/api/v1/orgs/{org}/members/{owner.user_id}", owner, json={"role": "admin"})
+    assert r.status_code == 409
+    r = await harness.call("DELETE", f"/api/v1/orgs/{org}/members/{owner.user_id}", owner)
+    assert r.status_code == 409
+    r = await harness.call("PATCH", f"/api/v1/orgs/{org}/members/{admin.user_id}", admin, json={"role": "owner"})
+    assert r.status_code == 403  # an admin cannot make owners
+    r = await harness.call("PATCH", f"/api/v1/orgs/{org}/members/{admin.user_id}", owner, json={"role": "owner"})
+    assert r.status_code == 200
+    r = await harness.call("DELETE", f"/api/v1/orgs/{org}/members/{owner.user_id}", owner)
+    assert r.status_code == 204  # now there is another owner
+
+
+async def test_rls_hides_other_tenants_rows_without_where(harness: Harness, pg_dsn: str) -> None:
+    w = await build_world(harness)
+    db = harness.system.stores.db  # connected as the service role
+    role = await db.fetchval("SELECT current_user")
+    assert role == "bitnet_app"
+    flags = await db.fetchrow("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
+    assert not flags["rolsuper"] and not flags["rolbypassrls"]
+    owner = await db.fetchval("SELECT tableowner FROM pg_tables WHERE tablename = 'api_keys'")
+    assert owner != role
+    forced = await db.fetch("SELECT relname FROM pg_class WHERE relforcerowsecurity AND relkind IN ('r', 'p')")
+    assert {r["relname"] for r in forced} >= {
+        "organizations",
+        "memberships",
+        "api_keys",
+        "invitations",
+        "audit_log",
+        "models",
+        "inference_requests",
+        "usage_records",
+    }
+    async with db.transaction(org_id=w.org_b) as tx:
+        for table in ("api_keys", "memberships", "invitations", "audit_log", "organizations"):
+            rows = await tx.fetch(f"SELECT * FROM {table}")  # no WHERE clause at all
+            column = "id" if table == "organizations" else "org_id"
+            assert rows, table
+            assert {str(r[column]) for r in rows} == {w.org_b}, table
+        # Writing into another tenant is refused too.
+        with pytest.raises(QueryError, match="row-level security"):
+            await tx.execute(
+                "INSERT INTO api_keys (org_id, name, key_hash, prefix, last4, scopes)"
+                " VALUES ($1, 'x', $2, 'p', 'l', '{inference}')",
+                uuid.UUID(w.org_a),
+                b"\x00" * 32,
+            )
+    async with db.transaction() as tx:  # no tenant at all: nothing
+        assert await tx.fetch("SELECT * FROM api_keys") == []
+    # The audit log is append-only for the service role.
+    async with db.transaction(org_id=w.org_a) as tx:
+        with pytest.raises(QueryError, match="permission denied"):
+            await tx.execute("DELETE FROM audit_log")
+    async with open_database(pg_dsn) as owner_db:  # the tables' owner sees everything
+        assert (
+            await owner_db.fetchval(
+                "SELECT count(DISTINCT org_id) FROM api_keys WHERE org_id = ANY($1::uuid[])",
+                [uuid.UUID(w.org_a), uuid.UUID(w.org_b)],
+            )
+            == 2
+        )
