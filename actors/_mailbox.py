@@ -103,9 +103,7 @@ class Mailbox(Generic[M]):
 
 
 async def _ask(mailbox: Mailbox[M], make: Callable[[ReplyChannel[R]], M], *, wait: bool) -> R:
-    send, recv = trio.open_memory_channel[outcome.Outcome[R]](
-        1
-    )  # 1: exactly one reply, never blocks the actor
+    send, recv = trio.open_memory_channel[outcome.Outcome[R]](1)  # 1: exactly one reply, never blocks the actor
     async with recv:
         message = make(send)
         try:

@@ -38,8 +38,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         """Return the record as a JSON object on one line."""
         out: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -86,9 +85,7 @@ class Metrics:
         self.http_in_flight = Gauge(
             "bitnet_http_requests_in_flight", "HTTP requests being handled now.", registry=self.registry
         )
-        self.ready = Gauge(
-            "bitnet_ready", "1 when the last readiness check passed, else 0.", registry=self.registry
-        )
+        self.ready = Gauge("bitnet_ready", "1 when the last readiness check passed, else 0.", registry=self.registry)
 
     def render(self) -> bytes:
         """The registry in Prometheus text format."""

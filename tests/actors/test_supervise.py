@@ -183,9 +183,7 @@ async def test_send_waits_for_room(autojump_clock: trio.testing.MockClock, nurse
     assert trio.current_time() == pytest.approx(3)
 
 
-async def test_caller_gone_does_not_hurt_actor(
-    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
-) -> None:
+async def test_caller_gone_does_not_hurt_actor(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
     mailbox: Mailbox[ReplyChannel[int]] = Mailbox("slow", 4)
     answered = trio.Event()
 

@@ -19,15 +19,11 @@ async def test_migrate_fresh_database_then_noop(fresh_dsn: str) -> None:
     async with open_database(fresh_dsn) as db:
         applied = await migrate(db)
         assert applied == [m.version for m in load_migrations()]
-        tables = {
-            r["tablename"]
-            for r in await db.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-        }
+        tables = {r["tablename"] for r in await db.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
         assert tables >= CORE_TABLES | {"schema_migrations"}
         # A partition for this month exists, so inserts don't land in the default partition.
         parts = await db.fetch(
-            "SELECT inhrelid::regclass::text AS p FROM pg_inherits "
-            "WHERE inhparent = 'inference_requests'::regclass"
+            "SELECT inhrelid::regclass::text AS p FROM pg_inherits WHERE inhparent = 'inference_requests'::regclass"
         )
         assert len(parts) >= 4
         assert await migrate(db) == []
