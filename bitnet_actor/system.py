@@ -28,12 +28,15 @@ from bitnet_actor.observability import Metrics
 from bitnet_actor.services.api_keys import KeyCache
 from bitnet_actor.services.bundle import AuthServices
 from bitnet_actor.services.email import LogEmailSender
+from bitnet_actor.services.jwt import JwtService
+from bitnet_actor.services.oidc import OidcClient, OidcSettings
+from bitnet_actor.services.refresh import RefreshTokens
 from bitnet_actor.services.sessions import SessionStore
 from bitnet_actor.services.throttle import LoginThrottle
 from bitnet_actor.stores import Stores, open_stores, secret_key
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Awaitable, Callable, Iterator
     from pathlib import Path
 
     from actors import Supervisor
@@ -44,7 +47,7 @@ __all__ = ["System", "check_data_dir", "run_system"]
 
 log = logging.getLogger(__name__)
 
-_MAINTENANCE_INTERVAL_S = 6 * 3600
+_MAINTENANCE_INTERVAL_S = 600
 
 
 @dataclass(slots=True, kw_only=True)
@@ -60,13 +63,31 @@ class System:
     supervisors: list[Supervisor] = field(default_factory=list)
 
 
+def public_base_url(settings: Settings) -> str:
+    """The URL clients reach this service at (links in emails, token issuer, OIDC callback)."""
+    return (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
+
+
 def build_auth(settings: Settings, stores: Stores, key: bytes, *, mailer: EmailSender | None = None) -> AuthServices:
     """The authentication services over ``stores``."""
+    base = public_base_url(settings)
+    oidc = None
+    if settings.oidc_issuer:
+        oidc_settings = OidcSettings(
+            issuer=settings.oidc_issuer,
+            client_id=settings.oidc_client_id,
+            client_secret=settings.oidc_client_secret,
+            redirect_uri=f"{base}/api/v1/oidc/callback",
+        )
+        oidc = OidcClient(oidc_settings, stores.redis)
     return AuthServices(
         keys=KeyCache(stores.db, stores.redis),
         sessions=SessionStore(stores.redis),
         throttle=LoginThrottle(redis=stores.redis),
         mailer=mailer or LogEmailSender(),
+        jwt=JwtService(stores.db, encryption_key=key, issuer=base),
+        refresh=RefreshTokens(stores.db),
+        oidc=oidc,
     )
 
 
@@ -128,11 +149,24 @@ async def _watch_signals(stop: trio.Event, draining: trio.Event, root: trio.Canc
                 root.cancel()
 
 
+async def _close_at_exit(aclose: Callable[[], Awaitable[None]]) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        with trio.move_on_after(5, shield=True):
+            await aclose()
+
+
 async def _maintain(system: System) -> None:
-    # Partitions for the coming months, created ahead of the rows that will need them.
+    # Partitions for the coming months, created ahead of the rows that will need them; signing keys rotated
+    # on schedule (the next key is published an access-token lifetime before it signs).
     while True:
         try:
             await system.stores.db.execute("SELECT bitnet_ensure_partitions('inference_requests')")
+            if system.auth.jwt is not None:
+                await system.auth.jwt.ensure_keys()
+            if system.auth.refresh is not None:
+                await system.auth.refresh.purge()
         except Exception:
             log.exception("partition maintenance failed; retrying in an hour")
             await trio.sleep(3600)
@@ -216,6 +250,8 @@ async def run_system(
             system = System(settings=settings, stores=stores, metrics=Metrics(), auth=auth, secret_key=key)
             async with trio.open_nursery() as nursery:
                 await nursery.start(auth.keys.run)
+                if auth.oidc is not None:
+                    nursery.start_soon(_close_at_exit, auth.oidc.aclose)
                 if handle_signals:
                     nursery.start_soon(_watch_signals, stop, system.draining, nursery.cancel_scope)
                 else:

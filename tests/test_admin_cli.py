@@ -48,9 +48,7 @@ def test_create_org_key_revoke_and_audit(fresh_dsn_sync: str, redis_url: str, tm
         conn = await asyncpg.connect(fresh_dsn_sync)
         try:
             await conn.execute("SET session_replication_role = replica")  # bypass the append-only trigger
-            return await conn.fetchval(
-                "UPDATE audit_log SET details = '{\"name\": \"Evil\"}' WHERE seq = 1 RETURNING id"
-            )
+            return await conn.fetchval('UPDATE audit_log SET details = \'{"name": "Evil"}\' WHERE seq = 1 RETURNING id')
         finally:
             await conn.close()
 

@@ -43,8 +43,10 @@ def _id(name: str) -> dict[str, Any]:
 
 
 _ROLE = {"type": "string", "enum": ["owner", "admin", "member", "viewer", "billing"]}
-_SCOPES = {"type": "array", "items": {"type": "string", "enum": ["inference", "models:read", "models:write",
-                                                                   "billing:read", "admin"]}}  # fmt: skip
+_SCOPES = {
+    "type": "array",
+    "items": {"type": "string", "enum": ["inference", "models:read", "models:write", "billing:read", "admin"]},
+}
 
 SPEC: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -58,7 +60,7 @@ SPEC: dict[str, Any] = {
                 "name": "__Host-bitnet_session",
                 "description": "portal session; unsafe methods need X-CSRF-Token",
             },
-        },  # fmt: skip
+        },
         "responses": {
             "Error": {"description": "OpenAI-shaped error", "content": {"application/json": {"schema": _ref("Error")}}}
         },
@@ -116,7 +118,7 @@ SPEC: dict[str, Any] = {
                     "hash": _S,
                 },
             },
-        },  # fmt: skip
+        },
     },
     "security": [{"bearer": []}, {"session": []}],
     "paths": {
@@ -274,7 +276,7 @@ SPEC: dict[str, Any] = {
         "/api/v1/openapi.json": {
             "get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI"}}}
         },
-    },  # fmt: skip
+    },
 }
 
 

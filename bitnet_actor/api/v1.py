@@ -23,7 +23,7 @@ from bitnet_actor.services.sessions import COOKIE_NAME
 if TYPE_CHECKING:
     from bitnet_actor.services.sessions import Session
 
-__all__ = ["blueprint", "json_ready"]
+__all__ = ["blueprint", "json_ready", "start_session"]
 
 blueprint = Blueprint("api_v1", __name__, url_prefix="/api/v1")
 
@@ -68,7 +68,8 @@ def _with_session(response: Response, session: Session) -> Response:
     return response
 
 
-async def _start_session(user_id: UUID, body: dict[str, Any], status: int = 200) -> Response:
+async def start_session(user_id: UUID, body: dict[str, Any], status: int = 200) -> Response:
+    """Sign ``user_id`` in: a fresh session (ending the one presented, if any), cookie and CSRF token."""
     sessions = system().auth.sessions
     session = await sessions.create(user_id, replacing=request.cookies.get(COOKIE_NAME))
     user = await tenancy.get_user(system().stores.db, user_id)
@@ -107,7 +108,7 @@ async def signup_verify() -> Response:
     body = await parse_body({"token": Field(str, max_len=200)})
     user_id, org_id = await tenancy.signup_verify(system().stores.db, token=body["token"], actor=request_actor())
     org = await tenancy.get_org(system().stores.db, org_id)
-    return await _start_session(user_id, {"organization": org}, 201)
+    return await start_session(user_id, {"organization": org}, 201)
 
 
 @blueprint.post("/password/set")
@@ -119,7 +120,7 @@ async def password_set() -> Response:
     refresh = system().auth.refresh
     if refresh is not None:
         await refresh.revoke_user(str(user_id))
-    return await _start_session(user_id, {})
+    return await start_session(user_id, {})
 
 
 @blueprint.post("/login")
@@ -129,7 +130,7 @@ async def login() -> Response:
     user_id = await tenancy.authenticate_password(
         system().stores.db, system().auth.throttle, email=body["email"], password=body["password"], ip=client_ip()
     )
-    return await _start_session(user_id, {})
+    return await start_session(user_id, {})
 
 
 @blueprint.post("/logout")
@@ -278,7 +279,7 @@ async def accept_invitation() -> Response:
     )
     org = await tenancy.get_org(system().stores.db, org_id)
     if user_id is None:
-        return await _start_session(new_user, {"organization": org}, 201)
+        return await start_session(new_user, {"organization": org}, 201)
     return _json({"organization": org}, 201)
 
 

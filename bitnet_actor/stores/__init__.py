@@ -11,10 +11,10 @@ import base64
 import logging
 import os
 import secrets
-from urllib.parse import quote, urlsplit, urlunsplit
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import trio
 

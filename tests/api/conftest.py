@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,11 +105,9 @@ class Harness:
         return body["key"], body["id"]
 
 
-@pytest.fixture
-async def harness(
-    aio_loop: object, pg_dsn: str, redis_url: str, tmp_path: Path, nursery: trio.Nursery
-) -> AsyncIterator[Harness]:
-    settings = Settings(data_dir=tmp_path, database_url=pg_dsn, redis_url=redis_url)
+@asynccontextmanager
+async def open_harness(settings: Settings) -> AsyncIterator[Harness]:
+    """The app over real stores with ``settings``, its key cache listening, a test client."""
     mailer = MemoryEmailSender()
     async with open_stores(settings) as stores:
         auth = build_auth(settings, stores, b"k" * 32, mailer=mailer)
@@ -116,6 +115,15 @@ async def harness(
         async with trio.open_nursery() as inner:
             await inner.start(auth.keys.run)
             app = create_app(system)
-            async with app.test_app() as test_app:
+            async with app.test_app():
                 yield Harness(app.test_client(use_cookies=False), mailer, system)
             inner.cancel_scope.cancel()
+        if auth.oidc is not None:
+            await auth.oidc.aclose()
+
+
+@pytest.fixture
+async def harness(aio_loop: object, pg_dsn: str, redis_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
+    settings = Settings(data_dir=tmp_path, database_url=pg_dsn, redis_url=redis_url)
+    async with open_harness(settings) as h:
+        yield h
