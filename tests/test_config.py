@@ -53,3 +53,12 @@ def test_readme_lists_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
     for env, (flag, _, _) in SETTINGS_DOC.items():
         assert f"| `{env}` | `{flag}` |" in readme, f"README's configuration table lacks {env}"
+
+
+def test_security_doc_has_the_role_table() -> None:
+    from bitnet_actor.services.permissions import PERMISSIONS, ROLE_PERMISSIONS, ROLES
+
+    doc = (ROOT / "docs" / "security.md").read_text()
+    for permission in PERMISSIONS:
+        marks = " | ".join("x" if permission in ROLE_PERMISSIONS[r] else "" for r in ROLES)
+        assert f"| `{permission}` | {marks} |" in doc, f"docs/security.md's role table is stale for {permission}"

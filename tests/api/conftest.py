@@ -65,7 +65,9 @@ class Harness:
 
     async def call(self, method: str, path: str, caller: Caller = ANON, json: Any = None, **kw: Any) -> Any:
         headers = {**caller.headers(), **kw.pop("headers", {})}
-        return await self.client.open(path, method=method, json=json, headers=headers, **kw)
+        if json is not None:
+            kw["json"] = json
+        return await self.client.open(path, method=method, headers=headers, **kw)
 
     def last_token(self, to: str) -> str:
         for message in reversed(self.mailer.outbox):

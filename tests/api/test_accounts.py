@@ -151,3 +151,18 @@ async def test_unauthenticated_and_malformed_credentials(harness: Harness) -> No
     r = await harness.call("GET", "/api/v1/me", Caller(bearer="bnk_live_nope"))
     assert r.status_code == 401
     assert (await r.get_json())["error"]["type"] == "authentication_error"
+
+
+async def test_oversized_and_non_json_bodies(harness: Harness) -> None:
+    r = await harness.call(
+        "POST",
+        "/api/v1/login",
+        data=b'{"email": "' + b"a" * 100_000 + b'"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.status_code == 413
+    assert (await r.get_json())["error"]["type"] == "invalid_request_error"
+    r = await harness.call(
+        "POST", "/api/v1/login", data=b"email=a", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert r.status_code == 415
