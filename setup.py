@@ -31,9 +31,7 @@ def _compile_args() -> list[str]:
 
 
 def _extensions() -> list[Extension]:
-    sources = sorted((HERE / "kernels_cython").glob("*.pyx")) + sorted(
-        (HERE / "bitnet_actor" / "engine").glob("*.pyx")
-    )
+    sources = sorted((HERE / "kernels_cython").glob("*.pyx")) + sorted((HERE / "bitnet_actor" / "engine").glob("*.pyx"))
     return [
         Extension(
             ".".join(pyx.relative_to(HERE).with_suffix("").parts),

@@ -38,14 +38,23 @@ def _add_settings_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -
     for env in names:
         flag, default, meaning = SETTINGS_DOC[env]
         dest = env.removeprefix("BITNET_").lower()
-        kind = {"port": int, "shutdown_grace": float, "data_dir": Path}.get(dest, str)
+        help_text = f"{meaning} [{env}, default {default}]"
+        if dest == "models":
+            parser.add_argument(flag, dest=dest, action="append", default=None, metavar="NAME=PATH", help=help_text)
+            continue
+        if dest == "no_demo_model":
+            parser.add_argument(flag, dest=dest, action="store_true", default=None, help=help_text)
+            continue
+        kind = {
+            "port": int,
+            "shutdown_grace": float,
+            "data_dir": Path,
+            "max_batch": int,
+            "max_queue": int,
+            "request_timeout": float,
+        }.get(dest, str)
         parser.add_argument(
-            flag,
-            dest=dest,
-            type=kind,
-            default=None,
-            metavar=dest.split("_")[-1].upper(),
-            help=f"{meaning} [{env}, default {default}]",
+            flag, dest=dest, type=kind, default=None, metavar=dest.split("_")[-1].upper(), help=help_text
         )
 
 
@@ -96,6 +105,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     overrides = {
         f.name: getattr(args, f.name) for f in dataclasses.fields(Settings) if getattr(args, f.name, None) is not None
     }
+    if isinstance(overrides.get("models"), list):  # repeated --model flags
+        overrides["models"] = ",".join(overrides["models"])
     settings = dataclasses.replace(settings, **overrides)
     settings = dataclasses.replace(settings, data_dir=settings.data_dir.expanduser().absolute())
     return settings.validated()

@@ -47,6 +47,12 @@ class Settings:
     oidc_issuer: str = ""
     oidc_client_id: str = ""
     oidc_client_secret: str = ""
+    models: str = ""
+    model_memory: str = ""
+    max_batch: int = 8
+    max_queue: int = 64
+    request_timeout: float = 600.0
+    no_demo_model: bool = False
     shutdown_grace: float = 30.0
     log_level: str = "info"
 
@@ -97,6 +103,15 @@ class Settings:
             raise ConfigError("BITNET_OIDC_ISSUER, BITNET_OIDC_CLIENT_ID and BITNET_OIDC_CLIENT_SECRET go together")
         if self.oidc_issuer and not self.oidc_issuer.startswith(("https://", "http://")):
             raise ConfigError("BITNET_OIDC_ISSUER must be an http(s) URL")
+        if self.max_batch < 1 or self.max_queue < 1:
+            raise ConfigError("BITNET_MAX_BATCH and BITNET_MAX_QUEUE must be at least 1")
+        if self.request_timeout <= 0:
+            raise ConfigError("BITNET_REQUEST_TIMEOUT must be positive")
+        if self.model_memory:
+            parse_size(self.model_memory)
+        for name, path in parse_models(self.models).items():
+            if not Path(path).expanduser().exists():
+                raise ConfigError(f"--model {name}={path}: no such file or directory")
         if self.log_level.lower() not in {"debug", "info", "warning", "error"}:
             raise ConfigError(f"BITNET_LOG_LEVEL must be debug, info, warning or error, not {self.log_level!r}")
         return self
@@ -107,12 +122,64 @@ class Settings:
         return bool(self.s3_bucket)
 
 
-def _convert(name: str, raw: str) -> object:
-    kind = {"data_dir": Path, "port": int, "shutdown_grace": float}.get(name, str)
+def _bool(raw: str) -> bool:
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(raw)
+
+
+def parse_size(raw: str) -> int:
+    """Bytes from ``"8G"``, ``"512M"``, ``"1.5GiB"`` or a plain number.
+
+    Raises:
+        ConfigError: not a size.
+    """
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    text = raw.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = text[-1] if text and text[-1] in units else ""
     try:
-        return kind(raw)
+        value = float(text[: len(text) - len(unit)] if unit else text)
     except ValueError:
-        raise ConfigError(f"BITNET_{name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+        raise ConfigError(f"BITNET_MODEL_MEMORY={raw!r} is not a size (like 8G or 512M)") from None
+    if value <= 0:
+        raise ConfigError("BITNET_MODEL_MEMORY must be positive")
+    return int(value * units[unit])
+
+
+def parse_models(raw: str) -> dict[str, str]:
+    """``NAME=PATH`` pairs separated by commas (or given as repeated ``--model`` flags).
+
+    Raises:
+        ConfigError: a pair is malformed or a name repeats.
+    """
+    out: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ConfigError(f"--model {item!r} must be NAME=PATH")
+        if name.strip() in out:
+            raise ConfigError(f"--model {name.strip()!r} is given twice")
+        out[name.strip()] = path.strip()
+    return out
+
+
+def _convert(name: str, raw: str) -> object:
+    kind = {
+        "data_dir": Path,
+        "port": int,
+        "shutdown_grace": float,
+        "max_batch": int,
+        "max_queue": int,
+        "request_timeout": float,
+        "no_demo_model": _bool,
+    }.get(name, str)
+    try:
+        return kind(raw)  # type: ignore[operator]
+    except ValueError:
+        label = {"_bool": "boolean"}.get(getattr(kind, "__name__", ""), getattr(kind, "__name__", "value"))
+        raise ConfigError(f"BITNET_{name.upper()}={raw!r} is not a valid {label}") from None
 
 
 # name -> (flag, default shown to people, meaning); the README table mirrors this.
@@ -134,6 +201,12 @@ SETTINGS_DOC: dict[str, tuple[str, str, str]] = {
     "BITNET_OIDC_ISSUER": ("--oidc-issuer", "unset", "OpenID Connect provider for SSO login"),
     "BITNET_OIDC_CLIENT_ID": ("--oidc-client-id", "unset", "OIDC client id"),
     "BITNET_OIDC_CLIENT_SECRET": ("--oidc-client-secret", "unset", "OIDC client secret"),
+    "BITNET_MODELS": ("--model", "demo model", "NAME=PATH to serve (repeatable flag; comma list in the variable)"),
+    "BITNET_NO_DEMO_MODEL": ("--no-demo-model", "false", "don't register the bundled demo model"),
+    "BITNET_MODEL_MEMORY": ("--model-memory", "half of RAM", "memory budget for loaded models (8G, 512M)"),
+    "BITNET_MAX_BATCH": ("--max-batch", "8", "sequences decoded together per model"),
+    "BITNET_MAX_QUEUE": ("--max-queue", "64", "requests waiting per model before 429"),
+    "BITNET_REQUEST_TIMEOUT": ("--request-timeout", "600", "seconds a generation may take"),
     "BITNET_SHUTDOWN_GRACE": ("--shutdown-grace", "30", "seconds in-flight requests get after SIGTERM"),
     "BITNET_LOG_LEVEL": ("--log-level", "info", "debug, info, warning or error"),
 }

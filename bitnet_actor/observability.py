@@ -13,7 +13,10 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -25,8 +28,37 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 __all__ = ["CONTENT_TYPE_LATEST", "JsonFormatter", "Metrics", "configure_logging"]
+
+
+class _LiveCollector:
+    """Gauges read at scrape time from the running actors (``Metrics.live``): running / waiting requests and
+    KV cache bytes per model, and the model cache's counters."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        live = self.metrics.live() if self.metrics.live is not None else {}
+        running = GaugeMetricFamily("bitnet_requests_running", "Sequences in a model's batch.", labels=["model"])
+        waiting = GaugeMetricFamily("bitnet_requests_waiting", "Requests queued for a model.", labels=["model"])
+        kv = GaugeMetricFamily("bitnet_kv_cache_bytes", "KV cache bytes held by running sequences.", labels=["model"])
+        for name, stats in live.get("schedulers", {}).items():
+            running.add_metric([name], stats.running)
+            waiting.add_metric([name], stats.waiting)
+            kv.add_metric([name], stats.kv_bytes)
+        yield from (running, waiting, kv)
+        cache = live.get("cache")
+        if cache is not None:
+            yield CounterMetricFamily("bitnet_model_loads", "Models loaded.", value=cache.loads)
+            yield CounterMetricFamily("bitnet_model_evictions", "Models evicted.", value=cache.evictions)
+            yield CounterMetricFamily(
+                "bitnet_model_cache_hits", "Requests that found their model loaded.", value=cache.hits
+            )
+            yield GaugeMetricFamily("bitnet_model_memory_bytes", "Bytes of loaded models.", value=cache.bytes)
+
 
 # Fields of LogRecord that are not "extra" data.
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -86,6 +118,60 @@ class Metrics:
             "bitnet_http_requests_in_flight", "HTTP requests being handled now.", registry=self.registry
         )
         self.ready = Gauge("bitnet_ready", "1 when the last readiness check passed, else 0.", registry=self.registry)
+
+        latency = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128)
+        self.ttft = Histogram(
+            "bitnet_time_to_first_token_seconds",
+            "Time from request to its first token.",
+            ["model"],
+            buckets=latency,
+            registry=self.registry,
+        )
+        self.itl = Histogram(
+            "bitnet_inter_token_latency_seconds",
+            "Time between consecutive tokens of a stream.",
+            ["model"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28),
+            registry=self.registry,
+        )
+        self.e2e = Histogram(
+            "bitnet_request_latency_seconds",
+            "End-to-end latency of inference requests.",
+            ["model"],
+            buckets=latency,
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "bitnet_queue_wait_seconds",
+            "Time requests waited for a batch slot.",
+            ["model"],
+            buckets=latency,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "bitnet_batch_size",
+            "Sequences per model step.",
+            ["model"],
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
+            registry=self.registry,
+        )
+        self.step_seconds = Histogram(
+            "bitnet_step_seconds", "Duration of one model step.", ["model"], buckets=latency, registry=self.registry
+        )
+        self.prompt_tokens = Counter(
+            "bitnet_prompt_tokens", "Prompt tokens processed.", ["model"], registry=self.registry
+        )
+        self.generation_tokens = Counter(
+            "bitnet_generation_tokens", "Tokens generated.", ["model"], registry=self.registry
+        )
+        self.finished = Counter(
+            "bitnet_requests_finished",
+            "Inference requests by finish reason.",
+            ["model", "reason"],
+            registry=self.registry,
+        )
+        self.live: Callable[[], dict[str, Any]] | None = None
+        self.registry.register(_LiveCollector(self))
 
     def render(self) -> bytes:
         """The registry in Prometheus text format."""

@@ -15,14 +15,20 @@ import logging
 import os
 import signal
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import hypercorn.config
 import hypercorn.trio
+import psutil
 import trio
 import trio_asyncio
 
+from actors.model_cache import ModelCache
+from actors.scheduler import Scheduler
+from actors.tenant import Tenants
 from bitnet_actor.app import create_app
+from bitnet_actor.config import parse_models, parse_size
 from bitnet_actor.errors import StartupError
 from bitnet_actor.observability import Metrics
 from bitnet_actor.services.api_keys import KeyCache
@@ -37,10 +43,10 @@ from bitnet_actor.stores import Stores, open_stores, secret_key
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
-    from pathlib import Path
 
     from actors import Supervisor
     from bitnet_actor.config import Settings
+    from bitnet_actor.engine import Model
     from bitnet_actor.services.email import EmailSender
 
 __all__ = ["System", "check_data_dir", "run_system"]
@@ -59,8 +65,52 @@ class System:
     metrics: Metrics
     auth: AuthServices
     secret_key: bytes = b""
+    models: ModelCache | None = None
+    tenants: Tenants | None = None
     draining: trio.Event = field(default_factory=trio.Event)
     supervisors: list[Supervisor] = field(default_factory=list)
+
+
+DEMO_MODEL_DIR = Path(__file__).with_name("demo_model")
+DEMO_MODEL_NAME = "bitnet-demo"
+
+
+def served_models(settings: Settings) -> dict[str, str]:
+    """Name -> path of the platform-wide models: ``--model`` ones, and the bundled demo model unless disabled."""
+    models = {name: str(Path(path).expanduser().resolve()) for name, path in parse_models(settings.models).items()}
+    if not settings.no_demo_model and (DEMO_MODEL_DIR / "config.json").exists():
+        models.setdefault(DEMO_MODEL_NAME, str(DEMO_MODEL_DIR))
+    return models
+
+
+def build_model_cache(settings: Settings, metrics: Metrics, models: dict[str, str]) -> ModelCache:
+    """The model cache with its schedulers' settings and metrics hooks; ``models`` registered and pinned."""
+    from bitnet_actor.engine import load_model  # numpy-heavy: only when serving
+
+    budget = parse_size(settings.model_memory) if settings.model_memory else psutil.virtual_memory().total // 2
+
+    def scheduler(name: str, model: Model) -> Scheduler:
+        def on_step(batch: int, seconds: float) -> None:
+            metrics.batch_size.labels(name).observe(batch)
+            metrics.step_seconds.labels(name).observe(seconds)
+
+        return Scheduler(model, max_batch=settings.max_batch, max_queue=settings.max_queue, on_step=on_step)
+
+    cache = ModelCache(budget_bytes=budget, loader=load_model, scheduler_factory=scheduler)
+    for name, path in models.items():
+        cache.register(name, path, pinned=True)
+    metrics.live = lambda: {
+        "schedulers": {n: s.statistics() for n, s in cache.schedulers().items()},
+        "cache": cache.statistics(),
+    }
+    return cache
+
+
+async def _preload(cache: ModelCache, name: str) -> None:
+    try:
+        await cache.pin(name)
+    except Exception as exc:  # the server still serves the other models; requests for this one retry the load
+        log.error("could not load model %s: %s", name, exc)
 
 
 def public_base_url(settings: Settings) -> str:
@@ -242,14 +292,30 @@ async def run_system(
         MigrationError: the schema could not be brought up to date.
     """
     check_data_dir(settings.data_dir)
-    stop = stop or trio.Event()
+    stop = stop if stop is not None else trio.Event()
+    models = served_models(settings)
     with _DataDirLock(settings.data_dir):
-        async with trio_asyncio.open_loop(), open_stores(settings) as stores:
+        async with trio_asyncio.open_loop(), open_stores(settings, platform_models=models) as stores:
             key = secret_key(settings)
             auth = build_auth(settings, stores, key)
-            system = System(settings=settings, stores=stores, metrics=Metrics(), auth=auth, secret_key=key)
+            metrics = Metrics()
+            system = System(
+                settings=settings,
+                stores=stores,
+                metrics=metrics,
+                auth=auth,
+                secret_key=key,
+                models=build_model_cache(settings, metrics, models),
+                tenants=Tenants(stores.db),
+            )
             async with trio.open_nursery() as nursery:
                 await nursery.start(auth.keys.run)
+                assert system.models is not None
+                assert system.tenants is not None
+                await nursery.start(system.models.run)
+                await nursery.start(system.tenants.run)
+                for name in models:
+                    nursery.start_soon(_preload, system.models, name)
                 if auth.oidc is not None:
                     nursery.start_soon(_close_at_exit, auth.oidc.aclose)
                 if handle_signals:

@@ -138,9 +138,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], server: S3Server, log_path: Path)
     finally:
         client.close()
     tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
-    raise RuntimeError(
-        f"seaweedfs did not become ready (exit code {proc.poll()}, last error {last_error!r}):\n{tail}"
-    )
+    raise RuntimeError(f"seaweedfs did not become ready (exit code {proc.poll()}, last error {last_error!r}):\n{tail}")
 
 
 @pytest.fixture(scope="session")

@@ -43,9 +43,7 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-async def chunked(
-    data: bytes, sizes: tuple[int, ...] = (1, 100_000, 3 * MiB, 65_536)
-) -> AsyncIterator[bytes]:
+async def chunked(data: bytes, sizes: tuple[int, ...] = (1, 100_000, 3 * MiB, 65_536)) -> AsyncIterator[bytes]:
     """Yield ``data`` in chunks of cycling, uneven sizes (with an empty chunk thrown in)."""
     pos, i = 0, 0
     yield b""

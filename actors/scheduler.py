@@ -1,0 +1,338 @@
+"""The inference queue of one model: bounded admission, fairness across tenants, continuous batching.
+
+The ``Scheduler`` actor owns one loaded model's running batch. Requests arrive through ``submit_nowait``
+(``trio.WouldBlock`` when ``max_queue`` requests already wait: the HTTP edge answers 429 with Retry-After),
+wait in per-tenant queues, and are admitted round-robin (a tenant's plan weight is how many of its requests
+join per round), so one tenant's flood never starves another's; each tenant also has a cap on running
+sequences. At every step boundary new sequences join the batch (continuous batching) up to ``max_batch``;
+long prompts are prefilled ``prefill_chunk`` tokens per step so they don't stall the others' decoding.
+
+Each step runs in a worker thread (the kernels release the GIL). Results go to each request's caller-owned
+reply channel with ``send_nowait``: a caller that went away (closed receive end) or stopped reading (full
+channel) gets its sequence cancelled and its slot freed before the next step. Deadlines are checked at every
+step.
+
+Restart policy: a crash of the step loop fails every request in flight (their callers see ``Failed``) and the
+supervisor may restart the actor; the queue of waiting requests survives in the actor's mailbox.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import trio
+
+if TYPE_CHECKING:
+    from uuid import UUID
+
+    from bitnet_actor.engine import Model, SamplingParams, Sequence, StepOutput
+
+__all__ = ["Failed", "Finished", "GenerationRequest", "Scheduler", "SchedulerStatistics", "Token"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """One generated token and its text delta (``token_id`` -1: text only)."""
+
+    index: int
+    token_id: int
+    text: str
+    logprob: float | None = None
+    top_logprobs: tuple[tuple[int, float], ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The request is done."""
+
+    index: int
+    reason: Literal["stop", "length"]
+    prompt_tokens: int
+    completion_tokens: int
+    queue_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The request could not finish; ``code`` is machine-readable."""
+
+    index: int
+    message: str
+    code: Literal["timeout", "overloaded", "internal", "cancelled", "invalid"]
+
+
+Event = Token | Finished | Failed
+
+
+@dataclass(eq=False, slots=True, kw_only=True)
+class GenerationRequest:
+    """One sequence to generate. ``reply`` is created and owned by the caller (bounded)."""
+
+    org_id: UUID
+    prompt_ids: list[int]
+    params: SamplingParams
+    reply: trio.MemorySendChannel[Event]
+    deadline: float = float("inf")  # trio.current_time() by which it must finish
+    weight: int = 1  # requests admitted per round for this tenant
+    max_running: int = 1_000_000  # the tenant's cap on running sequences
+    index: int = 0  # the choice this sequence is (requests with n > 1 share one reply channel, cloned)
+    submitted_at: float = field(default_factory=time.monotonic)
+    # set by the scheduler
+    sequence: Sequence | None = None
+    admitted_at: float | None = None
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerStatistics:
+    """A snapshot for metrics."""
+
+    running: int
+    waiting: int
+    steps: int
+    tokens: int
+    rejected: int
+    cancelled: int
+    kv_bytes: int
+
+
+class Scheduler:
+    """Serves one model's requests. See the module docstring."""
+
+    def __init__(
+        self, model: Model, *, max_batch: int = 8, max_queue: int = 64, prefill_chunk: int = 128, on_step: Any = None
+    ) -> None:
+        self.model = model
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.prefill_chunk = prefill_chunk
+        self._send, self._inbox = trio.open_memory_channel[GenerationRequest](max_queue)  # max_queue: the bound
+        self._queues: dict[UUID, deque[GenerationRequest]] = {}
+        self._ring: deque[UUID] = deque()
+        self._running: list[GenerationRequest] = []
+        self._waiting = 0
+        self._steps = 0
+        self._tokens = 0
+        self._rejected = 0
+        self._cancelled = 0
+        self._on_step = on_step  # callback(batch_size, step_seconds) for metrics
+        self._wake = trio.Event()
+
+    # -- caller side ----------------------------------------------------------------------------------------
+
+    def submit_nowait(self, request: GenerationRequest) -> None:
+        """Queue ``request`` or refuse at once.
+
+        Raises:
+            trio.WouldBlock: ``max_queue`` requests are already waiting.
+            trio.ClosedResourceError: the scheduler is shutting down.
+        """
+        if self._waiting >= self.max_queue:
+            self._rejected += 1
+            raise trio.WouldBlock
+        self._send.send_nowait(request)
+        self._waiting += 1
+
+    def close(self) -> None:
+        """Accept nothing more; the actor finishes what it has, then returns."""
+        self._send.close()
+
+    def statistics(self) -> SchedulerStatistics:
+        """Running and waiting requests and counters."""
+        kv = sum(r.sequence.nbytes for r in self._running if r.sequence is not None)
+        return SchedulerStatistics(
+            len(self._running), self._waiting, self._steps, self._tokens, self._rejected, self._cancelled, kv
+        )
+
+    @property
+    def busy(self) -> bool:
+        """Whether any request is running or waiting."""
+        return bool(self._running) or self._waiting > 0
+
+    # -- actor side -----------------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until the inbox is closed and drained."""
+        task_status.started()
+        inbox_open = True
+        try:
+            while inbox_open or self._running or self._waiting:
+                if not self._running and not any(self._queues.values()):
+                    if not inbox_open:
+                        break
+                    try:
+                        self._enqueue(await self._inbox.receive())
+                    except trio.EndOfChannel:
+                        inbox_open = False
+                        continue
+                while True:
+                    try:
+                        self._enqueue(self._inbox.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                    except trio.EndOfChannel:
+                        inbox_open = False
+                        break
+                self._drop_gone_and_late()
+                self._admit()
+                if self._running:
+                    await self._step()
+                else:
+                    await trio.lowlevel.checkpoint()
+        finally:
+            for request in [*self._running, *(r for q in self._queues.values() for r in q)]:
+                self._end(request, Failed(request.index, "the server is shutting down", "cancelled"))
+
+    def _enqueue(self, request: GenerationRequest) -> None:
+        queue = self._queues.get(request.org_id)
+        if queue is None:
+            queue = self._queues[request.org_id] = deque()
+        if not queue and request.org_id not in self._ring:
+            self._ring.append(request.org_id)
+        queue.append(request)
+
+    def _admit(self) -> None:
+        # Round-robin over tenants with queued requests; each gets up to its weight per round.
+        stalled = 0
+        while len(self._running) < self.max_batch and self._ring and stalled < len(self._ring):
+            org = self._ring.popleft()
+            queue = self._queues.get(org)
+            if not queue:
+                continue
+            admitted = 0
+            running_here = sum(1 for r in self._running if r.org_id == org)
+            while queue and admitted < max(queue[0].weight, 1) and len(self._running) < self.max_batch:
+                if running_here >= queue[0].max_running:
+                    break
+                request = queue.popleft()
+                self._waiting -= 1
+                if self._start(request):
+                    admitted += 1
+                    running_here += 1
+            stalled = 0 if admitted else stalled + 1
+            if queue:
+                self._ring.append(org)
+            else:
+                self._queues.pop(org, None)
+
+    def _start(self, request: GenerationRequest) -> bool:
+        try:
+            request.sequence = self.model.new_sequence(request.prompt_ids, request.params)
+        except ValueError as exc:
+            self._end(request, Failed(request.index, str(exc), "invalid"))
+            return False
+        request.admitted_at = time.monotonic()
+        self._running.append(request)
+        return True
+
+    def _drop_gone_and_late(self) -> None:
+        now = trio.current_time()
+        for request in list(self._running):
+            if _gone(request.reply):
+                self._cancelled += 1
+                self._end(request, None)
+            elif now > request.deadline:
+                self._end(request, Failed(request.index, "the request did not finish before its deadline", "timeout"))
+        for org, queue in list(self._queues.items()):
+            for request in list(queue):
+                if _gone(request.reply) or now > request.deadline:
+                    queue.remove(request)
+                    self._waiting -= 1
+                    if _gone(request.reply):
+                        self._cancelled += 1
+                        self._end(request, None)
+                    else:
+                        self._end(request, Failed(request.index, "the request waited past its deadline", "timeout"))
+            if not queue:
+                self._queues.pop(org, None)
+                if org in self._ring:
+                    self._ring.remove(org)
+
+    async def _step(self) -> None:
+        batch = list(self._running)
+        seqs = [r.sequence for r in batch if r.sequence is not None]
+        started = time.perf_counter()
+        try:
+            outs: list[StepOutput] = await trio.to_thread.run_sync(
+                lambda: self.model.step(seqs, prefill_chunk=self.prefill_chunk)
+            )
+        except Exception:
+            log.exception("model step failed; failing the batch")
+            for request in batch:
+                self._end(request, Failed(request.index, "the model failed while generating", "internal"))
+            return
+        elapsed = time.perf_counter() - started
+        self._steps += 1
+        if self._on_step is not None:
+            self._on_step(len(seqs), elapsed)
+        by_seq = {id(r.sequence): r for r in batch}
+        for out in outs:
+            found = by_seq.get(id(out.sequence))
+            if found is None or found not in self._running:
+                continue
+            request = found
+            if out.token_id is not None:
+                request.completion_tokens += 1
+                self._tokens += 1
+                if not self._deliver(
+                    request, Token(request.index, out.token_id, out.text, out.logprob, out.top_logprobs)
+                ):
+                    continue
+            elif out.text and not self._deliver(request, Token(request.index, -1, out.text)):
+                continue
+            if out.finished:
+                queue_s = (request.admitted_at or request.submitted_at) - request.submitted_at
+                self._end(
+                    request,
+                    Finished(
+                        request.index,
+                        out.finish_reason or "stop",
+                        len(request.prompt_ids),
+                        request.completion_tokens,
+                        queue_s,
+                    ),
+                )
+
+    def _deliver(self, request: GenerationRequest, event: Event) -> bool:
+        stats = request.reply.statistics()
+        if stats.current_buffer_used >= stats.max_buffer_size - 1:  # keep one slot for the final event
+            self._cancelled += 1
+            self._end(request, Failed(request.index, "the client is not reading its stream", "cancelled"))
+            return False
+        try:
+            request.reply.send_nowait(event)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._cancelled += 1
+            self._end(request, None)
+            return False
+        except trio.WouldBlock:  # the client stopped reading: don't let it hold a slot
+            self._cancelled += 1
+            self._end(request, None)
+            return False
+        return True
+
+    def _end(self, request: GenerationRequest, event: Event | None) -> None:
+        if request in self._running:
+            self._running.remove(request)
+        if request.sequence is not None:
+            request.sequence.release()
+            request.sequence = None
+        if event is not None:
+            # A caller that is gone or not reading gets nothing more.
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
+                request.reply.send_nowait(event)
+        request.reply.close()
+
+
+def _gone(reply: trio.MemorySendChannel[Any]) -> bool:
+    try:
+        return reply.statistics().open_receive_channels == 0
+    except trio.ClosedResourceError:
+        return True

@@ -1,0 +1,145 @@
+"""A real server on a loopback port, serving a tiny model built by the tests, with an organization and keys."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sysconfig
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import trio
+
+from bitnet_actor.config import Settings
+from bitnet_actor.services import api_keys
+from bitnet_actor.system import run_system
+
+TEMPLATE = (
+    "{% for message in messages %}{% if loop.first %}{{ bos_token }}{% endif %}"
+    "{{ message['role'] | capitalize }}: {{ message['content'] }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}Assistant: {% endif %}"
+)
+
+
+def build_model_dir(root: Path, *, seed: int = 0, layers: int = 2) -> Path:
+    """A tiny random BitNet checkpoint (by transformers) with a byte-level BPE tokenizer trained here."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    from tests.engine.hf_models import make_checkpoint
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    text = []
+    for name in ("json/__init__.py", "textwrap.py", "string.py", "functools.py"):
+        text.extend((stdlib / name).read_text(encoding="utf-8").splitlines())
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=480, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(text, trainer)
+    bos = tok.token_to_id("<|begin_of_text|>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B", special_tokens=[("<|begin_of_text|>", bos)]
+    )
+    make_checkpoint(
+        root,
+        seed=seed,
+        sizes={"vocab_size": tok.get_vocab_size(), "max_position_embeddings": 256, "num_hidden_layers": layers},
+    )
+    # Soften the random logits (tied embeddings of std 1 make every distribution one-hot), so that sampling
+    # with different seeds takes different paths.
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(root / "model.safetensors"))
+    tensors["model.embed_tokens.weight"] = tensors["model.embed_tokens.weight"] * 0.1
+    save_file(tensors, str(root / "model.safetensors"), metadata={"format": "pt"})
+    tok.save(str(root / "tokenizer.json"))
+    (root / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": "<|begin_of_text|>",
+                "eos_token": "<|eot_id|>",
+                "chat_template": TEMPLATE,
+                "model_max_length": 256,
+            }
+        )
+    )
+    cfg = json.loads((root / "config.json").read_text())
+    cfg.update(bos_token_id=bos, eos_token_id=tok.token_to_id("<|eot_id|>"))
+    (root / "config.json").write_text(json.dumps(cfg))
+    return root
+
+
+@dataclass
+class Served:
+    url: str
+    key: str
+    org_id: Any
+    other_key: str  # a key of a second organization
+    no_scope_key: str  # a key without the inference scope
+    settings: Settings
+    stop: trio.Event
+
+
+def _org_with_key(dsn: str, name: str, scopes: list[str]) -> tuple[Any, str]:
+    """Create an organization with one key, with plain asyncpg as the tables' owner (in a worker thread: the
+    server's trio-asyncio loop belongs to the server's task)."""
+
+    async def create() -> tuple[Any, str]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            org_id = await conn.fetchval("INSERT INTO organizations (name) VALUES ($1) RETURNING id", name)
+            secret = api_keys.generate_key()
+            await conn.execute(
+                "INSERT INTO api_keys (org_id, name, key_hash, prefix, last4, scopes)"
+                " VALUES ($1, 'test', $2, $3, $4, $5)",
+                org_id,
+                api_keys.hash_key(secret),
+                secret[:13],
+                secret[-4:],
+                scopes,
+            )
+        finally:
+            await conn.close()
+        return org_id, secret
+
+    return asyncio.run(create())
+
+
+@asynccontextmanager
+async def serve(
+    pg_dsn: str, redis_url: str, data_dir: Path, models: dict[str, Path], **extra: Any
+) -> AsyncIterator[Served]:
+    import uuid
+
+    # The same secret key as the other tests' app: they share the database's JWT signing keys.
+    extra.setdefault("secret_key", base64.urlsafe_b64encode(b"k" * 32).decode().rstrip("="))
+    settings = Settings(
+        data_dir=data_dir,
+        port=0,
+        database_url=pg_dsn,
+        redis_url=redis_url,
+        no_demo_model=True,
+        models=",".join(f"{n}={p}" for n, p in models.items()),
+        shutdown_grace=2,
+        **extra,
+    )
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(
+            lambda task_status: run_system(settings, stop=stop, handle_signals=False, task_status=task_status)
+        )
+        suffix = uuid.uuid4().hex[:8]
+        org_id, key = await trio.to_thread.run_sync(_org_with_key, pg_dsn, f"acme-{suffix}", ["inference"])
+        _, other = await trio.to_thread.run_sync(_org_with_key, pg_dsn, f"globex-{suffix}", ["inference"])
+        _, no_scope = await trio.to_thread.run_sync(_org_with_key, pg_dsn, f"initech-{suffix}", ["models:read"])
+        yield Served(binds[0], key, org_id, other, no_scope, settings, stop)
+        stop.set()
