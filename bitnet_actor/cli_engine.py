@@ -1,0 +1,206 @@
+"""``bitnet-actor generate`` and ``bitnet-actor inspect``: the model engine from the command line.
+
+``generate --model PATH --prompt TEXT`` loads the model (a progress bar on stderr), streams the completion
+to stdout as it is generated and prints a one-line summary (tokens, prefill and decode speed) on stderr.
+``inspect PATH`` prints the architecture, sizes and every stored tensor format with its count and bytes.
+
+Wiring (in ``bitnet_actor.cli``): ``add_subcommands(subparsers)`` registers both commands;
+``run(args) -> int`` runs the one parsed.  Errors print one line, ``bitnet-actor: error: ...``, and
+return 1.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from bitnet_actor.engine import EngineError, SamplingParams, load_model
+from bitnet_actor.engine.loader import list_tensors
+from bitnet_actor.errors import BitnetError
+
+if TYPE_CHECKING:
+    import argparse
+
+__all__ = ["COMMANDS", "add_subcommands", "run"]
+
+PROG = "bitnet-actor"
+COMMANDS = ("generate", "inspect")
+
+
+def add_subcommands(subparsers: Any) -> None:
+    """Register ``generate`` and ``inspect`` on an argparse sub-parsers object.
+
+    Args:
+        subparsers: what ``ArgumentParser.add_subparsers()`` returned.
+    """
+    gen = subparsers.add_parser("generate", help="generate text with a model, streamed to the terminal")
+    gen.add_argument("--model", required=True, type=Path, metavar="PATH", help="HF model directory or .gguf file")
+    gen.add_argument("--prompt", required=True, metavar="TEXT", help="the prompt")
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt as a user message (chat template)")
+    gen.add_argument("--system", metavar="TEXT", help="a system message (with --chat)")
+    gen.add_argument("--max-tokens", type=int, default=256, metavar="N", help="most tokens to generate [256]")
+    gen.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 for greedy [0]")
+    gen.add_argument("--top-k", type=int, default=0, metavar="K", help="keep the K most likely tokens [off]")
+    gen.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus mass [1: off]")
+    gen.add_argument("--min-p", type=float, default=0.0, metavar="P", help="min probability ratio [0: off]")
+    gen.add_argument("--repetition-penalty", type=float, default=1.0, metavar="X", help="[1: off]")
+    gen.add_argument("--seed", type=int, default=None, metavar="N", help="random seed (reproducible sampling)")
+    gen.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
+    gen.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence tokens")
+    gen.add_argument("--threads", type=int, default=None, metavar="N", help="kernel threads [all cores]")
+    gen.add_argument("--output-layer", choices=("exact", "q8"), default="exact", help="output matrix [exact]")
+    ins = subparsers.add_parser("inspect", help="print a model's architecture, tensor formats and sizes")
+    ins.add_argument("path", type=Path, metavar="PATH", help="HF model directory or .gguf file")
+    ins.add_argument("--tensors", action="store_true", help="list every tensor")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed ``generate`` or ``inspect`` command.
+
+    Args:
+        args: the parsed arguments (``args.command`` names the command).
+
+    Returns:
+        The exit status: 0, or 1 after a one-line error on stderr (130 on Ctrl-C).
+    """
+    try:
+        if args.command == "generate":
+            return _generate(args, sys.stdout, sys.stderr)
+        if args.command == "inspect":
+            return _inspect(args, sys.stdout, sys.stderr)
+        print(f"{PROG}: error: unknown command {args.command!r}", file=sys.stderr)
+        return 1
+    except (BitnetError, ValueError, OSError) as exc:
+        print(f"\n{PROG}: error: {exc}" if _progress_open else f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+_progress_open = False
+
+
+class _Progress:
+    """A one-line progress bar on a terminal; start and end lines otherwise."""
+
+    def __init__(self, out: TextIO, label: str) -> None:
+        self.out = out
+        self.label = label
+        self.tty = out.isatty()
+        self.t0 = time.perf_counter()
+        self.last = -1
+        if not self.tty:
+            print(f"loading {label} ...", file=out)
+
+    def __call__(self, done: int, total: int) -> None:
+        global _progress_open
+        if not self.tty:
+            return
+        pct = 100 * done // max(total, 1)
+        if pct == self.last and done != total:
+            return
+        self.last = pct
+        bar = "#" * (pct * 30 // 100)
+        self.out.write(f"\rloading {self.label} [{bar:<30}] {pct:3d}% ({done}/{total} tensors)")
+        self.out.flush()
+        _progress_open = True
+
+    def close(self) -> None:
+        global _progress_open
+        dt = time.perf_counter() - self.t0
+        if self.tty:
+            self.out.write("\n")
+        _progress_open = False
+        print(f"loaded in {dt:.1f} s", file=self.out)
+
+
+def _load(path: Path, err: TextIO, **kw: Any) -> Any:
+    bar = _Progress(err, str(path))
+    model = load_model(path, progress=bar, **kw)
+    bar.close()
+    return model
+
+
+def _generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    params = SamplingParams(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        stop=tuple(args.stop),
+        max_tokens=args.max_tokens,
+        ignore_eos=args.ignore_eos,
+    )
+    model = _load(args.model, err, threads=args.threads, output=args.output_layer)
+    if not model.has_tokenizer:
+        raise EngineError(f"{args.model}: no tokenizer found next to the model; cannot encode a text prompt")
+    tok = model.tokenizer
+    if args.chat:
+        messages = [{"role": "system", "content": args.system}] if args.system else []
+        messages.append({"role": "user", "content": args.prompt})
+        ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    else:
+        ids = tok.encode(args.prompt)
+    if len(ids) + params.max_tokens > model.context_length:
+        params = SamplingParams(**{**params.__dict__, "max_tokens": max(1, model.context_length - len(ids))})
+    seq = model.new_sequence(ids, params)
+    t0 = time.perf_counter()
+    t_first: float | None = None
+    try:
+        while not seq.finished:
+            for o in model.step([seq]):
+                if o.token_id is not None and t_first is None:
+                    t_first = time.perf_counter()
+                if o.text:
+                    out.write(o.text)
+                    out.flush()
+    finally:
+        seq.release()
+    t1 = time.perf_counter()
+    out.write("\n")
+    out.flush()
+    n = len(seq.output_ids)
+    pre = len(ids) / (t_first - t0) if t_first and t_first > t0 else 0.0
+    dec = (n - 1) / (t1 - t_first) if t_first and n > 1 and t1 > t_first else 0.0
+    print(
+        f"[{n} tokens, {seq.finish_reason}; prompt {len(ids)} tokens at {pre:.1f} tok/s, decode {dec:.1f} tok/s]",
+        file=err,
+    )
+    return 0
+
+
+def _inspect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    tensors = list_tensors(args.path)
+    model = _load(args.path, err)
+    info = model.info
+    cfg = model.config
+    lines = [
+        f"path:            {args.path}",
+        f"format:          {info.source_format}",
+        f"architecture:    {info.architecture} ({info.family})",
+        f"parameters:      {info.parameter_count:,}",
+        f"layers:          {cfg.num_layers}, hidden {cfg.hidden_size}, FFN {cfg.intermediate_size} "
+        f"({cfg.hidden_act}), heads {cfg.num_heads} / {cfg.num_kv_heads} KV x {cfg.head_dim}",
+        f"vocabulary:      {cfg.vocab_size}, tied embeddings: {cfg.tie_word_embeddings}",
+        f"context length:  {info.context_length}, RoPE theta {cfg.rope_theta:g}",
+        f"weights held:    {info.nbytes / 1e6:.1f} MB; read per decoded token {info.bytes_per_token / 1e6:.1f} MB",
+        f"tokenizer:       {'yes' if model.has_tokenizer else 'none found'}",
+        "loaded as:       " + ", ".join(f"{k} x{v}" for k, v in info.formats),
+        "stored tensors:",
+    ]
+    by_type: dict[str, list[int]] = {}
+    for _, dtype, _, nbytes in tensors:
+        agg = by_type.setdefault(dtype, [0, 0])
+        agg[0] += 1
+        agg[1] += nbytes
+    for dtype, (count, nbytes) in sorted(by_type.items(), key=lambda kv: -kv[1][1]):
+        lines.append(f"  {dtype:<8} {count:5d} tensors {nbytes / 1e6:12.1f} MB")
+    if args.tensors:
+        lines += [f"  {name:<48} {dtype:<6} {shape!s:<18} {nbytes:>12,}" for name, dtype, shape, nbytes in tensors]
+    out.write("\n".join(lines) + "\n")
+    return 0

@@ -1,0 +1,72 @@
+"""The model engine: loads BitNet b1.58 (ternary) models and runs them on the CPU.
+
+Nothing here imports trio or the stores: a scheduler (issue [E]) calls these functions from worker threads.
+
+Loading
+=======
+
+``load_model(path, *, device="cpu", output="exact", threads=None, progress=None) -> Model`` takes an HF
+model directory (``config.json`` + safetensors, sharded or not) or a ``.gguf`` file and repacks every
+ternary weight into :mod:`kernels_cython`'s layout (see :mod:`bitnet_actor.engine.loader` for the
+conventions and :mod:`bitnet_actor.engine.config` for the supported architectures).  Files are read through
+memory maps; errors are :mod:`bitnet_actor.engine.errors` (``CorruptModelError`` names the file and tensor,
+``UnsupportedModelError`` the architecture / method / type found and the supported ones).
+
+Model
+=====
+
+* ``model.logits(token_ids) -> float32 (T, vocab)`` for a whole prompt;
+* ``model.generate(prompt_ids, *, max_tokens, **sampling)`` yields token ids (greedy at ``temperature=0``);
+* ``model.tokenizer`` (encode, decode, apply_chat_template, incremental_decoder), ``model.info`` (a frozen
+  :class:`ModelInfo`: architecture, parameter count, bytes, formats), ``model.nbytes``,
+  ``model.context_length``, ``model.set_output_layer("exact" | "q8")`` (int8 output matrix: fewer bytes per
+  token, slightly different logits).
+
+Step-wise, batched API (for the scheduler)
+==========================================
+
+``seq = model.new_sequence(prompt_ids, params)``
+    allocates the sequence's KV cache (float32, prompt + ``max_tokens`` positions); raises
+    ``ContextLengthError`` (a ``ValueError``) when that exceeds ``model.context_length``.
+``outs = model.step(seqs, *, prefill_chunk=256)``
+    one forward for all unfinished ``seqs``: a sequence still prefilling consumes up to ``prefill_chunk``
+    prompt tokens, the others decode one token; returns one :class:`StepOutput` per unfinished sequence
+    (``token_id`` or None while the prompt is not all in, ``text`` delta from the incremental decoder with
+    stop strings removed and partial stop-string prefixes held back, ``finished``, ``finish_reason``
+    ``"stop"`` | ``"length"``, ``logprob`` / ``top_logprobs``).  A finished sequence frees its cache.
+``seq.release()``
+    frees the cache of a sequence abandoned early (idempotent).
+
+``step`` holds a per-model lock and spends its time in kernels that release the GIL; run it in a worker
+thread.  A sequence's greedy output is identical alone and in any batch (linear layers are exact per row,
+attention is per sequence).  :class:`SamplingParams` (frozen, validated: ``ValueError`` naming the field)
+holds temperature, top_k, top_p, min_p, repetition / presence / frequency penalties, logit_bias, seed, stop,
+stop_token_ids, max_tokens, logprobs, top_logprobs, ignore_eos.
+"""
+
+from __future__ import annotations
+
+from bitnet_actor.engine.api import load_model
+from bitnet_actor.engine.errors import (
+    ContextLengthError,
+    CorruptModelError,
+    EngineError,
+    ModelLoadError,
+    UnsupportedModelError,
+)
+from bitnet_actor.engine.model import Model, ModelInfo, Sequence, StepOutput
+from bitnet_actor.engine.sampling import SamplingParams
+
+__all__ = [
+    "ContextLengthError",
+    "CorruptModelError",
+    "EngineError",
+    "Model",
+    "ModelInfo",
+    "ModelLoadError",
+    "SamplingParams",
+    "Sequence",
+    "StepOutput",
+    "UnsupportedModelError",
+    "load_model",
+]

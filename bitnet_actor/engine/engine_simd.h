@@ -1,0 +1,258 @@
+/* Inner loops of the engine's compiled ops (bitnet_actor/engine/_ops.pyx).
+ *
+ * Every function computes one output row (or one (row, head) pair) with a fixed summation order that does
+ * not depend on how many rows are in the batch, so a sequence's results are the same alone and batched.
+ * Float reductions use `omp simd reduction` (the compiler may reassociate inside the 16 lanes; the order is
+ * still fixed for a given binary).  The dense products have AVX2/FMA paths (per-function target attributes,
+ * chosen at run time) and portable fallbacks.
+ */
+#ifndef BITNET_ENGINE_SIMD_H
+#define BITNET_ENGINE_SIMD_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define BE_X86 1
+#else
+#define BE_X86 0
+#endif
+
+/* ---------------------------------------------------------------------------------------------- CPU */
+
+static int be_has_simd(void) {
+#if BE_X86 && defined(__GNUC__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#else
+    return 0;
+#endif
+}
+
+/* ---------------------------------------------------------------------------------------------- rows */
+
+static void be_rmsnorm_row(const float *x, const float *w, float *y, int64_t K, float eps) {
+    float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t k = 0; k < K; k++) ss += x[k] * x[k];
+    float inv = 1.0f / sqrtf(ss / (float)K + eps);
+#pragma omp simd
+    for (int64_t k = 0; k < K; k++) y[k] = w[k] * (x[k] * inv);
+}
+
+static void be_rope_row(float *x, int64_t H, int64_t D, const float *cos_, const float *sin_) {
+    int64_t half = D / 2;
+    for (int64_t h = 0; h < H; h++) {
+        float *a = x + h * D;
+        float *b = a + half;
+#pragma omp simd
+        for (int64_t j = 0; j < half; j++) {
+            float x1 = a[j], x2 = b[j];
+            a[j] = x1 * cos_[j] - x2 * sin_[j];
+            b[j] = x2 * cos_[j] + x1 * sin_[j];
+        }
+    }
+}
+
+static void be_glu_row(const float *gu, float *out, int64_t F, int relu2) {
+    const float *g = gu;
+    const float *u = gu + F;
+    if (relu2) {
+#pragma omp simd
+        for (int64_t f = 0; f < F; f++) {
+            float r = g[f] > 0.0f ? g[f] : 0.0f;
+            out[f] = (r * r) * u[f];
+        }
+    } else {
+        for (int64_t f = 0; f < F; f++) out[f] = (g[f] / (1.0f + expf(-g[f]))) * u[f];
+    }
+}
+
+/* One query head of one row: attends to cache positions [0, t).  k, v: (t, D) rows of the head's KV group
+ * (stride `cap` rows apart for different groups is handled by the caller).  sc: scratch of t floats. */
+static void be_attend(const float *q, const float *k, const float *v, int64_t t, int64_t D, float scale,
+                      float *sc, float *out) {
+    float mx = -INFINITY;
+    for (int64_t i = 0; i < t; i++) {
+        const float *kr = k + i * D;
+        float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+        for (int64_t d = 0; d < D; d++) s += q[d] * kr[d];
+        s *= scale;
+        sc[i] = s;
+        if (s > mx) mx = s;
+    }
+    float sum = 0.0f;
+    for (int64_t i = 0; i < t; i++) {
+        float e = expf(sc[i] - mx);
+        sc[i] = e;
+        sum += e;
+    }
+    float inv = 1.0f / sum;
+    for (int64_t d = 0; d < D; d++) out[d] = 0.0f;
+    for (int64_t i = 0; i < t; i++) {
+        const float *vr = v + i * D;
+        float p = sc[i] * inv;
+#pragma omp simd
+        for (int64_t d = 0; d < D; d++) out[d] += p * vr[d];
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- dense */
+/* y[m, n] = sum_k x[m, k] * W[n, k] for rows n in [n0, n1), every m < M; W kinds: 0 f32, 1 f16, 2 bf16.
+ * For q8 (kind 3): x is int8 (with per-row scale xs[m]) and W int8 with per-row scale ws[n];
+ * y = float(sum xq * wq) * xs[m] * ws[n]. */
+
+#define BE_MB 4
+
+static inline float be_bf16(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static void be_dense_portable(const float *x, int64_t M, int64_t K, const void *W, int kind, int64_t n0,
+                              int64_t n1, float *y, int64_t N) {
+    for (int64_t n = n0; n < n1; n++) {
+        for (int64_t m = 0; m < M; m++) {
+            const float *xr = x + m * K;
+            float s = 0.0f;
+            if (kind == 0) {
+                const float *w = (const float *)W + n * K;
+#pragma omp simd reduction(+ : s)
+                for (int64_t k = 0; k < K; k++) s += xr[k] * w[k];
+            } else if (kind == 2) {
+                const uint16_t *w = (const uint16_t *)W + n * K;
+#pragma omp simd reduction(+ : s)
+                for (int64_t k = 0; k < K; k++) s += xr[k] * be_bf16(w[k]);
+            } else {
+#if defined(__FLT16_MAX__)
+                const _Float16 *w = (const _Float16 *)W + n * K;
+#pragma omp simd reduction(+ : s)
+                for (int64_t k = 0; k < K; k++) s += xr[k] * (float)w[k];
+#endif
+            }
+            y[m * N + n] = s;
+        }
+    }
+}
+
+static void be_q8_portable(const int8_t *xq, const float *xs, int64_t M, int64_t K, const int8_t *W,
+                           const float *ws, int64_t n0, int64_t n1, float *y, int64_t N) {
+    for (int64_t n = n0; n < n1; n++) {
+        const int8_t *w = W + n * K;
+        for (int64_t m = 0; m < M; m++) {
+            const int8_t *xr = xq + m * K;
+            int32_t s = 0;
+#pragma omp simd reduction(+ : s)
+            for (int64_t k = 0; k < K; k++) s += (int32_t)xr[k] * (int32_t)w[k];
+            y[m * N + n] = (float)s * xs[m] * ws[n];
+        }
+    }
+}
+
+#if BE_X86 && defined(__GNUC__)
+#define BE_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+/* 8 weights of row n at column k as float32 (kind 0 f32, 1 f16, 2 bf16); k + 8 <= K. */
+BE_AVX2 static inline __m256 be_load_w8(const void *W, int kind, int64_t off) {
+    if (kind == 0) return _mm256_loadu_ps((const float *)W + off);
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)W + off));
+    if (kind == 1) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+BE_AVX2 static inline float be_hsum8(__m256 v) {
+    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+    lo = _mm_add_ps(lo, hi);
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));
+    return _mm_cvtss_f32(lo);
+}
+
+static inline float be_w_scalar(const void *W, int kind, int64_t off) {
+    if (kind == 0) return ((const float *)W)[off];
+    if (kind == 2) return be_bf16(((const uint16_t *)W)[off]);
+#if defined(__FLT16_MAX__)
+    return (float)((const _Float16 *)W)[off];
+#else
+    return 0.0f;
+#endif
+}
+
+/* Four accumulators per activation row over 32-column steps, then an 8-column step, then a scalar tail;
+ * the order is the same for every kind and every batch size. */
+BE_AVX2 static void be_dense_simd(const float *x, int64_t M, int64_t K, const void *W, int kind, int64_t n0,
+                                  int64_t n1, float *y, int64_t N) {
+    for (int64_t n = n0; n < n1; n++) {
+        for (int64_t m0 = 0; m0 < M; m0 += 2) {
+            int64_t mb = M - m0 < 2 ? M - m0 : 2;
+            __m256 a[2][4];
+            for (int i = 0; i < 2; i++)
+                for (int j = 0; j < 4; j++) a[i][j] = _mm256_setzero_ps();
+            int64_t k = 0;
+            for (; k + 32 <= K; k += 32) {
+                for (int j = 0; j < 4; j++) {
+                    __m256 w = be_load_w8(W, kind, n * K + k + 8 * j);
+                    for (int64_t i = 0; i < mb; i++)
+                        a[i][j] = _mm256_fmadd_ps(_mm256_loadu_ps(x + (m0 + i) * K + k + 8 * j), w, a[i][j]);
+                }
+            }
+            for (; k + 8 <= K; k += 8) {
+                __m256 w = be_load_w8(W, kind, n * K + k);
+                for (int64_t i = 0; i < mb; i++)
+                    a[i][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x + (m0 + i) * K + k), w, a[i][0]);
+            }
+            for (int64_t i = 0; i < mb; i++) {
+                __m256 t = _mm256_add_ps(_mm256_add_ps(a[i][0], a[i][1]), _mm256_add_ps(a[i][2], a[i][3]));
+                float s = be_hsum8(t);
+                for (int64_t kk = k; kk < K; kk++) s += x[(m0 + i) * K + kk] * be_w_scalar(W, kind, n * K + kk);
+                y[(m0 + i) * N + n] = s;
+            }
+        }
+    }
+}
+
+/* q8: xa = |xq| (uint8), xsgn = xq (int8, for the sign), both (M, Kp) zero-padded, Kp % 64 == 0;
+ * W (N, Kp) int8 zero-padded.  sum xq * w = sum |xq| * (w * sign(xq)) with maddubs pairs <= 2 * 127 * 127. */
+BE_AVX2 static void be_q8_simd(const int8_t *xq, const float *xs, int64_t M, int64_t Kp, const int8_t *W,
+                               const float *ws, int64_t n0, int64_t n1, float *y, int64_t N) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t n = n0; n < n1; n++) {
+        const int8_t *w = W + n * Kp;
+        for (int64_t m = 0; m < M; m++) {
+            const int8_t *xr = xq + m * Kp;
+            __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+            for (int64_t k = 0; k < Kp; k += 64) {
+                __m256i x0 = _mm256_loadu_si256((const __m256i *)(xr + k));
+                __m256i x1 = _mm256_loadu_si256((const __m256i *)(xr + k + 32));
+                __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + k));
+                __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + k + 32));
+                __m256i p0 = _mm256_maddubs_epi16(_mm256_sign_epi8(x0, x0), _mm256_sign_epi8(w0, x0));
+                __m256i p1 = _mm256_maddubs_epi16(_mm256_sign_epi8(x1, x1), _mm256_sign_epi8(w1, x1));
+                a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(p0, ones));
+                a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(p1, ones));
+            }
+            __m256i t = _mm256_add_epi32(a0, a1);
+            __m128i l = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+            l = _mm_add_epi32(l, _mm_shuffle_epi32(l, 0x4E));
+            l = _mm_add_epi32(l, _mm_shuffle_epi32(l, 0xB1));
+            y[m * N + n] = (float)_mm_cvtsi128_si32(l) * xs[m] * ws[n];
+        }
+    }
+}
+#else
+static void be_dense_simd(const float *x, int64_t M, int64_t K, const void *W, int kind, int64_t n0,
+                          int64_t n1, float *y, int64_t N) {
+    be_dense_portable(x, M, K, W, kind, n0, n1, y, N);
+}
+static void be_q8_simd(const int8_t *xq, const float *xs, int64_t M, int64_t Kp, const int8_t *W,
+                       const float *ws, int64_t n0, int64_t n1, float *y, int64_t N) {
+    be_q8_portable(xq, xs, M, Kp, W, ws, n0, n1, y, N);
+}
+#endif
+
+#endif

@@ -1,0 +1,44 @@
+"""Errors raised by the model engine.
+
+The tree (under :class:`bitnet_actor.errors.BitnetError`)::
+
+    EngineError                      anything the engine raises on purpose
+    ├── ModelLoadError               a model could not be loaded (path missing, unreadable, ...)
+    │   ├── CorruptModelError        a file is truncated, corrupt or inconsistent: names the file and the tensor
+    │   └── UnsupportedModelError    the architecture, quantization method or tensor type is not supported
+    └── ContextLengthError           (also a ValueError) prompt + max_tokens exceeds the context length
+
+Argument errors (a bad sampling parameter, a token id out of range) are plain ``ValueError`` naming the field.
+"""
+
+from __future__ import annotations
+
+from bitnet_actor.errors import BitnetError
+
+__all__ = [
+    "ContextLengthError",
+    "CorruptModelError",
+    "EngineError",
+    "ModelLoadError",
+    "UnsupportedModelError",
+]
+
+
+class EngineError(BitnetError):
+    """Base of the engine's errors."""
+
+
+class ModelLoadError(EngineError):
+    """A model could not be loaded."""
+
+
+class CorruptModelError(ModelLoadError):
+    """A model file is truncated, corrupt or inconsistent with itself or its config."""
+
+
+class UnsupportedModelError(ModelLoadError):
+    """The model's architecture, quantization method or a tensor type is not supported."""
+
+
+class ContextLengthError(EngineError, ValueError):
+    """A sequence would not fit the model's context length."""

@@ -1,0 +1,553 @@
+"""The model: forward pass, per-sequence KV caches, batched steps and generation.
+
+One :meth:`Model.step` runs one forward over the rows of every sequence it is given (prefill chunks and
+single decode tokens together): every linear layer runs once on all rows (the ternary kernels are exact
+integer products per row, so a row's result does not depend on the other rows), attention runs per
+sequence over that sequence's own cache, and the output layer runs only on the rows whose next token is
+needed.  A sequence's greedy output is therefore the same alone and inside any batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from bitnet_actor.engine import ops
+from bitnet_actor.engine.errors import ContextLengthError, EngineError
+from bitnet_actor.engine.layers import DenseMatrix, Linear
+from bitnet_actor.engine.sampling import Sampler, SamplingParams, log_softmax
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from collections.abc import Sequence as Seq
+
+    import numpy.typing as npt
+
+    from bitnet_actor.engine.config import ModelConfig
+    from bitnet_actor.engine.loader import ModelWeights
+
+__all__ = ["Model", "ModelInfo", "Sequence", "StepOutput"]
+
+FinishReason = Literal["stop", "length"]
+_ids = itertools.count()
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a loaded model is.
+
+    Attributes:
+        architecture: as named in the file (HF class or GGUF architecture).
+        family: ``bitnet-b1.58``, ``bitnet-1bitllm`` or ``llama``.
+        parameter_count: parameters (tied embedding counted once).
+        nbytes: bytes of weights the engine holds (packed ternary, dense as stored).
+        bytes_per_token: bytes read per decoded token (every layer, the output matrix, one embedding row).
+        source_format: ``safetensors`` or ``gguf``.
+        formats: stored format -> number of tensors.
+        context_length: the longest sequence.
+        vocab_size: the output width.
+        output_layer: ``exact`` or ``q8`` (int8 per row).
+        fast_kernels: the compiled ternary kernels are in use.
+        fast_ops: the compiled engine ops are in use.
+    """
+
+    architecture: str
+    family: str
+    parameter_count: int
+    nbytes: int
+    bytes_per_token: int
+    source_format: str
+    formats: tuple[tuple[str, int], ...]
+    context_length: int
+    vocab_size: int
+    output_layer: str
+    fast_kernels: bool
+    fast_ops: bool
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """What one step did for one sequence.
+
+    Attributes:
+        sequence: the sequence.
+        token_id: the token generated in this step, or None (a prefill chunk that did not reach the end of
+            the prompt).
+        text: new complete text (incremental detokenization; stop strings and anything after them removed).
+        finished: the sequence is done.
+        finish_reason: ``"stop"`` (stop token or string) or ``"length"`` (max_tokens or context), or None.
+        logprob: log-probability of ``token_id`` when ``logprobs`` was asked for.
+        top_logprobs: the most likely ``(token id, log-probability)`` pairs when ``top_logprobs > 0``.
+    """
+
+    sequence: Sequence
+    token_id: int | None
+    text: str
+    finished: bool
+    finish_reason: FinishReason | None
+    logprob: float | None = None
+    top_logprobs: tuple[tuple[int, float], ...] | None = None
+
+
+class Sequence:
+    """One generation in progress: its prompt, KV cache, sampler and output.
+
+    Create with :meth:`Model.new_sequence`; advance with :meth:`Model.step`; call :meth:`release` (or let it
+    be collected) to free the cache.  Not thread-safe: one step at a time per sequence.
+
+    Attributes:
+        id: a process-unique number.
+        prompt: the prompt's token ids.
+        params: the sampling parameters.
+        output_ids: the generated token ids (a stop token is not included).
+        text: the generated text so far (when the model has a tokenizer).
+        finished: no more steps.
+        finish_reason: why it finished.
+        capacity: tokens the KV cache holds (prompt + max_tokens, at most the context length).
+    """
+
+    def __init__(self, model: Model, prompt: npt.NDArray[np.int64], params: SamplingParams) -> None:
+        """Use :meth:`Model.new_sequence`."""
+        cfg = model.config
+        self.id = next(_ids)
+        self.model = model
+        self.prompt = prompt
+        self.params = params
+        self.capacity = int(len(prompt) + params.max_tokens)
+        shape = (cfg.num_layers, cfg.num_kv_heads, self.capacity, cfg.head_dim)
+        self.k_cache: npt.NDArray[np.float32] | None = np.empty(shape, dtype=np.float32)
+        self.v_cache: npt.NDArray[np.float32] | None = np.empty(shape, dtype=np.float32)
+        self.pos = 0  # tokens whose keys/values are in the cache
+        self.output_ids: list[int] = []
+        self.text = ""
+        self._emitted = 0  # characters of self.text already returned
+        self.finished = False
+        self.finish_reason: FinishReason | None = None
+        self.sampler = Sampler(params, cfg.vocab_size, prompt.tolist())
+        tok = model._tokenizer
+        self.decoder = tok.incremental_decoder() if tok is not None else None
+        stops = set(params.stop_token_ids)
+        if not params.ignore_eos:
+            stops |= model.eos_token_ids
+        self.stop_ids = frozenset(stops)
+        self._max_stop = max((len(s) for s in params.stop), default=0)
+        self._stopped_on_string = False
+
+    @property
+    def prefilling(self) -> bool:
+        """The prompt is not all in the cache yet."""
+        return self.pos < len(self.prompt)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the KV cache."""
+        if self.k_cache is None or self.v_cache is None:
+            return 0
+        return int(self.k_cache.nbytes + self.v_cache.nbytes)
+
+    def release(self) -> None:
+        """Free the KV cache and finish the sequence (idempotent); an unfinished one keeps finish_reason None."""
+        self.k_cache = None
+        self.v_cache = None
+        self.finished = True
+
+    def _next_rows(self, chunk: int) -> npt.NDArray[np.int64]:
+        if self.prefilling:
+            return self.prompt[self.pos : self.pos + chunk]
+        return np.array(self.output_ids[-1:], dtype=np.int64)
+
+    def _accept(self, token: int, logits: npt.NDArray[np.float32]) -> StepOutput:
+        """Record a sampled token and work out text, stops and logprobs."""
+        p = self.params
+        lp: float | None = None
+        top: tuple[tuple[int, float], ...] | None = None
+        if p.logprobs or p.top_logprobs:
+            ls = log_softmax(logits)
+            lp = float(ls[token])
+            if p.top_logprobs:
+                idx = np.argpartition(-ls, p.top_logprobs - 1)[: p.top_logprobs]
+                idx = idx[np.argsort(-ls[idx], kind="stable")]
+                top = tuple((int(i), float(ls[i])) for i in idx)
+        if token in self.stop_ids:
+            delta = self._finish("stop")
+            return StepOutput(self, token, delta, True, "stop", lp, top)
+        self.output_ids.append(token)
+        self.sampler.record(token)
+        if self.decoder is not None:
+            self.text += self.decoder.push(token)
+        reason: FinishReason | None = None
+        if p.stop and self.decoder is not None:
+            cut = self._find_stop()
+            if cut is not None:
+                self.text = self.text[:cut]
+                self._stopped_on_string = True
+                reason = "stop"
+        if reason is None and len(self.output_ids) >= p.max_tokens:
+            reason = "length"
+        if reason is not None:
+            return StepOutput(self, token, self._finish(reason), True, reason, lp, top)
+        return StepOutput(self, token, self._delta(final=False), False, None, lp, top)
+
+    def _find_stop(self) -> int | None:
+        # only the tail can hold a new match: the last piece plus the longest stop string
+        start = max(0, self._emitted - self._max_stop)
+        best: int | None = None
+        for s in self.params.stop:
+            i = self.text.find(s, start)
+            if i >= 0 and (best is None or i < best):
+                best = i
+        return best
+
+    def _delta(self, *, final: bool) -> str:
+        end = len(self.text)
+        if not final and self.params.stop:
+            # hold back a suffix that could still grow into a stop string
+            for s in self.params.stop:
+                for n in range(min(len(s) - 1, end - self._emitted), 0, -1):
+                    if self.text.endswith(s[:n]):
+                        end = min(end, len(self.text) - n)
+                        break
+        delta = self.text[self._emitted : end]
+        self._emitted = max(self._emitted, end)
+        return delta
+
+    def _finish(self, reason: FinishReason) -> str:
+        self.finished = True
+        self.finish_reason = reason
+        flush = getattr(self.decoder, "flush", None)
+        if flush is not None and not (reason == "stop" and self.params.stop and self._stopped_on_string):
+            self.text += flush()
+        delta = self._delta(final=True)
+        self.k_cache = None
+        self.v_cache = None
+        return delta
+
+
+def _apply1(lin: Linear, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """One linear layer; plain ternary layers go straight to the kernel."""
+    if lin.ternary is not None and lin.bias is None and lin.pre_norm is None:
+        return ops.ternary_linear(x, lin.ternary)
+    return lin(x)
+
+
+def _apply(lins: list[Linear], x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """A fused layer, or separate layers concatenated along the output."""
+    if len(lins) == 1:
+        return _apply1(lins[0], x)
+    return np.concatenate([_apply1(lin, x) for lin in lins], axis=1)
+
+
+class Model:
+    """A loaded model.  See the package docstring for the API.
+
+    Thread safety: :meth:`step` / :meth:`logits` / :meth:`generate` hold an internal lock, so a scheduler
+    may call them from worker threads; they release the GIL inside the kernels.
+    """
+
+    def __init__(self, weights: ModelWeights, tokenizer: Any | None = None, *, output: str = "exact") -> None:
+        """Wrap loaded weights (use :func:`bitnet_actor.engine.load_model`).
+
+        Args:
+            weights: the weights.
+            tokenizer: a :class:`~bitnet_actor.engine.tokenizer.Tokenizer`, or None.
+            output: ``"exact"`` (the output matrix as stored) or ``"q8"`` (int8 per row: fewer bytes per
+                token, logits change slightly).
+        """
+        self.weights = weights
+        self.config: ModelConfig = weights.config
+        self._tokenizer = tokenizer
+        self._lock = threading.Lock()
+        cfg = self.config
+        inv = cfg.rope_inv_freq()  # (D/2,)
+        pos = np.arange(cfg.context_length, dtype=np.float32)[:, None]
+        freqs = (pos * inv[None, :]).astype(np.float32)  # (ctx, D/2)
+        self._cos = np.cos(freqs).astype(np.float32)
+        self._sin = np.sin(freqs).astype(np.float32)
+        self._exact_head = weights.lm_head
+        self._q8_head: DenseMatrix | None = None
+        self._head = weights.lm_head
+        self.set_output_layer(output)
+
+    # ---------------------------------------------------------------------------------------------- properties
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer (encode, decode, apply_chat_template, incremental_decoder).
+
+        Raises:
+            EngineError: the model was loaded without one.
+        """
+        if self._tokenizer is None:
+            raise EngineError("this model has no tokenizer (none was found next to the weights)")
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tok: Any) -> None:
+        self._tokenizer = tok
+
+    @property
+    def has_tokenizer(self) -> bool:
+        """Whether a tokenizer is attached."""
+        return self._tokenizer is not None
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        """End-of-sequence ids: the tokenizer's and the config's."""
+        ids = set(self.config.eos_token_ids)
+        if self._tokenizer is not None:
+            ids |= set(self._tokenizer.eos_token_ids)
+        return frozenset(ids)
+
+    @property
+    def context_length(self) -> int:
+        """The longest sequence (prompt + output)."""
+        return self.config.context_length
+
+    @property
+    def vocab_size(self) -> int:
+        """Width of the logits."""
+        return self.config.vocab_size
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of weights held (ternary packed, dense as stored, plus the q8 output copy if made)."""
+        w = self.weights
+        n = w.embed.nbytes + int(w.final_norm.nbytes)
+        if w.lm_head is not w.embed:
+            n += w.lm_head.nbytes
+        if self._q8_head is not None:
+            n += self._q8_head.nbytes
+        for layer in w.layers:
+            n += sum(lin.nbytes for lin in (*layer.qkv, layer.o, *layer.gate_up, layer.down))
+            n += sum(int(a.nbytes) for a in (layer.attn_norm, layer.ffn_norm) if a is not None)
+        return n
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Weight bytes read per decoded token."""
+        w = self.weights
+        n = self._head.nbytes + w.embed.nbytes // self.config.vocab_size
+        for layer in w.layers:
+            n += sum(lin.nbytes for lin in (*layer.qkv, layer.o, *layer.gate_up, layer.down))
+        return n
+
+    @property
+    def info(self) -> ModelInfo:
+        """A description of the loaded model."""
+        cfg = self.config
+        return ModelInfo(
+            architecture=cfg.architecture,
+            family=cfg.family,
+            parameter_count=cfg.parameter_count(),
+            nbytes=self.nbytes,
+            bytes_per_token=self.bytes_per_token,
+            source_format=self.weights.source_format,
+            formats=tuple(sorted(self.weights.formats.items())),
+            context_length=cfg.context_length,
+            vocab_size=cfg.vocab_size,
+            output_layer="q8" if self._head is self._q8_head else "exact",
+            fast_kernels=ops.FAST_KERNELS,
+            fast_ops=ops.FAST_OPS,
+        )
+
+    def set_output_layer(self, kind: str) -> None:
+        """Choose the output layer.
+
+        Args:
+            kind: ``"exact"`` or ``"q8"`` (int8 weights with a float32 scale per row).
+
+        Raises:
+            ValueError: another kind.
+        """
+        if kind == "exact":
+            self._head = self._exact_head
+        elif kind == "q8":
+            if self._q8_head is None:
+                self._q8_head = DenseMatrix.quantize_q8(self._exact_head)
+            self._head = self._q8_head
+        else:
+            raise ValueError(f"output must be 'exact' or 'q8', got {kind!r}")
+
+    # ---------------------------------------------------------------------------------------------- sequences
+
+    def new_sequence(self, prompt_ids: Seq[int] | npt.NDArray[Any], params: SamplingParams | None = None) -> Sequence:
+        """Start a sequence (allocates its KV cache for prompt + max_tokens tokens).
+
+        Args:
+            prompt_ids: the prompt's token ids (at least one).
+            params: sampling parameters (default: :class:`SamplingParams` defaults).
+
+        Returns:
+            The sequence.
+
+        Raises:
+            ValueError: an empty prompt, a token id outside the vocabulary, stop strings without a tokenizer.
+            ContextLengthError: prompt + max_tokens exceeds the context length.
+        """
+        params = params or SamplingParams()
+        prompt = np.asarray(prompt_ids, dtype=np.int64).reshape(-1)
+        if prompt.size == 0:
+            raise ValueError("prompt_ids must hold at least one token")
+        if int(prompt.min()) < 0 or int(prompt.max()) >= self.vocab_size:
+            raise ValueError(f"prompt_ids: token ids must be in [0, {self.vocab_size})")
+        if len(prompt) + params.max_tokens > self.context_length:
+            raise ContextLengthError(
+                f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) exceeds the context length "
+                f"of {self.context_length} tokens"
+            )
+        if params.stop and self._tokenizer is None:
+            raise ValueError("stop strings need a tokenizer; this model has none")
+        return Sequence(self, prompt, params)
+
+    def step(self, seqs: list[Sequence], *, prefill_chunk: int = 256) -> list[StepOutput]:
+        """Advance every unfinished sequence by one scheduler step in one batched forward.
+
+        Sequences still prefilling consume up to ``prefill_chunk`` prompt tokens (and sample their first
+        token when the chunk reaches the end of the prompt); the others decode one token.
+
+        Args:
+            seqs: the sequences (finished ones are skipped and get no output).
+            prefill_chunk: the most prompt tokens per sequence per step (>= 1).
+
+        Returns:
+            One :class:`StepOutput` per unfinished sequence, in order.
+        """
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
+        active = [s for s in seqs if not s.finished]
+        if any(s.model is not self for s in active):
+            raise ValueError("a sequence belongs to another model")
+        if len({s.id for s in active}) != len(active):
+            raise ValueError("a sequence appears twice in one step")
+        if not active:
+            return []
+        feeds = [s._next_rows(prefill_chunk) for s in active]
+        with self._lock:
+            want = [s.pos + len(f) >= len(s.prompt) for s, f in zip(active, feeds, strict=True)]
+            logits = self._forward(active, feeds, want, all_rows=False)
+        outs: list[StepOutput] = []
+        li = 0
+        for s, f, w in zip(active, feeds, want, strict=True):
+            s.pos += len(f)
+            if not w:
+                outs.append(StepOutput(s, None, "", False, None))
+                continue
+            row = logits[li]
+            li += 1
+            token = s.sampler.sample(row)
+            outs.append(s._accept(token, row))
+        return outs
+
+    def generate(
+        self, prompt_ids: Seq[int] | npt.NDArray[Any], *, max_tokens: int = 256, **sampling: Any
+    ) -> Iterator[int]:
+        """Generate token ids for one prompt (greedy when ``temperature=0``).
+
+        Args:
+            prompt_ids: the prompt.
+            max_tokens: the most tokens.
+            **sampling: other :class:`SamplingParams` fields.
+
+        Yields:
+            Token ids as they are generated (a stop token ends the stream and is not yielded).
+        """
+        params = SamplingParams.from_kwargs(max_tokens=max_tokens, **sampling)
+        seq = self.new_sequence(prompt_ids, params)
+        try:
+            done = 0
+            while not seq.finished:
+                self.step([seq])
+                while done < len(seq.output_ids):
+                    yield seq.output_ids[done]
+                    done += 1
+        finally:
+            seq.release()
+
+    def logits(self, token_ids: Seq[int] | npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+        """Logits of every position of a prompt.
+
+        Args:
+            token_ids: the prompt (1 .. context_length tokens).
+
+        Returns:
+            float32 (T, vocab): row ``t`` predicts token ``t + 1``.
+        """
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+        if ids.size == 0 or ids.size > self.context_length:
+            raise ContextLengthError(f"logits needs 1 .. {self.context_length} tokens, got {ids.size}")
+        if int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size:
+            raise ValueError(f"token_ids must be in [0, {self.vocab_size})")
+        seq = Sequence(self, ids, SamplingParams(max_tokens=1, ignore_eos=True))
+        with self._lock:
+            out = self._forward([seq], [ids], [True], all_rows=True)
+        seq.release()
+        return out
+
+    # ---------------------------------------------------------------------------------------------- forward
+
+    def _forward(
+        self,
+        seqs: list[Sequence],
+        feeds: list[npt.NDArray[np.int64]],
+        want: list[bool],
+        *,
+        all_rows: bool,
+    ) -> npt.NDArray[np.float32]:
+        cfg = self.config
+        w = self.weights
+        ids = np.concatenate(feeds) if len(feeds) > 1 else feeds[0]
+        m = len(ids)
+        starts = np.fromiter((s.pos for s in seqs), dtype=np.int64, count=len(seqs))
+        lens = np.fromiter((len(f) for f in feeds), dtype=np.int64, count=len(feeds))
+        bounds = np.zeros(len(seqs) + 1, dtype=np.int64)
+        np.cumsum(lens, out=bounds[1:])
+        positions = np.repeat(starts - bounds[:-1], lens) + np.arange(m)
+        cos = self._cos[positions]  # (M, D/2)
+        sin = self._sin[positions]
+        heads = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
+        eps = cfg.rms_norm_eps
+        x = np.empty((m, cfg.hidden_size), dtype=np.float32)
+        w.embed.gather(ids, x)
+        attn = np.empty((m, cfg.num_heads * cfg.head_dim), dtype=np.float32)
+        act = cfg.hidden_act
+        kcs = [s.k_cache for s in seqs if s.k_cache is not None]
+        vcs = [s.v_cache for s in seqs if s.v_cache is not None]
+        if len(kcs) != len(seqs) or len(vcs) != len(seqs):
+            raise ValueError("a released sequence cannot run")
+        layers = w.layers
+        h = ops.rmsnorm(x, layers[0].attn_norm, eps)
+        for li, layer in enumerate(layers):
+            qkv = _apply(layer.qkv, h)
+            ops.attn_block(
+                qkv,
+                heads,
+                cos,
+                sin,
+                [c[li] for c in kcs],
+                [c[li] for c in vcs],
+                bounds,
+                starts,
+                attn,
+            )
+            a = ops.rmsnorm(attn, layer.attn_sub_norm, eps) if layer.attn_sub_norm is not None else attn
+            h = ops.add_rmsnorm(x, _apply1(layer.o, a), layer.ffn_norm, eps)
+            gu = _apply(layer.gate_up, h)
+            a = ops.glu_norm(gu, act, layer.ffn_sub_norm, eps)
+            down = _apply1(layer.down, a)
+            if li + 1 < len(layers):
+                h = ops.add_rmsnorm(x, down, layers[li + 1].attn_norm, eps)
+            else:
+                x += down
+        if all_rows:
+            sel = x
+        else:
+            rows = [int(bounds[i + 1]) - 1 for i, wnt in enumerate(want) if wnt]
+            if not rows:
+                return np.empty((0, cfg.vocab_size), dtype=np.float32)
+            sel = np.ascontiguousarray(x[rows])
+        hn = ops.rmsnorm(sel, w.final_norm, eps)
+        return self._head.matmul(hn)
