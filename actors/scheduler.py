@@ -4,7 +4,8 @@ The ``Scheduler`` actor owns one loaded model's running batch. Requests arrive t
 (``trio.WouldBlock`` when ``max_queue`` requests already wait: the HTTP edge answers 429 with Retry-After),
 wait in per-tenant queues, and are admitted round-robin (a tenant's plan weight is how many of its requests
 join per round), so one tenant's flood never starves another's; each tenant also has a cap on running
-sequences. At every step boundary new sequences join the batch (continuous batching) up to ``max_batch``;
+sequences, and no tenant may take the last free slot of the batch, so another tenant's request always finds
+a slot at the next step. At every step boundary new sequences join the batch (continuous batching) up to ``max_batch``;
 long prompts are prefilled ``prefill_chunk`` tokens per step so they don't stall the others' decoding.
 
 Each step runs in a worker thread (the kernels release the GIL). Results go to each request's caller-owned
@@ -125,6 +126,12 @@ class Scheduler:
         self._on_step = on_step  # callback(batch_size, step_seconds) for metrics
         self._wake = trio.Event()
 
+    @property
+    def _tenant_cap(self) -> int:
+        # One slot always stays free of any single tenant, so a request of another tenant joins the batch at
+        # the next step boundary even while one tenant floods (no preemption needed).
+        return max(1, self.max_batch - 1)
+
     # -- caller side ----------------------------------------------------------------------------------------
 
     def submit_nowait(self, request: GenerationRequest) -> None:
@@ -209,7 +216,7 @@ class Scheduler:
             admitted = 0
             running_here = sum(1 for r in self._running if r.org_id == org)
             while queue and admitted < max(queue[0].weight, 1) and len(self._running) < self.max_batch:
-                if running_here >= queue[0].max_running:
+                if running_here >= min(queue[0].max_running, self._tenant_cap):
                     break
                 request = queue.popleft()
                 self._waiting -= 1

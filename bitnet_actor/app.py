@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from quart import Response, g, request
 from quart_trio import QuartTrio
 
-from bitnet_actor.api import health, inference, objects, openapi, tokens, v1
+from bitnet_actor.api import health, inference, objects, openapi, responses_ws, tokens, v1
 from bitnet_actor.api.errors import install_error_handlers
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ def create_app(system: System) -> QuartTrio:
     app.register_blueprint(openapi.blueprint)
     app.register_blueprint(tokens.blueprint)
     app.register_blueprint(inference.blueprint)
+    app.register_blueprint(responses_ws.blueprint)
     metrics = system.metrics
 
     @app.before_request

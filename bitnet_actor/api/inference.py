@@ -58,7 +58,7 @@ _UNSUPPORTED = {
     "prediction": "predicted outputs are not supported",
     "web_search_options": "web search is not supported",
 }
-_COMMON = {
+COMMON_FIELDS = {
     "model",
     "max_tokens",
     "temperature",
@@ -153,7 +153,7 @@ class _Plan:
     request_data: dict[str, Any] = field(default_factory=dict)
 
 
-def _check_fields(body: dict[str, Any], allowed: set[str]) -> None:
+def check_fields(body: dict[str, Any], allowed: set[str]) -> None:
     for name, value in body.items():
         if name in _UNSUPPORTED:
             raise _bad(_UNSUPPORTED[name], name, "unsupported_parameter")
@@ -275,7 +275,7 @@ def _prompt_ids(body: dict[str, Any], model: Model) -> list[int]:
     return ids
 
 
-async def _plan(body: dict[str, Any], *, chat: bool, lease: Lease) -> _Plan:
+async def plan_request(body: dict[str, Any], *, chat: bool, lease: Lease) -> _Plan:
     model = lease.model
     if chat:
         messages = _messages(body)
@@ -334,7 +334,7 @@ def _sampling_params(plan: _Plan, index: int) -> SamplingParams:
         raise _bad(str(exc), "params") from None
 
 
-def _submit(plan: _Plan, lease: Lease, access: OrgAccess, tenant: TenantState) -> trio.MemoryReceiveChannel[Any]:
+def submit_plan(plan: _Plan, lease: Lease, access: OrgAccess, tenant: TenantState) -> trio.MemoryReceiveChannel[Any]:
     send, recv = trio.open_memory_channel[Any](_REPLY_SLACK * plan.n)
     settings = system().settings
     deadline = trio.current_time() + settings.request_timeout
@@ -380,7 +380,7 @@ class _Choice:
 
 
 @dataclass(slots=True)
-class _Run:
+class Run:
     """The state of one API request while it streams or collects."""
 
     plan: _Plan
@@ -446,7 +446,7 @@ class _Run:
                 log.exception("could not record usage of request %s", self.id)
 
 
-async def _record_usage(run: _Run, usage: dict[str, int], outcome: str, latency_ms: int) -> None:
+async def _record_usage(run: Run, usage: dict[str, int], outcome: str, latency_ms: int) -> None:
     db = run.sys.stores.db
     now = datetime.now(UTC)
     reasons = {str(i): c.finish_reason or (c.error.code if c.error else outcome) for i, c in run.choices.items()}
@@ -481,10 +481,10 @@ async def _record_usage(run: _Run, usage: dict[str, int], outcome: str, latency_
         )
 
 
-async def _start(chat: bool) -> _Run:
+async def _start(chat: bool) -> Run:
     access = await _access()
     body = await json_body(max_bytes=4 * 1024 * 1024)
-    _check_fields(body, _COMMON | (_CHAT_ONLY if chat else _COMPLETION_ONLY))
+    check_fields(body, COMMON_FIELDS | (_CHAT_ONLY if chat else _COMPLETION_ONLY))
     name = body.get("model")
     if not isinstance(name, str) or not name:
         raise _bad("model is required", "model", "missing_required_parameter")
@@ -497,15 +497,15 @@ async def _start(chat: bool) -> _Run:
     except ModelLoadFailedError as exc:
         raise ApiError(503, str(exc), code="model_load_failed", headers={"Retry-After": "30"}) from None
     try:
-        plan = await _plan(body, chat=chat, lease=lease)
+        plan = await plan_request(body, chat=chat, lease=lease)
         tenants = system().tenants
         assert tenants is not None
-        recv = _submit(plan, lease, access, await tenants.get(access.org_id))
+        recv = submit_plan(plan, lease, access, await tenants.get(access.org_id))
     except BaseException:
         _cache().release(lease)
         raise
     prefix = "chatcmpl" if chat else "cmpl"
-    return _Run(plan, lease, access, recv, f"{prefix}-{uuid.uuid4().hex}", int(time.time()), system())
+    return Run(plan, lease, access, recv, f"{prefix}-{uuid.uuid4().hex}", int(time.time()), system())
 
 
 # ---------------------------------------------------------------- responses
@@ -538,7 +538,7 @@ def _completion_logprobs(model: Model, choice: _Choice) -> dict[str, Any]:
     }
 
 
-async def _collect(run: _Run) -> Response:
+async def _collect(run: Run) -> Response:
     outcome = "completed"
     try:
         async with run.recv:
@@ -615,7 +615,7 @@ class _SseStream:
     """The SSE body: an async iterator (not a generator) so closing it never runs code inside a cancel scope
     it doesn't own; Quart calls ``aclose`` when the stream ends or the client goes away."""
 
-    def __init__(self, run: _Run) -> None:
+    def __init__(self, run: Run) -> None:
         self.run = run
         self.pending: list[bytes] = []
         self.done = False
@@ -724,7 +724,7 @@ async def chat_completions() -> Response:
     return await (_stream(run) if run.plan.stream else _collect(run))
 
 
-async def _stream(run: _Run) -> Response:
+async def _stream(run: Run) -> Response:
     response = Response(_SseStream(run), content_type="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"
@@ -750,7 +750,7 @@ async def tokenize() -> Response:
     """Token ids of a prompt (or of chat messages through the template)."""
     await _access()
     body = await json_body(max_bytes=4 * 1024 * 1024)
-    _check_fields(body, {"model", "prompt", "messages", "add_special_tokens"})
+    check_fields(body, {"model", "prompt", "messages", "add_special_tokens"})
     lease = await _lease(body)
     try:
         if "messages" in body:
@@ -775,7 +775,7 @@ async def detokenize() -> Response:
     """Text of token ids."""
     await _access()
     body = await json_body(max_bytes=4 * 1024 * 1024)
-    _check_fields(body, {"model", "tokens"})
+    check_fields(body, {"model", "tokens"})
     lease = await _lease(body)
     try:
         tokens = body.get("tokens")

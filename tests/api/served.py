@@ -129,8 +129,7 @@ async def serve(
         redis_url=redis_url,
         no_demo_model=True,
         models=",".join(f"{n}={p}" for n, p in models.items()),
-        shutdown_grace=2,
-        **extra,
+        **{"shutdown_grace": 2, **extra},
     )
     stop = trio.Event()
     async with trio.open_nursery() as nursery:

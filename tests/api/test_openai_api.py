@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -228,3 +229,220 @@ async def test_client_disconnect_frees_the_slot(served: Served) -> None:
                 await trio.sleep(0.05)
     assert "bitnet_time_to_first_token_seconds_bucket" in metrics
     assert 'bitnet_requests_finished_total{model="tiny",reason="cancelled"}' in metrics
+
+
+def ws_session(served: Served, script, *, header: bool = True):
+    """Run ``script(ws)`` with a websocket client (the ``websockets`` sync client, in a worker thread)."""
+    from websockets.sync.client import connect
+
+    url = served.url.replace("http://", "ws://") + "/v1/responses"
+    headers = {"Authorization": f"Bearer {served.key}"} if header else None
+    with connect(url, additional_headers=headers, open_timeout=10) as ws:
+        return script(ws)
+
+
+def events_until_done(ws) -> list[dict]:
+    events = []
+    while True:
+        event = json.loads(ws.recv(timeout=30))
+        events.append(event)
+        if event["type"] in ("response.completed", "response.cancelled", "response.failed", "error"):
+            return events
+
+
+async def test_websocket_deltas_completion_and_sequential_responses(served: Served) -> None:
+    def script(ws):
+        ws.send(
+            json.dumps(
+                {"type": "response.create", "model": "tiny", "input": "Hello", "max_output_tokens": 6, "temperature": 0}
+            )
+        )
+        first = events_until_done(ws)
+        ws.send(
+            json.dumps(
+                {
+                    "type": "response.create",
+                    "model": "tiny",
+                    "max_output_tokens": 4,
+                    "temperature": 0,
+                    "input": [{"role": "user", "content": "Hi"}],
+                }
+            )
+        )
+        second = events_until_done(ws)
+        return first, second
+
+    first, second = await in_thread(lambda: ws_session(served, script))
+    assert first[0]["type"] == "response.created"
+    deltas = [e["delta"] for e in first if e["type"] == "response.output_text.delta"]
+    done = first[-1]
+    assert done["type"] == "response.completed"
+    assert done["response"]["output"][0]["content"][0]["text"] == "".join(deltas)
+    assert 0 < done["response"]["usage"]["output_tokens"] <= 6
+    assert second[-1]["type"] == "response.completed"
+    assert second[0]["response"]["id"] != first[0]["response"]["id"]
+
+
+async def test_websocket_cancel_auth_and_errors(served: Served) -> None:
+    def script(ws):
+        ws.send(
+            json.dumps(
+                {
+                    "type": "response.create",
+                    "model": "tiny",
+                    "input": "Hello",
+                    "max_output_tokens": 200,
+                    "ignore_eos": True,
+                }
+            )
+        )
+        assert json.loads(ws.recv(timeout=30))["type"] == "response.created"
+        ws.send(json.dumps({"type": "response.cancel"}))
+        cancelled = events_until_done(ws)
+        ws.send(json.dumps({"type": "response.create", "model": "tiny", "input": "x", "tools": []}))
+        bad = json.loads(ws.recv(timeout=30))
+        ws.send("not json")
+        garbage = json.loads(ws.recv(timeout=30))
+        return cancelled, bad, garbage
+
+    cancelled, bad, garbage = await in_thread(lambda: ws_session(served, script))
+    assert cancelled[-1]["type"] == "response.cancelled"
+    assert bad["type"] == "error" and bad["error"]["param"] == "tools"
+    assert garbage["type"] == "error"
+
+    def first_message_auth(ws):
+        ws.send(json.dumps({"type": "response.create", "model": "tiny", "input": "x"}))
+        refused = json.loads(ws.recv(timeout=30))
+        ws.send(json.dumps({"type": "authenticate", "api_key": served.key}))
+        ws.send(json.dumps({"type": "response.create", "model": "tiny", "input": "x", "max_output_tokens": 2}))
+        return refused, events_until_done(ws)
+
+    refused, ok = await in_thread(lambda: ws_session(served, first_message_auth, header=False))
+    assert refused["type"] == "error" and refused["error"]["code"] in ("invalid_api_key", "authentication_error")
+    assert ok[-1]["type"] == "response.completed"
+
+
+async def _post(http, served: Served, key: str, body: dict) -> tuple[int, float, dict]:
+    started = time.perf_counter()
+    async with http.stream(
+        "POST",
+        f"{served.url}/v1/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={**body, "stream": True},
+    ) as r:
+        if r.status_code != 200:
+            await r.aread()
+            return r.status_code, 0.0, r.json()
+        ttft = 0.0
+        async for line in r.aiter_lines():
+            if line.startswith("data: {") and not ttft:
+                ttft = time.perf_counter() - started
+        return 200, ttft, {}
+
+
+@pytest.fixture
+async def small_server(aio_loop: object, pg_dsn: str, redis_url: str, model_dir: Path) -> AsyncIterator[Served]:
+    data_dir = Path(tempfile.mkdtemp(prefix="bitnet-data-"))
+    try:
+        async with serve(pg_dsn, redis_url, data_dir, {"tiny": model_dir}, max_batch=3, max_queue=3) as s:
+            yield s
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+async def test_flood_gets_429_while_admitted_requests_finish(small_server: Served) -> None:
+    served = small_server
+    results: list[tuple[int, float, dict]] = []
+    body = {"model": "tiny", "prompt": "a", "max_tokens": 40, "ignore_eos": True}
+    async with httpx.AsyncClient(timeout=60) as http:
+
+        async def one() -> None:
+            results.append(await _post(http, served, served.key, body))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(12):
+                nursery.start_soon(one)
+    statuses = sorted(r[0] for r in results)
+    assert 429 in statuses and 200 in statuses
+    rejected = next(r[2] for r in results if r[0] == 429)
+    assert rejected["error"]["type"] == "rate_limit_error"
+    assert statuses.count(200) >= 3  # the admitted ones all finished
+
+
+async def test_fairness_other_tenant_is_served_during_a_flood(small_server: Served) -> None:
+    served = small_server
+    short = {"model": "tiny", "prompt": "b", "max_tokens": 2, "ignore_eos": True}
+    async with httpx.AsyncClient(timeout=120) as http:
+        idle = min([(await _post(http, served, served.other_key, short))[1] for _ in range(3)])
+        flood_done = trio.Event()
+
+        async def flood() -> None:
+            async with trio.open_nursery() as nursery:
+                for _ in range(5):
+                    nursery.start_soon(
+                        _post,
+                        http,
+                        served,
+                        served.key,
+                        {"model": "tiny", "prompt": "a", "max_tokens": 120, "ignore_eos": True},
+                    )
+            flood_done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flood)
+            await trio.sleep(0.5)  # the flood holds the batch
+            status, busy_ttft, _ = await _post(http, served, served.other_key, short)
+            assert not flood_done.is_set(), "the flood ended before the other tenant's request was measured"
+    assert status == 200
+    # One step of the flood's batch at most, not the flood's whole length.
+    assert busy_ttft < idle + 1.0, (idle, busy_ttft)
+
+
+async def test_greedy_output_same_alone_and_in_a_full_batch(served: Served) -> None:
+    body = {"model": "tiny", "prompt": "The quick", "max_tokens": 16, "temperature": 0, "ignore_eos": True}
+    headers = {"Authorization": f"Bearer {served.key}"}
+    async with httpx.AsyncClient(timeout=60) as http:
+        alone = (await http.post(f"{served.url}/v1/completions", headers=headers, json=body)).json()
+        texts: dict[int, str] = {}
+
+        async def one(i: int) -> None:
+            other = body if i == 0 else {**body, "prompt": f"Other prompt {i}", "temperature": 0.8, "seed": i}
+            r = await http.post(f"{served.url}/v1/completions", headers=headers, json=other)
+            texts[i] = r.json()["choices"][0]["text"]
+
+        async with trio.open_nursery() as nursery:
+            for i in range(6):
+                nursery.start_soon(one, i)
+    assert texts[0] == alone["choices"][0]["text"]
+
+
+async def test_shutdown_lets_in_flight_streams_finish(
+    aio_loop: object, pg_dsn: str, redis_url: str, model_dir: Path
+) -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="bitnet-data-"))
+    try:
+        async with serve(pg_dsn, redis_url, data_dir, {"tiny": model_dir}, shutdown_grace=20) as served:
+            body = {
+                "model": "tiny",
+                "prompt": "a",
+                "max_tokens": 40,
+                "ignore_eos": True,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+            lines: list[str] = []
+            async with httpx.AsyncClient(timeout=60) as http, http.stream(
+                "POST", f"{served.url}/v1/completions", headers={"Authorization": f"Bearer {served.key}"}, json=body
+            ) as r:
+                async for line in r.aiter_lines():
+                    lines.append(line)
+                    if len(lines) == 2:
+                        served.stop.set()  # SIGTERM's effect: stop accepting, drain
+            async with httpx.AsyncClient(timeout=5) as fresh:
+                with pytest.raises(httpx.TransportError):
+                    await fresh.get(f"{served.url}/healthz")  # no longer accepting new connections
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    data = [line for line in lines if line.startswith("data: ")]
+    assert data[-1] == "data: [DONE]"
+    assert json.loads(data[-2].removeprefix("data: "))["usage"]["completion_tokens"] == 40  # all of it

@@ -1,0 +1,244 @@
+"""Websocket streaming at ``/v1/responses``, shaped like OpenAI's Responses API websocket mode.
+
+The client sends JSON messages:
+
+- ``{"type": "response.create", "model": ..., "input": "text" | [messages], "max_output_tokens": ..., ...}``
+  (sampling parameters as in ``/v1/completions``);
+- ``{"type": "response.cancel"}`` to stop the response in flight;
+- ``{"type": "authenticate", "api_key": "bnk_live_..."}`` first, when the upgrade request carried no
+  ``Authorization: Bearer`` header.
+
+The server answers ``response.created``, ``response.output_text.delta`` events, then ``response.completed``
+(with usage), ``response.cancelled`` or ``response.failed``; problems are ``{"type": "error", ...}`` events
+and the socket stays open. Responses run one after another on one socket.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import trio
+from quart import Blueprint, websocket
+
+from actors.model_cache import ModelCapacityError, ModelLoadFailedError, UnknownModelError
+from actors.scheduler import Failed, Finished, Token
+from bitnet_actor.api.auth import OrgAccess, Principal, system
+from bitnet_actor.api.errors import ApiError
+from bitnet_actor.api.inference import COMMON_FIELDS, Run, check_fields, plan_request, submit_plan
+from bitnet_actor.services.errors import AuthenticationError
+from bitnet_actor.services.permissions import require
+
+if TYPE_CHECKING:
+    from bitnet_actor.system import System
+
+__all__ = ["blueprint"]
+
+blueprint = Blueprint("responses_ws", __name__)
+
+_FIELDS = (COMMON_FIELDS - {"stream", "stream_options", "max_tokens", "n"}) | {
+    "type",
+    "input",
+    "max_output_tokens",
+    "instructions",
+}
+
+
+def _error(message: str, *, code: str = "invalid_request_error", param: str | None = None) -> dict[str, Any]:
+    return {
+        "type": "error",
+        "error": {"type": "invalid_request_error", "code": code, "message": message, "param": param},
+    }
+
+
+async def _send(event: dict[str, Any]) -> None:
+    await websocket.send(json.dumps(event, ensure_ascii=False))
+
+
+async def _authenticate(sys: System, first: dict[str, Any] | None) -> OrgAccess:
+    header = websocket.headers.get("Authorization", "")
+    key = header.partition(" ")[2].strip() if header.lower().startswith("bearer ") else ""
+    if not key and first is not None and first.get("type") == "authenticate":
+        key = str(first.get("api_key", ""))
+    if not key:
+        raise ApiError(401, "send 'Authorization: Bearer <API key>' or an authenticate message first")
+    try:
+        principal = await sys.auth.keys.authenticate(key)
+    except AuthenticationError as exc:
+        raise ApiError(401, str(exc)) from None
+    try:
+        require(permission="inference", scopes=principal.scopes)
+    except Exception as exc:
+        raise ApiError(403, str(exc)) from None
+    return OrgAccess(Principal("key", key=principal), principal.org_id, None)
+
+
+@blueprint.websocket("/v1/responses")
+async def responses() -> None:
+    """Serve responses on one socket until the client closes it."""
+    sys = system()
+    send_msgs, recv_msgs = trio.open_memory_channel[dict[str, Any] | None](16)  # 16: client messages in flight
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_reader, send_msgs)
+        access: OrgAccess | None = None
+        if websocket.headers.get("Authorization"):
+            try:
+                access = await _authenticate(sys, None)
+            except ApiError as exc:
+                await _send(_error(exc.message, code=exc.code or "invalid_api_key"))
+                nursery.cancel_scope.cancel()
+                return
+        async for message in recv_msgs:
+            if message is None:
+                await _send(_error("messages must be JSON objects", code="invalid_json"))
+                continue
+            kind = message.get("type")
+            if access is None:
+                try:
+                    access = await _authenticate(sys, message)
+                except ApiError as exc:
+                    await _send(_error(exc.message, code=exc.code or "invalid_api_key"))
+                    continue
+                if kind == "authenticate":
+                    continue
+            if kind == "response.create":
+                await _respond(sys, access, message, recv_msgs)
+            elif kind == "response.cancel":
+                await _send(_error("no response is in progress", code="no_response"))
+            else:
+                await _send(_error(f"unknown message type {kind!r}", param="type"))
+        nursery.cancel_scope.cancel()
+
+
+async def _reader(send: trio.MemorySendChannel[dict[str, Any] | None]) -> None:
+    async with send:
+        while True:
+            raw = await websocket.receive()
+            try:
+                message = json.loads(raw)
+            except (TypeError, ValueError):
+                message = None
+            await send.send(message if isinstance(message, dict) else None)
+
+
+async def _respond(
+    sys: System, access: OrgAccess, message: dict[str, Any], inbox: trio.MemoryReceiveChannel[dict[str, Any] | None]
+) -> None:
+    response_id = f"resp_{uuid.uuid4().hex}"
+    try:
+        check_fields(message, _FIELDS)
+        body = {k: v for k, v in message.items() if k not in ("type", "input", "max_output_tokens", "instructions")}
+        if "max_output_tokens" in message:
+            body["max_tokens"] = message["max_output_tokens"]
+        data = message.get("input")
+        chat = isinstance(data, list)
+        if chat:
+            body["messages"] = (
+                [{"role": "system", "content": message["instructions"]}] if message.get("instructions") else []
+            ) + list(data)  # type: ignore[arg-type]
+        elif isinstance(data, str):
+            body["prompt"] = data
+        else:
+            raise ApiError(400, "input must be a string or a list of messages", param="input")
+        name = body.get("model")
+        if not isinstance(name, str):
+            raise ApiError(400, "model is required", param="model")
+        assert sys.models is not None
+        assert sys.tenants is not None
+        try:
+            lease = await sys.models.acquire(name)
+        except UnknownModelError:
+            raise ApiError(404, f"the model {name!r} does not exist", param="model", code="model_not_found") from None
+        except (ModelCapacityError, ModelLoadFailedError) as exc:
+            raise ApiError(503, str(exc)) from None
+        try:
+            plan = await plan_request(body, chat=chat, lease=lease)
+            recv = submit_plan(plan, lease, access, await sys.tenants.get(access.org_id))
+        except BaseException:
+            sys.models.release(lease)
+            raise
+    except ApiError as exc:
+        await _send(_error(exc.message, code=exc.code or "invalid_request_error", param=exc.param))
+        return
+    run = Run(plan, lease, access, recv, response_id, int(time.time()), sys)
+    shell = {"id": response_id, "object": "response", "created_at": run.created, "model": plan.model}
+    await _send({"type": "response.created", "response": {**shell, "status": "in_progress", "output": []}})
+    item_id = f"msg_{uuid.uuid4().hex}"
+    text: list[str] = []
+    outcome, failure = "completed", None
+    try:
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+
+                async def watch_for_cancel() -> None:
+                    nonlocal outcome
+                    async for msg in inbox:
+                        if msg is not None and msg.get("type") == "response.cancel":
+                            outcome = "cancelled"
+                            scope.cancel()
+                            return
+                        await _send(
+                            _error(
+                                "a response is in progress; send response.cancel or wait", code="response_in_progress"
+                            )
+                        )
+
+                nursery.start_soon(watch_for_cancel)
+                async with recv:
+                    async for event in recv:
+                        run.observe(event)
+                        if isinstance(event, Token) and event.text:
+                            text.append(event.text)
+                            await _send(
+                                {
+                                    "type": "response.output_text.delta",
+                                    "response_id": response_id,
+                                    "item_id": item_id,
+                                    "output_index": 0,
+                                    "content_index": 0,
+                                    "delta": event.text,
+                                }
+                            )
+                        elif isinstance(event, Finished):
+                            run.choice(0).finish_reason = event.reason
+                        elif isinstance(event, Failed):
+                            failure = event
+                nursery.cancel_scope.cancel()
+    finally:
+        recv.close()
+        with trio.CancelScope(shield=True):
+            await run.record(outcome if failure is None else "failed")
+    usage = run.usage()
+    done = {
+        **shell,
+        "output": [
+            {
+                "type": "message",
+                "id": item_id,
+                "role": "assistant",
+                "status": outcome,
+                "content": [{"type": "output_text", "text": "".join(text)}],
+            }
+        ],
+        "usage": {
+            "input_tokens": usage["prompt_tokens"],
+            "output_tokens": usage["completion_tokens"],
+            "total_tokens": usage["total_tokens"],
+        },
+    }
+    if failure is not None:
+        await _send(
+            {
+                "type": "response.failed",
+                "response": {**done, "status": "failed", "error": {"code": failure.code, "message": failure.message}},
+            }
+        )
+    elif outcome == "cancelled":
+        await _send({"type": "response.cancelled", "response": {**done, "status": "cancelled"}})
+    else:
+        reason = run.choice(0).finish_reason
+        status = "incomplete" if reason == "length" else "completed"
+        extra = {"incomplete_details": {"reason": "max_output_tokens"}} if status == "incomplete" else {}
+        await _send({"type": "response.completed", "response": {**done, "status": status, **extra}})
