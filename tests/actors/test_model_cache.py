@@ -1,0 +1,113 @@
+"""The model cache with real (tiny) models: loading once for concurrent callers, failures, LRU eviction."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from actors.model_cache import ModelCache, ModelCapacityError, ModelLoadFailedError, UnknownModelError
+
+pytest.importorskip("transformers", reason="transformers builds the test models")
+
+
+@pytest.fixture(scope="module")
+def model_dirs() -> Iterator[tuple[Path, Path]]:
+    from tests.api.served import build_model_dir
+
+    root = Path(tempfile.mkdtemp(prefix="bitnet-cache-"))
+    yield build_model_dir(root / "a", seed=1), build_model_dir(root / "b", seed=2)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def counting_loader(calls: list[str]):
+    from bitnet_actor.engine import load_model
+
+    def load(path: str):
+        calls.append(path)
+        return load_model(path)
+
+    return load
+
+
+async def test_concurrent_requests_share_one_load(model_dirs: tuple[Path, Path], nursery: trio.Nursery) -> None:
+    calls: list[str] = []
+    cache = ModelCache(budget_bytes=2**30, loader=counting_loader(calls))
+    cache.register("a", str(model_dirs[0]))
+    await nursery.start(cache.run)
+    leases = []
+
+    async def get() -> None:
+        leases.append(await cache.acquire("a"))
+
+    async with trio.open_nursery() as inner:
+        for _ in range(5):
+            inner.start_soon(get)
+    assert calls == [str(model_dirs[0])]
+    assert len({id(lease.model) for lease in leases}) == 1
+    stats = cache.statistics()
+    assert (stats.loads, stats.hits) == (1, 5)
+    with pytest.raises(UnknownModelError):
+        await cache.acquire("nope")
+
+
+async def test_failed_load_reaches_every_waiter_and_is_retried(
+    tmp_path: Path, model_dirs: tuple[Path, Path], nursery: trio.Nursery
+) -> None:
+    calls: list[str] = []
+    cache = ModelCache(budget_bytes=2**30, loader=counting_loader(calls))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    cache.register("broken", str(broken))
+    await nursery.start(cache.run)
+    errors: list[Exception] = []
+
+    async def get() -> None:
+        try:
+            await cache.acquire("broken")
+        except ModelLoadFailedError as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as inner:
+        for _ in range(3):
+            inner.start_soon(get)
+    assert len(errors) == 3
+    assert "config.json" in str(errors[0])
+    assert len(calls) == 1  # one load for the three waiters
+    shutil.rmtree(broken)
+    shutil.copytree(model_dirs[0], broken)  # fixed on disk: the next request loads it
+    lease = await cache.acquire("broken")
+    assert lease.model is not None
+    assert len(calls) == 2
+
+
+async def test_lru_eviction_pinning_and_capacity(model_dirs: tuple[Path, Path], nursery: trio.Nursery) -> None:
+    from bitnet_actor.engine import load_model
+
+    one = load_model(str(model_dirs[0])).nbytes
+    cache = ModelCache(budget_bytes=int(one * 1.5), loader=load_model)  # room for one model only
+    cache.register("a", str(model_dirs[0]))
+    cache.register("b", str(model_dirs[1]))
+    await nursery.start(cache.run)
+    lease_a = await cache.acquire("a")
+    with pytest.raises(ModelCapacityError, match="busy or pinned"):
+        await cache.acquire("b")  # "a" is in use: never evicted
+    cache.release(lease_a)
+    lease_b = await cache.acquire("b")  # now "a" is idle and goes
+    assert cache.statistics().loaded == ("b",)
+    assert cache.statistics().evictions == 1
+    cache.release(lease_b)
+    await cache.pin("b")
+    with pytest.raises(ModelCapacityError):
+        await cache.acquire("a")  # "b" is pinned
+    small = ModelCache(budget_bytes=one // 10, loader=load_model)
+    small.register("a", str(model_dirs[0]))
+    nursery.start_soon(small.run)
+    await trio.sleep(0)
+    with pytest.raises(ModelCapacityError, match="memory budget"):
+        await small.acquire("a")
