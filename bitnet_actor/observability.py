@@ -50,6 +50,10 @@ class _LiveCollector:
             waiting.add_metric([name], stats.waiting)
             kv.add_metric([name], stats.kv_bytes)
         yield from (running, waiting, kv)
+        restarts = CounterMetricFamily("bitnet_actor_restarts", "Restarts of supervised actors.", labels=["actor"])
+        for stats in live.get("supervisors", []):
+            restarts.add_metric([stats.name], stats.restarts)
+        yield restarts
         cache = live.get("cache")
         if cache is not None:
             yield CounterMetricFamily("bitnet_model_loads", "Models loaded.", value=cache.loads)

@@ -24,6 +24,7 @@ import psutil
 import trio
 import trio_asyncio
 
+from actors import RestartPolicy, Supervisor
 from actors.model_cache import ModelCache
 from actors.scheduler import Scheduler
 from actors.tenant import Tenants
@@ -44,7 +45,6 @@ from bitnet_actor.stores import Stores, open_stores, secret_key
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
 
-    from actors import Supervisor
     from bitnet_actor.config import Settings
     from bitnet_actor.engine import Model
     from bitnet_actor.services.email import EmailSender
@@ -309,11 +309,26 @@ async def run_system(
                 tenants=Tenants(stores.db),
             )
             async with trio.open_nursery() as nursery:
-                await nursery.start(auth.keys.run)
                 assert system.models is not None
                 assert system.tenants is not None
+                # Long-lived listeners restart on failure (a Redis hiccup must not take the server down);
+                # the model cache owns the schedulers and is not restarted behind their callers' backs.
+                policy = RestartPolicy(max_restarts=10, window_s=60.0, backoff_s=0.5, backoff_max_s=10.0)
+                keys, tenants = auth.keys, system.tenants
+                system.supervisors.extend(
+                    [
+                        Supervisor("api-key-invalidation", lambda: keys, policy),
+                        Supervisor("tenants", lambda: tenants, policy),
+                    ]
+                )
+                for supervisor in system.supervisors:
+                    await nursery.start(supervisor.run)
+                cache_live = metrics.live
+                metrics.live = lambda: {
+                    **(cache_live() if cache_live else {}),
+                    "supervisors": [s.statistics() for s in system.supervisors],
+                }
                 await nursery.start(system.models.run)
-                await nursery.start(system.tenants.run)
                 for name in models:
                     nursery.start_soon(_preload, system.models, name)
                 if auth.oidc is not None:
