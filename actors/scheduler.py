@@ -119,6 +119,7 @@ class Scheduler:
         self._ring: deque[UUID] = deque()
         self._running: list[GenerationRequest] = []
         self._waiting = 0
+        self._waiting_by_org: dict[UUID, int] = {}
         self._steps = 0
         self._tokens = 0
         self._rejected = 0
@@ -141,11 +142,15 @@ class Scheduler:
             trio.WouldBlock: ``max_queue`` requests are already waiting.
             trio.ClosedResourceError: the scheduler is shutting down.
         """
-        if self._waiting >= self.max_queue:
+        mine = self._waiting_by_org.get(request.org_id, 0)
+        # The last place in the queue, like the last batch slot, is never one tenant's: a flood gets 429s
+        # while another tenant's request still gets in.
+        if self._waiting >= self.max_queue or mine >= max(1, self.max_queue - 1):
             self._rejected += 1
             raise trio.WouldBlock
         self._send.send_nowait(request)
         self._waiting += 1
+        self._waiting_by_org[request.org_id] = mine + 1
 
     def close(self) -> None:
         """Accept nothing more; the actor finishes what it has, then returns."""
@@ -219,7 +224,7 @@ class Scheduler:
                 if running_here >= min(queue[0].max_running, self._tenant_cap):
                     break
                 request = queue.popleft()
-                self._waiting -= 1
+                self._unwait(request)
                 if self._start(request):
                     admitted += 1
                     running_here += 1
@@ -228,6 +233,14 @@ class Scheduler:
                 self._ring.append(org)
             else:
                 self._queues.pop(org, None)
+
+    def _unwait(self, request: GenerationRequest) -> None:
+        self._waiting -= 1
+        left = self._waiting_by_org.get(request.org_id, 1) - 1
+        if left > 0:
+            self._waiting_by_org[request.org_id] = left
+        else:
+            self._waiting_by_org.pop(request.org_id, None)
 
     def _start(self, request: GenerationRequest) -> bool:
         try:
@@ -251,7 +264,7 @@ class Scheduler:
             for request in list(queue):
                 if _gone(request.reply) or now > request.deadline:
                     queue.remove(request)
-                    self._waiting -= 1
+                    self._unwait(request)
                     if _gone(request.reply):
                         self._cancelled += 1
                         self._end(request, None)
