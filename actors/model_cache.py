@@ -142,6 +142,7 @@ class ModelCache:
         Raises:
             UnknownModelError, ModelCapacityError, ModelLoadFailedError.
         """
+        await trio.lowlevel.checkpoint()  # a cache hit is still a checkpoint (callers may rely on it)
         entry = self._entries.get(name)
         if entry is None:
             raise UnknownModelError(f"the model {name!r} does not exist")

@@ -173,6 +173,7 @@ class Scheduler:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until the inbox is closed and drained."""
         task_status.started()
+        await trio.lowlevel.checkpoint()
         inbox_open = True
         try:
             while inbox_open or self._running or self._waiting:
@@ -287,7 +288,7 @@ class Scheduler:
             log.exception("model step failed; failing the batch")
             for request in batch:
                 self._end(request, Failed(request.index, "the model failed while generating", "internal"))
-            return
+            return  # noqa: ASYNC910  # the worker thread call was the checkpoint
         elapsed = time.perf_counter() - started
         self._steps += 1
         if self._on_step is not None:

@@ -53,6 +53,7 @@ class Tenants:
 
     async def get(self, org_id: UUID) -> TenantState:
         """The state of ``org_id``, loading its plan when new or stale."""
+        await trio.lowlevel.checkpoint()
         now = time.monotonic()
         state = self._states.get(org_id)
         if state is None or now - state.loaded_at > self.ttl_s:

@@ -68,6 +68,9 @@ def _build_parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="apply pending database migrations and exit")
     _add_settings_flags(migrate, ["BITNET_DATA_DIR", "BITNET_DATABASE_URL", "BITNET_LOG_LEVEL"])
     sub.add_parser("version", help="print the version")
+    from bitnet_actor import cli_engine
+
+    cli_engine.add_subcommands(sub)
     local = [
         "BITNET_DATA_DIR",
         "BITNET_DATABASE_URL",
@@ -165,6 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(f"{PROG} {__version__}")
         return 0
+    if args.command in ("generate", "inspect"):
+        from bitnet_actor import cli_engine
+
+        return cli_engine.run(args)
     try:
         settings = _settings(args)
     except ConfigError as exc:

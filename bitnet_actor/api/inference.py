@@ -560,7 +560,7 @@ async def _collect(run: Run) -> Response:
         outcome = "cancelled"
         raise
     finally:
-        await run.record(outcome)
+        await run.record(outcome)  # noqa: ASYNC102  # record() shields its database write, with a timeout
     failures = [c.error for c in run.choices.values() if c.error is not None]
     if failures:
         _raise_failure(failures[0])

@@ -41,4 +41,6 @@ def attn_block(
     bounds: npt.NDArray[np.int64],
     starts: npt.NDArray[np.int64],
     out: npt.NDArray[np.float32],
+    sub_w: npt.NDArray[np.float32] | None = None,
+    eps: float = 1e-5,
 ) -> None: ...

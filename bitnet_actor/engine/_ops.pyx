@@ -249,12 +249,17 @@ def glu_norm(const float[:, ::1] gu, bint relu2, w, float eps):
 
 def attn_block(float[:, ::1] qkv, int nh, int nkv, int hd, const float[:, ::1] cos, const float[:, ::1] sin,
                list kcaches, list vcaches, const int64_t[::1] bounds, const int64_t[::1] starts,
-               float[:, ::1] out):
+               float[:, ::1] out, sub_w=None, float eps=1e-5):
     """RoPE on the q/k parts of a fused (M, (nh + 2 nkv) hd) product, cache writes, causal GQA attention.
 
     Sequence s owns rows [bounds[s], bounds[s+1]) at positions starts[s] + i, and the caches
-    kcaches[s], vcaches[s] (nkv, cap, hd).  Writes out (M, nh * hd).
+    kcaches[s], vcaches[s] (nkv, cap, hd).  Writes out (M, nh * hd), then RMSNorm of its rows with sub_w
+    (nh * hd,) unless sub_w is None.
     """
+    cdef const float[::1] swv
+    cdef int has_sub = sub_w is not None
+    if has_sub:
+        swv = sub_w
     cdef int64_t M = qkv.shape[0], S = len(kcaches), s, m, p, task, nt_tasks, tmax = 0
     cdef int64_t qd = nh * hd, kvd = nkv * hd, group = nh // nkv, g, h
     cdef float scale = float(hd) ** -0.5
@@ -324,6 +329,9 @@ def attn_block(float[:, ::1] qkv, int nh, int nkv, int hd, const float[:, ::1] c
                     be_attend(&qkv[m, h * hd], kp[s] + (h // group) * cap[s] * hd,
                               vp[s] + (h // group) * cap[s] * hd, p + 1, hd, scale, sc + tid * tmax,
                               &out[m, h * hd])
+            if has_sub:
+                for m in range(M):
+                    be_rmsnorm_row(&out[m, 0], &swv[0], &out[m, 0], qd, eps)
     finally:
         free(kp)
         free(vp)

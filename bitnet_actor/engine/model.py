@@ -532,9 +532,10 @@ class Model:
                 bounds,
                 starts,
                 attn,
+                layer.attn_sub_norm,
+                eps,
             )
-            a = ops.rmsnorm(attn, layer.attn_sub_norm, eps) if layer.attn_sub_norm is not None else attn
-            h = ops.add_rmsnorm(x, _apply1(layer.o, a), layer.ffn_norm, eps)
+            h = ops.add_rmsnorm(x, _apply1(layer.o, attn), layer.ffn_norm, eps)
             gu = _apply(layer.gate_up, h)
             a = ops.glu_norm(gu, act, layer.ffn_sub_norm, eps)
             down = _apply1(layer.down, a)

@@ -214,8 +214,10 @@ def attn_block(
     bounds: npt.NDArray[np.int64],
     starts: npt.NDArray[np.int64],
     out: npt.NDArray[np.float32],
+    sub_w: npt.NDArray[np.float32] | None = None,
+    eps: float = 1e-5,
 ) -> None:
-    """RoPE, KV-cache writes and causal attention for the rows of several sequences.
+    """RoPE, KV-cache writes and causal attention for the rows of several sequences, then the sub-norm.
 
     Args:
         qkv: float32 (M, (H + 2 Hkv) D), the fused q/k/v product (q and k are rotated in place).
@@ -227,10 +229,12 @@ def attn_block(
         bounds: int64 (S + 1,): sequence ``s`` owns rows ``bounds[s] .. bounds[s+1]``.
         starts: int64 (S,): position of each sequence's first row.
         out: float32 (M, H * D), written.
+        sub_w: float32 (H * D,): RMSNorm ``out`` in place with it (BitNet's ``attn_sub_norm``), or None.
+        eps: its epsilon.
     """
     nh, nkv, hd = heads
     if _fast is not None:
-        _fast.attn_block(qkv, nh, nkv, hd, cos, sin, kcaches, vcaches, bounds, starts, out)
+        _fast.attn_block(qkv, nh, nkv, hd, cos, sin, kcaches, vcaches, bounds, starts, out, sub_w, eps)
         return
     m = qkv.shape[0]
     qd, kvd = nh * hd, nkv * hd
@@ -244,6 +248,8 @@ def attn_block(
         kc[:, p : p + r1 - r0] = k[r0:r1].transpose(1, 0, 2)
         vc[:, p : p + r1 - r0] = v[r0:r1].transpose(1, 0, 2)
         attention(q[r0:r1], kc, vc, p, out[r0:r1])
+    if sub_w is not None:
+        out[...] = rmsnorm(out, sub_w, eps)
 
 
 def glu(gu: npt.NDArray[np.float32], act: str) -> npt.NDArray[np.float32]:

@@ -108,6 +108,6 @@ async def test_lru_eviction_pinning_and_capacity(model_dirs: tuple[Path, Path], 
     small = ModelCache(budget_bytes=one // 10, loader=load_model)
     small.register("a", str(model_dirs[0]))
     nursery.start_soon(small.run)
-    await trio.sleep(0)
+    await trio.lowlevel.checkpoint()
     with pytest.raises(ModelCapacityError, match="memory budget"):
         await small.acquire("a")
