@@ -431,9 +431,12 @@ async def test_shutdown_lets_in_flight_streams_finish(
                 "stream_options": {"include_usage": True},
             }
             lines: list[str] = []
-            async with httpx.AsyncClient(timeout=60) as http, http.stream(
-                "POST", f"{served.url}/v1/completions", headers={"Authorization": f"Bearer {served.key}"}, json=body
-            ) as r:
+            async with (
+                httpx.AsyncClient(timeout=60) as http,
+                http.stream(
+                    "POST", f"{served.url}/v1/completions", headers={"Authorization": f"Bearer {served.key}"}, json=body
+                ) as r,
+            ):
                 async for line in r.aiter_lines():
                     lines.append(line)
                     if len(lines) == 2:
