@@ -23,6 +23,7 @@ from bitnet_actor.services.errors import (
     ThrottledError,
     ValidationError,
 )
+from bitnet_actor.services.jwt import KeyDecryptionError
 
 if TYPE_CHECKING:
     from quart import Quart
@@ -170,6 +171,15 @@ def install_error_handlers(app: Quart) -> None:
     @app.errorhandler(ServiceError)
     async def _service_error(err: ServiceError) -> Response:
         return error_response(service_error(err))
+
+    @app.errorhandler(KeyDecryptionError)
+    async def _wrong_secret(err: KeyDecryptionError) -> Response:
+        log.error("%s; every replica needs the same BITNET_SECRET_KEY", err)
+        return error_response(
+            ApiError(
+                503, "access tokens are unavailable on this server (misconfigured secret key)", code="misconfigured"
+            )
+        )
 
     @app.errorhandler(StoreUnavailableError)
     async def _store_down(err: StoreUnavailableError) -> Response:

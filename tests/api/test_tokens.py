@@ -170,3 +170,19 @@ async def test_sso_login_end_to_end(sso: Harness, issuer: str) -> None:
         assert done.headers["Location"] == "/"  # never an open redirect
         me = await sso.call("GET", "/api/v1/me", Caller(session=session_from(done)))
         assert (await me.get_json())["user"]["email"] == email
+
+
+async def test_replica_with_another_secret_key_answers_503(harness: Harness) -> None:
+    from bitnet_actor.services.jwt import JwtService
+
+    user = await harness.signup()
+    await harness.call(
+        "POST", "/api/v1/token", json={"grant_type": "password", "email": user.email, "password": PASSWORD}
+    )
+    wrong = JwtService(harness.system.stores.db, encryption_key=b"x" * 32, issuer="http://localhost:9")
+    object.__setattr__(harness.system.auth, "jwt", wrong)
+    r = await harness.call(
+        "POST", "/api/v1/token", json={"grant_type": "password", "email": user.email, "password": PASSWORD}
+    )
+    assert r.status_code == 503
+    assert (await r.get_json())["error"]["code"] == "misconfigured"
