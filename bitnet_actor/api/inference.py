@@ -485,17 +485,7 @@ async def _start(chat: bool) -> Run:
     access = await _access()
     body = await json_body(max_bytes=4 * 1024 * 1024)
     check_fields(body, COMMON_FIELDS | (_CHAT_ONLY if chat else _COMPLETION_ONLY))
-    name = body.get("model")
-    if not isinstance(name, str) or not name:
-        raise _bad("model is required", "model", "missing_required_parameter")
-    try:
-        lease = await _cache().acquire(name)
-    except UnknownModelError:
-        raise ApiError(404, f"the model {name!r} does not exist", param="model", code="model_not_found") from None
-    except ModelCapacityError as exc:
-        raise ApiError(503, str(exc), code="model_capacity", headers={"Retry-After": "30"}) from None
-    except ModelLoadFailedError as exc:
-        raise ApiError(503, str(exc), code="model_load_failed", headers={"Retry-After": "30"}) from None
+    lease = await acquire_lease(_cache(), body)
     try:
         plan = await plan_request(body, chat=chat, lease=lease)
         tenants = system().tenants
@@ -605,7 +595,7 @@ async def _collect(run: Run) -> Response:
 
 def _raise_failure(failure: Failed) -> None:
     if failure.code == "timeout":
-        raise ApiError(504 if False else 503, failure.message, code="timeout", headers={"Retry-After": "5"})
+        raise ApiError(503, failure.message, code="timeout", headers={"Retry-After": "5"})
     if failure.code == "invalid":
         raise ApiError(400, failure.message)
     raise ApiError(503, failure.message, code=failure.code, headers={"Retry-After": "5"})
@@ -751,7 +741,7 @@ async def tokenize() -> Response:
     await _access()
     body = await json_body(max_bytes=4 * 1024 * 1024)
     check_fields(body, {"model", "prompt", "messages", "add_special_tokens"})
-    lease = await _lease(body)
+    lease = await acquire_lease(_cache(), body)
     try:
         if "messages" in body:
             ids = list(
@@ -776,7 +766,7 @@ async def detokenize() -> Response:
     await _access()
     body = await json_body(max_bytes=4 * 1024 * 1024)
     check_fields(body, {"model", "tokens"})
-    lease = await _lease(body)
+    lease = await acquire_lease(_cache(), body)
     try:
         tokens = body.get("tokens")
         if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
@@ -788,13 +778,20 @@ async def detokenize() -> Response:
         _cache().release(lease)
 
 
-async def _lease(body: dict[str, Any]) -> Lease:
+async def acquire_lease(cache: ModelCache, body: dict[str, Any]) -> Lease:
+    """The loaded model named by ``body["model"]``, with the HTTP form of every way that can fail.
+
+    Raises:
+        ApiError: 400 without a model name, 404 for an unknown model, 503 when it cannot be loaded now.
+    """
     name = body.get("model")
     if not isinstance(name, str) or not name:
         raise _bad("model is required", "model", "missing_required_parameter")
     try:
-        return await _cache().acquire(name)
+        return await cache.acquire(name)
     except UnknownModelError:
         raise ApiError(404, f"the model {name!r} does not exist", param="model", code="model_not_found") from None
-    except (ModelCapacityError, ModelLoadFailedError) as exc:
-        raise ApiError(503, str(exc), headers={"Retry-After": "30"}) from None
+    except ModelCapacityError as exc:
+        raise ApiError(503, str(exc), code="model_capacity", headers={"Retry-After": "30"}) from None
+    except ModelLoadFailedError as exc:
+        raise ApiError(503, str(exc), code="model_load_failed", headers={"Retry-After": "30"}) from None

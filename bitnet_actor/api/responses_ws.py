@@ -23,11 +23,10 @@ from typing import TYPE_CHECKING, Any
 import trio
 from quart import Blueprint, websocket
 
-from actors.model_cache import ModelCapacityError, ModelLoadFailedError, UnknownModelError
 from actors.scheduler import Failed, Finished, Token
 from bitnet_actor.api.auth import OrgAccess, Principal, system
 from bitnet_actor.api.errors import ApiError
-from bitnet_actor.api.inference import COMMON_FIELDS, Run, check_fields, plan_request, submit_plan
+from bitnet_actor.api.inference import COMMON_FIELDS, Run, acquire_lease, check_fields, plan_request, submit_plan
 from bitnet_actor.services.errors import AuthenticationError
 from bitnet_actor.services.permissions import require
 
@@ -142,17 +141,9 @@ async def _respond(
             body["prompt"] = data
         else:
             raise ApiError(400, "input must be a string or a list of messages", param="input")
-        name = body.get("model")
-        if not isinstance(name, str):
-            raise ApiError(400, "model is required", param="model")
         assert sys.models is not None
         assert sys.tenants is not None
-        try:
-            lease = await sys.models.acquire(name)
-        except UnknownModelError:
-            raise ApiError(404, f"the model {name!r} does not exist", param="model", code="model_not_found") from None
-        except (ModelCapacityError, ModelLoadFailedError) as exc:
-            raise ApiError(503, str(exc)) from None
+        lease = await acquire_lease(sys.models, body)
         try:
             plan = await plan_request(body, chat=chat, lease=lease)
             recv = submit_plan(plan, lease, access, await sys.tenants.get(access.org_id))

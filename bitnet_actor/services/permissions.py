@@ -25,7 +25,7 @@ API keys carry scopes instead of a role: ``SCOPE_PERMISSIONS`` maps each scope t
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 from bitnet_actor.services.errors import PermissionDeniedError
 
@@ -59,22 +59,9 @@ Permission = Literal[
     "audit:read",
 ]
 
-ROLES: Final[tuple[Role, ...]] = ("owner", "admin", "member", "viewer", "billing")
-PERMISSIONS: Final[tuple[Permission, ...]] = (
-    "org:read",
-    "org:update",
-    "members:read",
-    "members:manage",
-    "owners:manage",
-    "keys:read",
-    "keys:manage",
-    "models:read",
-    "models:write",
-    "inference",
-    "billing:read",
-    "billing:manage",
-    "audit:read",
-)
+# The literals above are the one list of roles and permissions.
+ROLES: Final[tuple[Role, ...]] = get_args(Role)
+PERMISSIONS: Final[tuple[Permission, ...]] = get_args(Permission)
 
 _ALL: Final = frozenset(PERMISSIONS)
 ROLE_PERMISSIONS: Final[dict[Role, frozenset[Permission]]] = {

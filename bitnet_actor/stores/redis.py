@@ -18,6 +18,7 @@ import trio
 from trio_asyncio import aio_as_trio
 
 from bitnet_actor.errors import StoreError, StoreUnavailableError
+from bitnet_actor.stores.postgres import redact_dsn as redact_url
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -25,16 +26,6 @@ if TYPE_CHECKING:
 __all__ = ["RedisStore", "open_redis", "redact_url"]
 
 T = TypeVar("T")
-
-
-def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
 
 
 @contextmanager
