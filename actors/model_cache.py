@@ -185,6 +185,7 @@ class ModelCache:
                 log.info("loading model %s from %s", entry.name, entry.path)
                 model = await trio.to_thread.run_sync(self._loader, entry.path)
                 entry.nbytes = model.nbytes
+                log.info("model %s loaded on %s (%d MiB)", entry.name, model.device, entry.nbytes >> 20)
                 self._make_room(0, entry.name)  # the real size may differ from the file's
                 await self._start_scheduler(entry, model)
                 self.loads += 1

@@ -51,6 +51,18 @@ def add_subcommands(subparsers: Any) -> None:
     gen.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence tokens")
     gen.add_argument("--threads", type=int, default=None, metavar="N", help="kernel threads [all cores]")
     gen.add_argument("--output-layer", choices=("exact", "q8"), default="exact", help="output matrix [exact]")
+    gen.add_argument(
+        "--device",
+        choices=("cpu", "opencl", "auto"),
+        default="cpu",
+        help="where the model runs; auto: OpenCL if usable, else the CPU [cpu]",
+    )
+    gen.add_argument(
+        "--opencl-device",
+        default=None,
+        metavar="SEL",
+        help="OpenCL device: auto, P:D or a name fragment [BITNET_OPENCL_DEVICE, default auto]",
+    )
     ins = subparsers.add_parser("inspect", help="print a model's architecture, tensor formats and sizes")
     ins.add_argument("path", type=Path, metavar="PATH", help="HF model directory or .gguf file")
     ins.add_argument("--tensors", action="store_true", help="list every tensor")
@@ -136,7 +148,14 @@ def _generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         max_tokens=args.max_tokens,
         ignore_eos=args.ignore_eos,
     )
-    model = _load(args.model, err, threads=args.threads, output=args.output_layer)
+    model = _load(
+        args.model,
+        err,
+        threads=args.threads,
+        output=args.output_layer,
+        device=args.device,
+        opencl_device=args.opencl_device,
+    )
     if not model.has_tokenizer:
         raise EngineError(f"{args.model}: no tokenizer found next to the model; cannot encode a text prompt")
     tok = model.tokenizer
@@ -168,7 +187,8 @@ def _generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     pre = len(ids) / (t_first - t0) if t_first and t_first > t0 else 0.0
     dec = (n - 1) / (t1 - t_first) if t_first and n > 1 and t1 > t_first else 0.0
     print(
-        f"[{n} tokens, {seq.finish_reason}; prompt {len(ids)} tokens at {pre:.1f} tok/s, decode {dec:.1f} tok/s]",
+        f"[{n} tokens, {seq.finish_reason}; prompt {len(ids)} tokens at {pre:.1f} tok/s, "
+        f"decode {dec:.1f} tok/s; {model.device}]",
         file=err,
     )
     return 0

@@ -49,6 +49,8 @@ class Settings:
     oidc_client_secret: str = ""
     models: str = ""
     model_memory: str = ""
+    device: str = "cpu"
+    opencl_device: str = "auto"
     max_batch: int = 8
     max_queue: int = 64
     request_timeout: float = 600.0
@@ -103,6 +105,8 @@ class Settings:
             raise ConfigError("BITNET_OIDC_ISSUER, BITNET_OIDC_CLIENT_ID and BITNET_OIDC_CLIENT_SECRET go together")
         if self.oidc_issuer and not self.oidc_issuer.startswith(("https://", "http://")):
             raise ConfigError("BITNET_OIDC_ISSUER must be an http(s) URL")
+        if self.device not in {"cpu", "opencl", "auto"}:
+            raise ConfigError(f"BITNET_DEVICE must be cpu, opencl or auto, not {self.device!r}")
         if self.max_batch < 1 or self.max_queue < 1:
             raise ConfigError("BITNET_MAX_BATCH and BITNET_MAX_QUEUE must be at least 1")
         if self.request_timeout <= 0:
@@ -204,6 +208,8 @@ SETTINGS_DOC: dict[str, tuple[str, str, str]] = {
     "BITNET_MODELS": ("--model", "demo model", "NAME=PATH to serve (repeatable flag; comma list in the variable)"),
     "BITNET_NO_DEMO_MODEL": ("--no-demo-model", "false", "don't register the bundled demo model"),
     "BITNET_MODEL_MEMORY": ("--model-memory", "half of RAM", "memory budget for loaded models (8G, 512M)"),
+    "BITNET_DEVICE": ("--device", "cpu", "where models run: cpu, opencl, or auto (OpenCL if usable, else CPU)"),
+    "BITNET_OPENCL_DEVICE": ("--opencl-device", "auto", "OpenCL device: auto (GPU first), P:D, or a name fragment"),
     "BITNET_MAX_BATCH": ("--max-batch", "8", "sequences decoded together per model"),
     "BITNET_MAX_QUEUE": ("--max-queue", "64", "requests waiting per model before 429"),
     "BITNET_REQUEST_TIMEOUT": ("--request-timeout", "600", "seconds a generation may take"),

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -96,7 +97,8 @@ def build_model_cache(settings: Settings, metrics: Metrics, models: dict[str, st
 
         return Scheduler(model, max_batch=settings.max_batch, max_queue=settings.max_queue, on_step=on_step)
 
-    cache = ModelCache(budget_bytes=budget, loader=load_model, scheduler_factory=scheduler)
+    loader = partial(load_model, device=settings.device, opencl_device=settings.opencl_device)
+    cache = ModelCache(budget_bytes=budget, loader=loader, scheduler_factory=scheduler)
     for name, path in models.items():
         cache.register(name, path, pinned=True)
     metrics.live = lambda: {
@@ -290,8 +292,13 @@ async def run_system(
         StartupError: the data dir, a store or the listening socket could not be set up.
         StoreUnavailableError: a configured server is unreachable.
         MigrationError: the schema could not be brought up to date.
+        DeviceError: ``device`` is ``opencl`` and no OpenCL device opens or its kernels do not build.
     """
     check_data_dir(settings.data_dir)
+    if settings.device == "opencl":  # fail at start, naming the device and the compiler log, not at each load
+        from bitnet_actor.engine.api import open_opencl
+
+        await trio.to_thread.run_sync(partial(open_opencl, settings.opencl_device, required=True))
     stop = stop if stop is not None else trio.Event()
     models = served_models(settings)
     with _DataDirLock(settings.data_dir):

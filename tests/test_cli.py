@@ -227,3 +227,17 @@ def test_migrate_is_idempotent(fresh_dsn_sync: str) -> None:
     second = run_cli("migrate", BITNET_DATABASE_URL=fresh_dsn_sync)
     assert second.returncode == 0, second.stderr
     assert second.stdout.strip() == "database schema is up to date"
+
+
+def test_serve_on_a_missing_opencl_device_fails_at_start(tmp_path: Path) -> None:
+    result = run_cli(
+        "serve", "--data-dir", str(tmp_path), "--port", "0", "--device", "opencl", "--opencl-device", "no-such-gpu"
+    )
+    assert_one_line_error(result, "OpenCL: no OpenCL ")  # "device matches 'no-such-gpu'", or "platform found"
+    assert not (tmp_path / "postgres").exists()  # refused before any store started
+
+
+def test_serve_device_must_be_known(tmp_path: Path) -> None:
+    result = run_cli("serve", "--data-dir", str(tmp_path), BITNET_DEVICE="cuda")
+    assert result.returncode == 2
+    assert_one_line_error(result, "BITNET_DEVICE must be cpu, opencl or auto, not 'cuda'")

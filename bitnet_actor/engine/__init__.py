@@ -5,7 +5,8 @@ Nothing here imports trio or the stores: a scheduler (issue [E]) calls these fun
 Loading
 =======
 
-``load_model(path, *, device="cpu", output="exact", threads=None, progress=None) -> Model`` takes an HF
+``load_model(path, *, device="cpu", output="exact", threads=None, progress=None, opencl_device=None) -> Model``
+(``device``: ``"cpu"``, ``"opencl"`` or ``"auto"``; see :mod:`bitnet_actor.engine.opencl`) takes an HF
 model directory (``config.json`` + safetensors, sharded or not) or a ``.gguf`` file and repacks every
 ternary weight into :mod:`kernels_cython`'s layout (see :mod:`bitnet_actor.engine.loader` for the
 conventions and :mod:`bitnet_actor.engine.config` for the supported architectures).  Files are read through
@@ -50,6 +51,7 @@ from bitnet_actor.engine.api import load_model
 from bitnet_actor.engine.errors import (
     ContextLengthError,
     CorruptModelError,
+    DeviceError,
     EngineError,
     ModelLoadError,
     UnsupportedModelError,
@@ -60,6 +62,7 @@ from bitnet_actor.engine.sampling import SamplingParams
 __all__ = [
     "ContextLengthError",
     "CorruptModelError",
+    "DeviceError",
     "EngineError",
     "Model",
     "ModelInfo",

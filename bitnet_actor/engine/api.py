@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bitnet_actor.engine import ops
-from bitnet_actor.engine.errors import ModelLoadError
+from bitnet_actor.engine.errors import DeviceError, ModelLoadError
 from bitnet_actor.engine.loader import load_weights
 from bitnet_actor.engine.model import Model
+from kernels_opencl.device import OpenCLError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["load_model", "load_tokenizer"]
+__all__ = ["DEVICES", "load_model", "load_tokenizer", "open_opencl"]
+
+DEVICES = ("cpu", "opencl", "auto")
+"""Where a model can run."""
+
+log = logging.getLogger(__name__)
 
 
 def load_model(
@@ -23,30 +30,77 @@ def load_model(
     output: str = "exact",
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    opencl_device: str | None = None,
 ) -> Model:
     """Load a model from an HF directory or a GGUF file.
 
     Args:
         path: the directory or file.
-        device: only ``"cpu"``.
+        device: ``"cpu"``; ``"opencl"`` (the forward pass on an OpenCL device: an error when there is
+            none); or ``"auto"`` (OpenCL when a device opens and its kernels build, else the CPU, with a
+            warning in the log saying why).
         output: ``"exact"`` or ``"q8"`` output layer.
         threads: kernel threads (default: the kernels' default, ``$BITNET_THREADS`` or all cores).
-        progress: called as ``progress(done, total)`` while tensors load.
+        progress: called as ``progress(done, total)`` while tensors load (and again while they upload to
+            an OpenCL device).
+        opencl_device: the OpenCL device selector (default ``$BITNET_OPENCL_DEVICE`` or ``"auto"``; see
+            :mod:`kernels_opencl.device`).
 
     Returns:
         The model, with its tokenizer when one is found (HF ``tokenizer.json`` or GGUF metadata).
 
     Raises:
-        ValueError: a device other than "cpu", or a bad ``output``.
+        ValueError: an unknown device, or a bad ``output``.
+        DeviceError: ``device="opencl"`` and no such device, or its kernels do not build (the message names
+            the device and carries the compiler log).
         ModelLoadError: see :mod:`bitnet_actor.engine.errors`.
     """
-    if device != "cpu":
-        raise ValueError(f"device must be 'cpu' (the only device this engine supports), got {device!r}")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     if threads is not None:
         ops.set_num_threads(threads)
+    ctx = None
+    if device != "cpu":
+        ctx = open_opencl(opencl_device, required=device == "opencl")
     weights = load_weights(Path(path), progress)
     tokenizer = load_tokenizer(weights.tokenizer_source)
-    return Model(weights, tokenizer, output=output)
+    if ctx is None:
+        return Model(weights, tokenizer, output=output)
+    try:
+        return Model(weights, tokenizer, output=output, opencl=ctx, progress=progress)
+    except OpenCLError as exc:
+        if device == "opencl":
+            raise DeviceError(f"OpenCL: {exc}") from exc
+        log.warning("device auto: OpenCL failed (%s); running on the CPU", exc)
+        return Model(weights, tokenizer, output=output)
+
+
+def open_opencl(selector: str | None, *, required: bool) -> Any | None:
+    """Open an OpenCL device and build the kernels a forward pass needs.
+
+    Args:
+        selector: see :mod:`kernels_opencl.device` (None: ``$BITNET_OPENCL_DEVICE`` or ``"auto"``).
+        required: raise when it fails (else log a warning and return None).
+
+    Returns:
+        A :class:`kernels_opencl.Context`, or None.
+
+    Raises:
+        DeviceError: ``required`` and no device opens or a kernel does not build.
+    """
+    try:
+        import kernels_opencl
+        from kernels_opencl.device import CL_DIR
+
+        ctx = kernels_opencl.Context(selector)
+        for src in sorted(CL_DIR.glob("*.cl")):  # build all now: a broken compiler fails at load, not mid-request
+            ctx.kernel(src.stem)
+    except OpenCLError as exc:
+        if required:
+            raise DeviceError(f"OpenCL: {exc}") from exc
+        log.warning("device auto: no usable OpenCL device (%s); running on the CPU", exc)
+        return None
+    return ctx
 
 
 def load_tokenizer(source: tuple[str, Any]) -> Any | None:

@@ -5,7 +5,8 @@ The tree (under :class:`bitnet_actor.errors.BitnetError`)::
     EngineError                      anything the engine raises on purpose
     ├── ModelLoadError               a model could not be loaded (path missing, unreadable, ...)
     │   ├── CorruptModelError        a file is truncated, corrupt or inconsistent: names the file and the tensor
-    │   └── UnsupportedModelError    the architecture, quantization method or tensor type is not supported
+    │   ├── UnsupportedModelError    the architecture, quantization method or tensor type is not supported
+    │   └── DeviceError              the device asked for (OpenCL) cannot run it: none found, kernels do not build
     └── ContextLengthError           (also a ValueError) prompt + max_tokens exceeds the context length
 
 Argument errors (a bad sampling parameter, a token id out of range) are plain ``ValueError`` naming the field.
@@ -18,6 +19,7 @@ from bitnet_actor.errors import BitnetError
 __all__ = [
     "ContextLengthError",
     "CorruptModelError",
+    "DeviceError",
     "EngineError",
     "ModelLoadError",
     "UnsupportedModelError",
@@ -38,6 +40,10 @@ class CorruptModelError(ModelLoadError):
 
 class UnsupportedModelError(ModelLoadError):
     """The model's architecture, quantization method or a tensor type is not supported."""
+
+
+class DeviceError(ModelLoadError):
+    """The compute device asked for cannot be used (no OpenCL device matches, a kernel fails to build)."""
 
 
 class ContextLengthError(EngineError, ValueError):

@@ -22,13 +22,14 @@ from bitnet_actor.engine.layers import DenseMatrix, Linear
 from bitnet_actor.engine.sampling import Sampler, SamplingParams, log_softmax
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from collections.abc import Sequence as Seq
 
     import numpy.typing as npt
 
     from bitnet_actor.engine.config import ModelConfig
     from bitnet_actor.engine.loader import ModelWeights
+    from bitnet_actor.engine.opencl import OpenCLRunner
 
 __all__ = ["Model", "ModelInfo", "Sequence", "StepOutput"]
 
@@ -53,6 +54,7 @@ class ModelInfo:
         output_layer: ``exact`` or ``q8`` (int8 per row).
         fast_kernels: the compiled ternary kernels are in use.
         fast_ops: the compiled engine ops are in use.
+        device: ``"cpu"``, or ``"opencl:<platform> / <device>"``.
     """
 
     architecture: str
@@ -67,6 +69,7 @@ class ModelInfo:
     output_layer: str
     fast_kernels: bool
     fast_ops: bool
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -118,9 +121,16 @@ class Sequence:
         self.prompt = prompt
         self.params = params
         self.capacity = int(len(prompt) + params.max_tokens)
-        shape = (cfg.num_layers, cfg.num_kv_heads, self.capacity, cfg.head_dim)
-        self.k_cache: npt.NDArray[np.float32] | None = np.empty(shape, dtype=np.float32)
-        self.v_cache: npt.NDArray[np.float32] | None = np.empty(shape, dtype=np.float32)
+        # float32 (layers, Hkv, capacity, D) arrays on the CPU, device buffers of that layout on OpenCL
+        self.k_cache: Any = None
+        self.v_cache: Any = None
+        if model._runner is not None:
+            self.k_cache, self.v_cache, self._cache_bytes = model._runner.new_cache(self.capacity)
+        else:
+            shape = (cfg.num_layers, cfg.num_kv_heads, self.capacity, cfg.head_dim)
+            self.k_cache = np.empty(shape, dtype=np.float32)
+            self.v_cache = np.empty(shape, dtype=np.float32)
+            self._cache_bytes = int(self.k_cache.nbytes + self.v_cache.nbytes)
         self.pos = 0  # tokens whose keys/values are in the cache
         self.output_ids: list[int] = []
         self.text = ""
@@ -147,7 +157,7 @@ class Sequence:
         """Bytes of the KV cache."""
         if self.k_cache is None or self.v_cache is None:
             return 0
-        return int(self.k_cache.nbytes + self.v_cache.nbytes)
+        return self._cache_bytes
 
     def release(self) -> None:
         """Free the KV cache and finish the sequence (idempotent); an unfinished one keeps finish_reason None."""
@@ -248,7 +258,15 @@ class Model:
     may call them from worker threads; they release the GIL inside the kernels.
     """
 
-    def __init__(self, weights: ModelWeights, tokenizer: Any | None = None, *, output: str = "exact") -> None:
+    def __init__(
+        self,
+        weights: ModelWeights,
+        tokenizer: Any | None = None,
+        *,
+        output: str = "exact",
+        opencl: Any | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
         """Wrap loaded weights (use :func:`bitnet_actor.engine.load_model`).
 
         Args:
@@ -256,6 +274,8 @@ class Model:
             tokenizer: a :class:`~bitnet_actor.engine.tokenizer.Tokenizer`, or None.
             output: ``"exact"`` (the output matrix as stored) or ``"q8"`` (int8 per row: fewer bytes per
                 token, logits change slightly).
+            opencl: a :class:`kernels_opencl.Context` to run on (weights uploaded now), or None for the CPU.
+            progress: called as ``progress(done, total)`` while weights upload to the device.
         """
         self.weights = weights
         self.config: ModelConfig = weights.config
@@ -270,6 +290,11 @@ class Model:
         self._exact_head = weights.lm_head
         self._q8_head: DenseMatrix | None = None
         self._head = weights.lm_head
+        self._runner: OpenCLRunner | None = None
+        if opencl is not None:
+            from bitnet_actor.engine.opencl import OpenCLRunner
+
+            self._runner = OpenCLRunner(weights, opencl, self._cos, self._sin, progress)
         self.set_output_layer(output)
 
     # ---------------------------------------------------------------------------------------------- properties
@@ -352,7 +377,16 @@ class Model:
             output_layer="q8" if self._head is self._q8_head else "exact",
             fast_kernels=ops.FAST_KERNELS,
             fast_ops=ops.FAST_OPS,
+            device=self.device,
         )
+
+    @property
+    def device(self) -> str:
+        """Where the forward pass runs: ``"cpu"`` or ``"opencl:<platform> / <device>"``."""
+        if self._runner is None:
+            return "cpu"
+        info = self._runner.ctx.info
+        return f"opencl:{info.platform} / {info.name}"
 
     def set_output_layer(self, kind: str) -> None:
         """Choose the output layer.
@@ -371,6 +405,8 @@ class Model:
             self._head = self._q8_head
         else:
             raise ValueError(f"output must be 'exact' or 'q8', got {kind!r}")
+        if self._runner is not None:
+            self._runner.set_head(self._head)
 
     # ---------------------------------------------------------------------------------------------- sequences
 
@@ -512,6 +548,12 @@ class Model:
         eps = cfg.rms_norm_eps
         x = np.empty((m, cfg.hidden_size), dtype=np.float32)
         w.embed.gather(ids, x)
+        if self._runner is not None:
+            caches = [(s.k_cache, s.v_cache, s.capacity) for s in seqs]
+            if any(k is None or v is None for k, v, _ in caches):
+                raise ValueError("a released sequence cannot run")
+            wanted = None if all_rows else [int(bounds[i + 1]) - 1 for i, wnt in enumerate(want) if wnt]
+            return self._runner.forward(x, positions, caches, bounds, starts, wanted)
         attn = np.empty((m, cfg.num_heads * cfg.head_dim), dtype=np.float32)
         act = cfg.hidden_act
         kcs = [s.k_cache for s in seqs if s.k_cache is not None]

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+import pytest
+
 from bitnet_actor import cli_engine
+from tests.kernels_opencl.devices import device_params
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-    import pytest
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -51,3 +52,27 @@ def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert cli_engine.run(_parse(["generate", "--model", str(tmp_path), "--prompt", "x", "--top-p", "0"])) == 1
     _, err = capsys.readouterr()
     assert err.strip() == "bitnet-actor: error: top_p must be in (0.0, 1.0], got 0.0"
+
+
+@pytest.mark.parametrize("selector", device_params())
+def test_generate_on_opencl_prints_the_cpu_text(selector: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from bitnet_actor.system import DEMO_MODEL_DIR
+
+    argv = ["generate", "--model", str(DEMO_MODEL_DIR), "--prompt", "Return a list of", "--max-tokens", "12"]
+    assert cli_engine.run(_parse(argv)) == 0
+    cpu_out, _ = capsys.readouterr()
+    assert cli_engine.run(_parse([*argv, "--device", "opencl", "--opencl-device", selector])) == 0
+    out, err = capsys.readouterr()
+    assert out == cpu_out
+    assert "opencl:" in err
+
+
+def test_a_bad_opencl_device_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from bitnet_actor.system import DEMO_MODEL_DIR
+
+    argv = ["generate", "--model", str(DEMO_MODEL_DIR), "--prompt", "x", "--device", "opencl"]
+    assert cli_engine.run(_parse([*argv, "--opencl-device", "no-such-gpu"])) == 1
+    _, err = capsys.readouterr()
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("bitnet-actor: error: OpenCL: no OpenCL ")  # "device matches 'no-such-gpu'" or "platform"
+    assert "Traceback" not in err

@@ -1,0 +1,62 @@
+"""The server with ``--device opencl``: the same completions as on the CPU, through the real HTTP API."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.api.served import Served, build_model_dir, serve
+from tests.kernels_opencl.devices import device_params
+
+openai = pytest.importorskip("openai", reason="the openai client is a test dependency")
+pytest.importorskip("transformers", reason="transformers builds the test model")
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="bitnet-served-"))
+    yield build_model_dir(root / "tiny")
+    shutil.rmtree(root, ignore_errors=True)
+
+
+async def _completions(served: Served) -> tuple[str, str, str]:
+    def go() -> tuple[str, str, str]:
+        with openai.OpenAI(base_url=f"{served.url}/v1", api_key=served.key, max_retries=0, timeout=60) as c:
+            one = c.completions.create(model="tiny", prompt="Return the", max_tokens=10, temperature=0)
+            chunks = c.completions.create(model="tiny", prompt="Return the", max_tokens=10, temperature=0, stream=True)
+            streamed = "".join(ch.choices[0].text for ch in chunks if ch.choices)
+            chat = c.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=6, temperature=0
+            )
+            return one.choices[0].text, streamed, chat.choices[0].message.content or ""
+
+    return await trio.to_thread.run_sync(go)
+
+
+@pytest.mark.parametrize("selector", device_params())
+async def test_opencl_server_answers_as_the_cpu_one(
+    aio_loop: object, pg_dsn: str, redis_url: str, model_dir: Path, selector: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="actors.model_cache")
+    results = []
+    for device in ("cpu", "opencl"):
+        data_dir = Path(tempfile.mkdtemp(prefix="bitnet-data-"))
+        try:
+            async with serve(
+                pg_dsn, redis_url, data_dir, {"tiny": model_dir}, device=device, opencl_device=selector
+            ) as s:
+                results.append(await _completions(s))
+        finally:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    cpu, dev = results
+    loads = [r.getMessage() for r in caplog.records if "loaded on" in r.getMessage()]
+    assert [m.split(" loaded on ")[1].split(":")[0].split(" ")[0] for m in loads] == ["cpu", "opencl"]
+    assert cpu[0]  # real text
+    assert dev == cpu
+    assert dev[1] == dev[0]  # streamed = non-streamed
