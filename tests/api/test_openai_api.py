@@ -322,7 +322,8 @@ async def test_websocket_cancel_auth_and_errors(served: Served) -> None:
     assert ok[-1]["type"] == "response.completed"
 
 
-async def _post(http, served: Served, key: str, body: dict) -> tuple[int, float, dict]:
+async def _post(http, served: Served, key: str, body: dict, first: trio.Event | None = None) -> tuple[int, float, dict]:
+    """Stream a completion; (status, time to first token, error body).  ``first`` is set at the first token."""
     started = time.perf_counter()
     async with http.stream(
         "POST",
@@ -337,6 +338,8 @@ async def _post(http, served: Served, key: str, body: dict) -> tuple[int, float,
         async for line in r.aiter_lines():
             if line.startswith("data: {") and not ttft:
                 ttft = time.perf_counter() - started
+                if first is not None:
+                    first.set()
         return 200, ttft, {}
 
 
@@ -375,6 +378,7 @@ async def test_fairness_other_tenant_is_served_during_a_flood(small_server: Serv
     async with httpx.AsyncClient(timeout=120) as http:
         idle = min([(await _post(http, served, served.other_key, short))[1] for _ in range(3)])
         flood_done = trio.Event()
+        flooding = trio.Event()
 
         async def flood() -> None:
             async with trio.open_nursery() as nursery:
@@ -384,13 +388,15 @@ async def test_fairness_other_tenant_is_served_during_a_flood(small_server: Serv
                         http,
                         served,
                         served.key,
-                        {"model": "tiny", "prompt": "a", "max_tokens": 120, "ignore_eos": True},
+                        {"model": "tiny", "prompt": "a", "max_tokens": 200, "ignore_eos": True},
+                        flooding,
                     )
             flood_done.set()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(flood)
-            await trio.sleep(0.5)  # the flood holds the batch
+            await flooding.wait()  # the flood holds the batch (and has ~200 steps to go, whatever the speed)
+            await trio.sleep(0.05)  # the rest of the flood is admitted too
             status, busy_ttft, _ = await _post(http, served, served.other_key, short)
             assert not flood_done.is_set(), "the flood ended before the other tenant's request was measured"
     assert status == 200
