@@ -5,7 +5,9 @@ model with the shapes of BitNet-b1.58-2B-4T (or ``--shape 700m``), written once 
 
 For each concurrency level (1, 4, 8, 16 by default) it sends ``--requests`` streaming completions with a fixed
 prompt length and a fixed output length (``ignore_eos``), ``concurrency`` at a time, and prints medians (and
-p90s) per level. Before timing anything it checks the server: a non-streaming request must come back with
+p90s) per level, the output throughput (generated tokens per second of wall time, prefills included) and the
+aggregate decode throughput (concurrency / median TPOT: what the batch decodes per second once the prompts
+are in). Before timing anything it checks the server: a non-streaming request must come back with
 exactly the asked number of tokens, and the streamed text of a greedy request must equal the non-streamed.
 
     python ops/bench_serving.py --spawn                    # 2B4T-shaped model, this machine
@@ -211,7 +213,7 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def spawn(model_dir: Path) -> tuple[subprocess.Popen[bytes], str, str, Path]:
+def spawn(model_dir: Path, device: str = "cpu") -> tuple[subprocess.Popen[bytes], str, str, Path]:
     data = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -234,6 +236,8 @@ def spawn(model_dir: Path) -> tuple[subprocess.Popen[bytes], str, str, Path]:
             "16",
             "--max-queue",
             "256",
+            "--device",
+            device,
         ],
         env=env,
         stdout=log,
@@ -298,11 +302,12 @@ def main() -> None:
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--concurrency", default="1,4,8,16")
     parser.add_argument("--requests", type=int, default=0, help="per level (default: 2x concurrency, at least 4)")
+    parser.add_argument("--device", choices=("cpu", "opencl", "auto"), default="cpu", help="with --spawn")
     args = parser.parse_args()
     proc = data = None
     if args.spawn:
         model_dir = write_random_model(args.model_cache / args.shape, args.shape)
-        proc, url, key, data = spawn(model_dir)
+        proc, url, key, data = spawn(model_dir, args.device)
     else:
         if not args.url or not args.api_key:
             parser.error("give --url and --api-key, or --spawn")
@@ -329,22 +334,30 @@ def main() -> None:
                     statistics.median(r.e2e for r in results),
                     tokens / wall,
                     n / wall,
+                    concurrency / statistics.median(tpot),
                 )
             )
         print(f"\nprompt {args.prompt_len} tokens, output {args.output_len} tokens (ignore_eos), medians:")
         print(
             "| concurrency | requests | TTFT s | TTFT p90 s | TPOT ms | ITL ms | ITL p90 ms | E2E s | output tok/s "
-            "| req/s |"
+            "| decode tok/s | req/s |"
         )
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for c, n, ttft, ttft90, tpot, itl, itl90, e2e, tps, rps in rows:
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for c, n, ttft, ttft90, tpot, itl, itl90, e2e, tps, rps, dec in rows:
             print(
                 f"| {c} | {n} | {ttft:.3f} | {ttft90:.3f} | {tpot * 1e3:.1f} | {itl * 1e3:.1f} | {itl90 * 1e3:.1f} | "
-                f"{e2e:.2f} | {tps:.1f} | {rps:.2f} |"
+                f"{e2e:.2f} | {tps:.1f} | {dec:.1f} | {rps:.2f} |"
             )
-        single = rows[0][8]
+        print(
+            "output tok/s: generated tokens / wall time of the level (prefills included, as vLLM reports it); "
+            "decode tok/s: concurrency / median TPOT (the batch's decode rate once prompts are in)"
+        )
+        single, single_dec = rows[0][8], rows[0][10]
         for row in rows[1:]:
-            print(f"aggregate throughput at concurrency {row[0]}: {row[8] / single:.2f}x the single stream")
+            print(
+                f"concurrency {row[0]}: output throughput {row[8] / single:.2f}x, aggregate decode throughput "
+                f"{row[10] / single_dec:.2f}x the single stream"
+            )
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
