@@ -63,12 +63,12 @@ SHAPES = {
 
 
 def write_random_model(root: Path, shape: str) -> Path:
-    """A random BitNet checkpoint (HF packed format, tied f16 embeddings) with a byte-level tokenizer."""
+    """A random BitNet checkpoint (HF packed format, tied f16 embeddings) with a tokenizer covering its vocabulary."""
     from safetensors.numpy import save_file
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     dims = SHAPES[shape]
     if (root / "model.safetensors").exists():
+        write_tokenizer(root, dims["vocab_size"])
         return root
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -118,20 +118,28 @@ def write_random_model(root: Path, shape: str) -> Path:
         },
     }
     (root / "config.json").write_text(json.dumps(config, indent=2))
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    write_tokenizer(root, v)
+    return root
+
+
+def write_tokenizer(root: Path, vocab_size: int) -> None:
+    """A tokenizer with one visible word per id (`` t123``), so that every generated token of the random model
+    is text of its own: each streams as its own SSE chunk and TTFT / ITL measure tokens, not held-back bytes."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    path = root / "tokenizer.json"
+    if path.exists() and Tokenizer.from_file(str(path)).get_vocab_size() == vocab_size:
+        return
+    vocab = {f"\u0120t{i}": i for i in range(2, vocab_size)}  # \u0120 is the byte-level space
+    vocab.update({"<|begin_of_text|>": 0, "<|end_of_text|>": 1})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|end_of_text|>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=1024,
-        special_tokens=["<|begin_of_text|>", "<|end_of_text|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator([Path(np.__file__).read_text()] * 3, trainer)
-    tok.save(str(root / "tokenizer.json"))
+    tok.add_special_tokens(["<|begin_of_text|>", "<|end_of_text|>"])
+    tok.save(str(path))
     (root / "tokenizer_config.json").write_text(
         json.dumps({"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"})
     )
-    return root
 
 
 @dataclass

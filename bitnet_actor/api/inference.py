@@ -83,6 +83,14 @@ COMMON_FIELDS = {
 }
 _COMPLETION_ONLY = {"prompt"}
 _CHAT_ONLY = {"messages", "max_completion_tokens", "top_logprobs", "response_format", "reasoning_effort"}
+COMPLETION_FIELDS = COMMON_FIELDS | _COMPLETION_ONLY
+"""Body fields ``/v1/completions`` accepts (the OpenAPI document is checked against these sets)."""
+CHAT_FIELDS = COMMON_FIELDS | _CHAT_ONLY
+"""Body fields ``/v1/chat/completions`` accepts."""
+TOKENIZE_FIELDS = {"model", "prompt", "messages", "add_special_tokens"}
+DETOKENIZE_FIELDS = {"model", "tokens"}
+UNSUPPORTED_FIELDS = frozenset(_UNSUPPORTED)
+"""OpenAI fields refused with a 400 naming them (``unsupported_parameter``)."""
 
 
 def _bad(message: str, param: str, code: str = "invalid_value") -> ApiError:
@@ -484,7 +492,7 @@ async def _record_usage(run: Run, usage: dict[str, int], outcome: str, latency_m
 async def _start(chat: bool) -> Run:
     access = await _access()
     body = await json_body(max_bytes=4 * 1024 * 1024)
-    check_fields(body, COMMON_FIELDS | (_CHAT_ONLY if chat else _COMPLETION_ONLY))
+    check_fields(body, CHAT_FIELDS if chat else COMPLETION_FIELDS)
     lease = await acquire_lease(_cache(), body)
     try:
         plan = await plan_request(body, chat=chat, lease=lease)
@@ -740,7 +748,7 @@ async def tokenize() -> Response:
     """Token ids of a prompt (or of chat messages through the template)."""
     await _access()
     body = await json_body(max_bytes=4 * 1024 * 1024)
-    check_fields(body, {"model", "prompt", "messages", "add_special_tokens"})
+    check_fields(body, TOKENIZE_FIELDS)
     lease = await acquire_lease(_cache(), body)
     try:
         if "messages" in body:
@@ -765,7 +773,7 @@ async def detokenize() -> Response:
     """Text of token ids."""
     await _access()
     body = await json_body(max_bytes=4 * 1024 * 1024)
-    check_fields(body, {"model", "tokens"})
+    check_fields(body, DETOKENIZE_FIELDS)
     lease = await acquire_lease(_cache(), body)
     try:
         tokens = body.get("tokens")

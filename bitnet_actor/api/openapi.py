@@ -1,4 +1,6 @@
-"""The OpenAPI 3.1 description of ``/api/v1`` (served at ``/api/v1/openapi.json``).
+"""The OpenAPI 3.1 description of ``/api/v1`` and ``/v1`` (served at ``/api/v1/openapi.json``).
+
+The inference part (``/v1/*``) lives in :mod:`bitnet_actor.api.openapi_v1`.
 
 Written by hand, next to the routes; a test checks that every route of the app is described here and that
 nothing here is missing from the app.
@@ -11,6 +13,7 @@ from typing import Any
 from quart import Blueprint, Response, jsonify
 
 from bitnet_actor import __version__
+from bitnet_actor.api.openapi_v1 import V1_PATHS, V1_SCHEMAS
 
 __all__ = ["SPEC", "blueprint"]
 
@@ -50,7 +53,11 @@ _SCOPES = {
 
 SPEC: dict[str, Any] = {
     "openapi": "3.1.0",
-    "info": {"title": "bitnet-actor account API", "version": __version__},
+    "info": {
+        "title": "bitnet-actor API",
+        "version": __version__,
+        "description": "The account API (/api/v1) and the OpenAI-compatible inference API (/v1).",
+    },
     "components": {
         "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer", "description": "API key (bnk_live_...) or access token"},
@@ -278,6 +285,10 @@ SPEC: dict[str, Any] = {
         },
     },
 }
+
+
+SPEC["paths"].update(V1_PATHS)
+SPEC["components"]["schemas"].update(V1_SCHEMAS)
 
 
 @blueprint.get("/api/v1/openapi.json")

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from bitnet_actor.api.openapi import SPEC
 from tests.api.conftest import Caller, Harness
 
@@ -32,8 +34,8 @@ async def test_audit_log_records_who_what_where(harness: Harness) -> None:
 async def test_every_route_is_in_the_openapi_document(harness: Harness) -> None:
     app_routes = set()
     for rule in harness.client.app.url_map.iter_rules():
-        if rule.rule.startswith(("/api/v1", "/.well-known")):
-            path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
+        if rule.rule.startswith(("/api/v1", "/.well-known", "/v1/")):
+            path = re.sub(r"<(?:[^:>]+:)?(\w+)>", r"{\1}", rule.rule)  # <string(length=64):digest> too
             for method in rule.methods - {"HEAD", "OPTIONS"}:
                 app_routes.add((path, method.lower()))
     documented = {(path, m) for path, ops in SPEC["paths"].items() for m in ops if m != "parameters"}
@@ -41,3 +43,24 @@ async def test_every_route_is_in_the_openapi_document(harness: Harness) -> None:
     assert documented - app_routes == set(), "the OpenAPI document describes routes the app lacks"
     served = await (await harness.call("GET", "/api/v1/openapi.json", Caller())).get_json()
     assert served["openapi"] == "3.1.0"
+
+
+def test_inference_request_bodies_list_exactly_the_accepted_fields() -> None:
+    from bitnet_actor.api import inference
+
+    paths = SPEC["paths"]
+    for path, fields in [
+        ("/v1/completions", inference.COMPLETION_FIELDS),
+        ("/v1/chat/completions", inference.CHAT_FIELDS),
+        ("/v1/tokenize", inference.TOKENIZE_FIELDS),
+        ("/v1/detokenize", inference.DETOKENIZE_FIELDS),
+    ]:
+        schema = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert set(schema["properties"]) == fields, path
+        assert set(schema["required"]) <= fields
+        assert not set(schema["properties"]) & inference.UNSUPPORTED_FIELDS
+
+
+def test_the_openapi_document_is_valid_openapi_3_1() -> None:
+    validator = pytest.importorskip("openapi_spec_validator", reason="openapi-spec-validator is a test dependency")
+    validator.validate(SPEC)
