@@ -362,19 +362,55 @@ static void bk_pack_x(const int8_t *X, int64_t Mp, int64_t Kp, int8_t *Xt) {
 #define BK_ACC_BYTES(Mp) ((Mp) * BK_NB * 32)
 
 
+/* Epilogue of one micro-tile: c[2i + j] holds the 8 int32 partial sums of activation row m0 + i times output
+ * row n + j.  A hadd tree reduces all eight at once to [r0n, r0n1, r1n, r1n1, r2n, r2n1, r3n, r3n1]; the row sums
+ * (xsum, Mp entries) come off as int32, and for float output the rescale (acc / s[m]) * scale runs on the
+ * vector (IEEE division, then multiply: the same bits as the scalar bk_store).  Writes rows m < M, column n,
+ * and column n + 1 when ncol is 2. */
+BK_T_AVX2 static inline void bk_tile_store_avx2(const __m256i *c, int64_t m0, int64_t n, int64_t ncol,
+                                               const int32_t *xsum, const bk_out_t *o) {
+    const int64_t rows = o->M - m0 < BK_MR ? o->M - m0 : BK_MR;
+    if (rows <= 0) return;
+    const __m256i g0 = _mm256_hadd_epi32(_mm256_hadd_epi32(c[0], c[1]), _mm256_hadd_epi32(c[2], c[3]));
+    const __m256i g1 = _mm256_hadd_epi32(_mm256_hadd_epi32(c[4], c[5]), _mm256_hadd_epi32(c[6], c[7]));
+    const __m256i sum = _mm256_add_epi32(_mm256_permute2x128_si256(g0, g1, 0x20),
+                                         _mm256_permute2x128_si256(g0, g1, 0x31));
+    const __m256i pairs = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+    const __m128i xs4 = _mm_loadu_si128((const __m128i *)(xsum + m0));
+    const __m256i r = _mm256_sub_epi32(sum, _mm256_permutevar8x32_epi32(_mm256_castsi128_si256(xs4), pairs));
+    if (o->outf) {
+        float sv[BK_MR] = {1.0f, 1.0f, 1.0f, 1.0f};
+        for (int64_t i = 0; i < rows; i++) sv[i] = o->s[m0 + i];
+        const float w0 = o->rscale ? o->rscale[n] : o->scale;
+        const float w1 = o->rscale && ncol > 1 ? o->rscale[n + 1] : w0;
+        const __m256 d = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(sv)), pairs);
+        const __m256 w = _mm256_setr_ps(w0, w1, w0, w1, w0, w1, w0, w1);
+        float out[8];
+        _mm256_storeu_ps(out, _mm256_mul_ps(_mm256_div_ps(_mm256_cvtepi32_ps(r), d), w));
+        for (int64_t i = 0; i < rows; i++) {
+            float *dst = o->outf + (m0 + i) * o->N + n;
+            dst[0] = out[2 * i];
+            if (ncol > 1) dst[1] = out[2 * i + 1];
+        }
+    } else {
+        int32_t out[8];
+        _mm256_storeu_si256((__m256i *)out, r);
+        for (int64_t i = 0; i < rows; i++) {
+            int32_t *dst = o->outi + (m0 + i) * o->N + n;
+            dst[0] = out[2 * i];
+            if (ncol > 1) dst[1] = out[2 * i + 1];
+        }
+    }
+}
+
 /* Write the tiles' results: tile (mt, jp) holds rows 4mt..4mt+3 x columns n0 + 2jp, n0 + 2jp + 1. */
 BK_T_AVX2 static void bk_gemm_store(const __m256i *acc, int64_t ntile, int64_t npair, int64_t n0, int64_t nvalid,
                                     const int32_t *xsum, const bk_out_t *o) {
     for (int64_t mt = 0; mt < ntile; mt++) {
-        for (int64_t jp = 0; jp < npair; jp++) {
-            const __m256i *c = acc + (mt * npair + jp) * 8;
-            for (int64_t i = 0; i < BK_MR; i++) {
-                const int64_t m = mt * BK_MR + i;
-                if (m >= o->M) break;
-                bk_store(o, m, n0 + 2 * jp, bk_hsum_avx2(c[2 * i]) - xsum[m]);
-                if (2 * jp + 1 < nvalid) bk_store(o, m, n0 + 2 * jp + 1, bk_hsum_avx2(c[2 * i + 1]) - xsum[m]);
-            }
-        }
+        if (mt * BK_MR >= o->M) break;
+        for (int64_t jp = 0; jp < npair; jp++)
+            bk_tile_store_avx2(acc + (mt * npair + jp) * 8, mt * BK_MR, n0 + 2 * jp, 2 * jp + 1 < nvalid ? 2 : 1,
+                               xsum, o);
     }
 }
 
