@@ -20,9 +20,14 @@ The machine is shared: the load average is printed before and after; figures tak
 
 from __future__ import annotations
 
+import os
+
+# Before numpy loads: OpenBLAS's spinning idle workers would stall the OpenMP kernels measured here on the same
+# cores (a numpy baseline runs right before them); see bitnet_actor/__init__.py.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess

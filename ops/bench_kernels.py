@@ -19,9 +19,14 @@ Usage: ``python ops/bench_kernels.py [--quick] [--isa ISA] [--threads 1,2]``
 
 from __future__ import annotations
 
+import os
+
+# Before numpy loads: OpenBLAS's spinning idle workers would stall the OpenMP kernels measured here on the same
+# cores (a numpy baseline runs right before them); see bitnet_actor/__init__.py.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
 import argparse
 import multiprocessing as mp
-import os
 import statistics
 import sys
 import time

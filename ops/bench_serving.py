@@ -16,9 +16,14 @@ exactly the asked number of tokens, and the streamed text of a greedy request mu
 
 from __future__ import annotations
 
+import os
+
+# Before numpy loads: OpenBLAS's spinning idle workers would stall the OpenMP kernels measured here on the same
+# cores (a numpy baseline runs right before them); see bitnet_actor/__init__.py.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
 import argparse
 import json
-import os
 import shutil
 import signal
 import socket
