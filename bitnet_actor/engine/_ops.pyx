@@ -297,7 +297,7 @@ def attn_block(float[:, ::1] qkv, int nh, int nkv, int hd, const float[:, ::1] c
             for m in range(bounds[s], bounds[s + 1]):
                 seq_of[m] = s
         nt_tasks = M * nh
-        if nt_tasks < 2 or nt_tasks * tmax < 4096:
+        if nt_tasks < 2 or nt_tasks * tmax * hd < 65536:  # below ~10 us of work a second thread costs more
             nt = 1
         sc = <float *>malloc(nt * tmax * sizeof(float))
         if sc == NULL:
