@@ -55,7 +55,7 @@ def add_subcommands(subparsers: Any) -> None:
         "--device",
         choices=("cpu", "opencl", "auto"),
         default="cpu",
-        help="where the model runs; auto: OpenCL if usable, else the CPU [cpu]",
+        help="where the model runs; auto: an OpenCL GPU if usable, else the CPU [cpu]",
     )
     gen.add_argument(
         "--opencl-device",

@@ -208,7 +208,7 @@ SETTINGS_DOC: dict[str, tuple[str, str, str]] = {
     "BITNET_MODELS": ("--model", "demo model", "NAME=PATH to serve (repeatable flag; comma list in the variable)"),
     "BITNET_NO_DEMO_MODEL": ("--no-demo-model", "false", "don't register the bundled demo model"),
     "BITNET_MODEL_MEMORY": ("--model-memory", "half of RAM", "memory budget for loaded models (8G, 512M)"),
-    "BITNET_DEVICE": ("--device", "cpu", "where models run: cpu, opencl, or auto (OpenCL if usable, else CPU)"),
+    "BITNET_DEVICE": ("--device", "cpu", "where models run: cpu, opencl, or auto (an OpenCL GPU if usable, else CPU)"),
     "BITNET_OPENCL_DEVICE": ("--opencl-device", "auto", "OpenCL device: auto (GPU first), P:D, or a name fragment"),
     "BITNET_MAX_BATCH": ("--max-batch", "8", "sequences decoded together per model"),
     "BITNET_MAX_QUEUE": ("--max-queue", "64", "requests waiting per model before 429"),

@@ -92,6 +92,15 @@ def test_block_scaled_gguf_and_q8_output(checkpoints: dict[str, Path], tmp_path:
     assert np.percentile(row_errors(dev.logits(ids), cpu.logits(ids)), 90) <= 1e-5
 
 
+def test_auto_takes_gpus_only(checkpoints: dict[str, Path], selector: str) -> None:
+    from tests.kernels_opencl.devices import DEVICES
+
+    kind = next(d.kind for d in DEVICES if d.index == selector)
+    model = load_model(checkpoints["bitnet-auto-offline"], device="auto", opencl_device=selector)
+    # a CPU OpenCL device (PoCL) is slower than the Cython kernels on the same cores: auto keeps the CPU path
+    assert model.device.startswith("opencl:") == (kind in ("gpu", "accelerator"))
+
+
 def test_device_errors(checkpoints: dict[str, Path]) -> None:
     path = checkpoints["bitnet-auto-offline"]
     with pytest.raises(DeviceError, match="no OpenCL device matches 'no-such-gpu'"):
