@@ -68,6 +68,8 @@ class System:
     secret_key: bytes = b""
     models: ModelCache | None = None
     tenants: Tenants | None = None
+    warming: set[str] = field(default_factory=set)
+    """Platform models whose first load at start is still running: ``/readyz`` is 503 until they are in."""
     draining: trio.Event = field(default_factory=trio.Event)
     supervisors: list[Supervisor] = field(default_factory=list)
 
@@ -108,11 +110,13 @@ def build_model_cache(settings: Settings, metrics: Metrics, models: dict[str, st
     return cache
 
 
-async def _preload(cache: ModelCache, name: str) -> None:
+async def _preload(cache: ModelCache, name: str, warming: set[str]) -> None:
     try:
         await cache.pin(name)
     except Exception as exc:  # the server still serves the other models; requests for this one retry the load
         log.error("could not load model %s: %s", name, exc)
+    finally:
+        warming.discard(name)  # loaded or failed: readiness no longer waits for it
 
 
 def public_base_url(settings: Settings) -> str:
@@ -336,8 +340,9 @@ async def run_system(
                     "supervisors": [s.statistics() for s in system.supervisors],
                 }
                 await nursery.start(system.models.run)
+                system.warming.update(models)
                 for name in models:
-                    nursery.start_soon(_preload, system.models, name)
+                    nursery.start_soon(_preload, system.models, name, system.warming)
                 if auth.oidc is not None:
                     nursery.start_soon(_close_at_exit, auth.oidc.aclose)
                 if handle_signals:

@@ -99,6 +99,20 @@ async def test_readyz_names_the_failed_store(stores: Stores, tmp_path: Path) -> 
     await dead.aclose()
 
 
+async def test_readyz_waits_for_platform_models_to_load(stores: Stores, tmp_path: Path) -> None:
+    app, system = build_app(stores, tmp_path)
+    system.warming.update({"bitnet-demo", "big"})  # what run_system sets while the first loads run
+    async with app.test_app() as test_app:
+        response = await test_app.test_client().get("/readyz")
+        assert response.status_code == 503
+        body = await response.get_json()
+        assert body["error"]["message"] == "not ready: models: loading big, bitnet-demo"
+        assert response.headers["Retry-After"] == "2"
+        system.warming.clear()  # loaded (or failed: a failed load does not hold readiness back)
+        response = await test_app.test_client().get("/readyz")
+        assert response.status_code == 200
+
+
 async def test_404_405_are_json_in_openai_shape(client) -> None:
     response = await client.get("/no/such/route")
     assert response.status_code == 404

@@ -35,14 +35,20 @@ async def healthz() -> Response:
 
 @blueprint.get("/readyz")
 async def readyz() -> Response:
-    """Readiness: PostgreSQL, Redis and the object store answer, and we are not shutting down.
+    """Readiness: the platform models have finished their first load (or failed it), PostgreSQL, Redis and the
+    object store answer, and we are not shutting down.
 
     503 names every failed check, so an operator reading a probe failure knows which dependency to look at.
+    A model that failed to load does not hold readiness back (its requests get 503s naming the failure).
     """
     system = _system()
     if system.draining.is_set():
         system.metrics.ready.set(0)
         raise ApiError(503, "not ready: shutting down", code="shutting_down")
+    if system.warming:
+        system.metrics.ready.set(0)
+        names = ", ".join(sorted(system.warming))
+        raise ApiError(503, f"not ready: models: loading {names}", code="not_ready", headers={"Retry-After": "2"})
     checks: dict[str, Callable[[], Awaitable[None]]] = {
         "postgres": system.stores.db.ping,
         "redis": system.stores.redis.ping,
