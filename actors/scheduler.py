@@ -249,6 +249,9 @@ class Scheduler:
         except ValueError as exc:
             self._end(request, Failed(request.index, str(exc), "invalid"))
             return False
+        except MemoryError as exc:  # its KV cache does not fit now (device memory): the others go on
+            self._end(request, Failed(request.index, f"not enough memory for this request now: {exc}", "overloaded"))
+            return False
         request.admitted_at = time.monotonic()
         self._running.append(request)
         return True

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kernels_opencl import ops as clops
+from kernels_opencl.device import OpenCLError
 from kernels_opencl.ops import DeviceDenseMatrix, DeviceTernaryMatrix
 
 if TYPE_CHECKING:
@@ -143,10 +144,22 @@ class OpenCLRunner:
 
         Returns:
             ``(keys, values, bytes of both)``.
+
+        Raises:
+            MemoryError: the device cannot hold them (more than one allocation may hold, or out of memory).
         """
         cfg = self.config
         n = cfg.num_layers * cfg.num_kv_heads * capacity * cfg.head_dim * 4
-        return self.ctx.empty(n), self.ctx.empty(n), 2 * n
+        limit = int(self.ctx.device.max_mem_alloc_size)
+        if n > limit:
+            raise MemoryError(
+                f"the KV cache of {capacity} tokens needs {n >> 20} MiB per buffer; {self.ctx.info} allocates at "
+                f"most {limit >> 20} MiB at once"
+            )
+        try:
+            return self.ctx.empty(n), self.ctx.empty(n), 2 * n
+        except OpenCLError as exc:
+            raise MemoryError(f"the KV cache of {capacity} tokens does not fit on the device: {exc}") from exc
 
     def _buf(self, name: str, nbytes: int) -> Any:
         """A scratch buffer of at least ``nbytes``, kept between steps and grown when too small."""

@@ -60,3 +60,44 @@ async def test_opencl_server_answers_as_the_cpu_one(
     assert cpu[0]  # real text
     assert dev == cpu
     assert dev[1] == dev[0]  # streamed = non-streamed
+
+
+@pytest.mark.parametrize("selector", device_params())
+async def test_a_request_whose_cache_the_device_cannot_hold_gets_503_and_the_rest_go_on(
+    aio_loop: object, pg_dsn: str, redis_url: str, selector: str
+) -> None:
+    import json
+
+    import httpx
+
+    import kernels_opencl
+
+    root = Path(tempfile.mkdtemp(prefix="bitnet-served-"))
+    data_dir = Path(tempfile.mkdtemp(prefix="bitnet-data-"))
+    try:
+        model_dir = build_model_dir(root / "deep", layers=20)  # 20 layers x 2 KV heads x 16 dims: 2.5 KiB a token
+        cfg = json.loads((model_dir / "config.json").read_text())
+        cfg["max_position_embeddings"] = 1_000_100
+        (model_dir / "config.json").write_text(json.dumps(cfg))
+        per_buffer = 20 * 2 * 16 * 4 * 1_000_000
+        if per_buffer <= kernels_opencl.Context(selector).device.max_mem_alloc_size:
+            pytest.skip("this device allocates 2.5 GB at once: a million-token cache fits")
+        async with serve(
+            pg_dsn, redis_url, data_dir, {"deep": model_dir}, device="opencl", opencl_device=selector
+        ) as s:
+            headers = {"Authorization": f"Bearer {s.key}"}
+            async with httpx.AsyncClient(timeout=120) as http:
+                big = {"model": "deep", "prompt": "Return the", "max_tokens": 1_000_000}
+                r = await http.post(f"{s.url}/v1/completions", headers=headers, json=big)
+                assert r.status_code == 503, r.text
+                error = r.json()["error"]
+                assert error["code"] == "overloaded"
+                assert "KV cache" in error["message"]
+                assert r.headers["Retry-After"]
+                ok = {"model": "deep", "prompt": "Return the", "max_tokens": 3, "temperature": 0, "ignore_eos": True}
+                r = await http.post(f"{s.url}/v1/completions", headers=headers, json=ok)
+                assert r.status_code == 200, r.text
+                assert r.json()["usage"]["completion_tokens"] == 3
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(data_dir, ignore_errors=True)

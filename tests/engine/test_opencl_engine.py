@@ -109,3 +109,27 @@ def test_device_errors(checkpoints: dict[str, Path]) -> None:
     assert fallback.device == "cpu"
     with pytest.raises(ValueError, match="device must be one of cpu, opencl, auto"):
         load_model(path, device="cuda")
+
+
+def test_a_kv_cache_the_device_cannot_hold_is_a_memory_error(selector: str) -> None:
+    import dataclasses
+
+    import kernels_opencl
+    from bitnet_actor.engine.model import Model
+    from bitnet_actor.engine.synthetic import SHAPES, random_weights
+
+    ctx = kernels_opencl.Context(selector)
+    limit = int(ctx.device.max_mem_alloc_size)
+    cfg = dataclasses.replace(
+        SHAPES["2b4t"], hidden_size=64, num_layers=8, num_heads=4, num_kv_heads=4, head_dim=16,
+        intermediate_size=64, vocab_size=64,
+    )  # fmt: skip
+    per_token = cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 4
+    cfg = dataclasses.replace(cfg, context_length=limit // per_token + 64)
+    model = Model(random_weights(cfg), opencl=ctx)
+    with pytest.raises(MemoryError, match="KV cache"):
+        model.new_sequence([1, 2, 3], SamplingParams(max_tokens=cfg.context_length - 3))
+    seq = model.new_sequence([1, 2, 3], SamplingParams(max_tokens=4, temperature=0))  # the device still works
+    while not seq.finished:
+        model.step([seq])
+    assert len(seq.output_ids) == 4
