@@ -203,6 +203,9 @@ class Context:
         self._kernels: dict[str, Any] = {}
         self._wg: dict[tuple[str, int], int] = {}
         self._lock = threading.Lock()
+        self.lock = threading.RLock()
+        """Held around a sequence of launches: kernels are shared, and setting arguments then enqueueing is not
+        atomic, so two threads launching on one context must take turns."""
         self._prelude = (CL_DIR / "common.clh").read_text()
 
     def __repr__(self) -> str:
@@ -296,19 +299,45 @@ class Context:
         a = np.ascontiguousarray(a)
         if a.nbytes == 0:
             return cl.Buffer(self.ctx, cl.mem_flags.READ_ONLY, 1)
-        return cl.Buffer(self.ctx, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR, hostbuf=a)
+        self.check_alloc(a.nbytes)
+        try:
+            return cl.Buffer(self.ctx, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR, hostbuf=a)
+        except cl.Error as exc:
+            raise OpenCLError(f"cannot allocate {a.nbytes} bytes on {self.info}: {exc}") from exc
 
-    def empty(self, nbytes: int) -> Any:
+    def empty(self, nbytes: int, *, touch: bool = False) -> Any:
         """A new read-write device buffer of ``nbytes`` (at least 1).
 
+        Args:
+            nbytes: its size.
+            touch: fill it with zeros and wait, so that a driver that allocates lazily (most GPU drivers do)
+                fails here rather than in a later launch.
+
         Raises:
-            OpenCLError: the device is out of memory.
+            OpenCLError: larger than the device's largest allocation, or the device is out of memory.
         """
         cl = self.cl
+        self.check_alloc(nbytes)
         try:
-            return cl.Buffer(self.ctx, cl.mem_flags.READ_WRITE, max(1, int(nbytes)))
+            buf = cl.Buffer(self.ctx, cl.mem_flags.READ_WRITE, max(1, int(nbytes)))
+            if touch:
+                cl.enqueue_fill_buffer(self.queue, buf, np.uint8(0), 0, max(1, int(nbytes)))
+                self.queue.finish()
         except cl.Error as exc:
             raise OpenCLError(f"cannot allocate {nbytes} bytes on {self.info}: {exc}") from exc
+        return buf
+
+    def check_alloc(self, nbytes: int) -> None:
+        """Refuse a buffer larger than the device's largest allocation, naming both sizes.
+
+        Raises:
+            OpenCLError: too large.
+        """
+        limit = int(self.device.max_mem_alloc_size)
+        if nbytes > limit:
+            raise OpenCLError(
+                f"a buffer of {nbytes >> 20} MiB is more than {self.info} allocates at once ({limit >> 20} MiB)"
+            )
 
     def write(self, buf: Any, a: np.ndarray[Any, Any]) -> None:
         """Copy a host array into ``buf`` (queued; the host array is not reused until the queue runs it)."""

@@ -13,6 +13,9 @@ Two levels:
 * **buffer level** (``enqueue_*``): launches on device buffers with no host copies, for the engine's
   forward pass.  Launches go to the context's in-order queue and return at once.
 
+Launches set arguments on kernels shared per context: the numpy-level functions hold ``ctx.lock`` around theirs,
+and callers of the buffer-level ones must too when several threads share a context.
+
 The weight layout on the device is :mod:`kernels_cython.reference`'s, byte for byte: each row's
 ``Kp / 4`` code bytes (a multiple of 64), read as 32-bit words.
 """
@@ -151,14 +154,14 @@ class DeviceDenseMatrix:
         expected = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16, "q8": np.int8}
         if kind not in expected or data.dtype != expected[kind] or data.ndim != 2:
             raise ValueError(f"a {kind} matrix needs a 2-D array of the matching dtype, got {data.dtype}")
-        if kind == "q8" and (scales is None or scales.shape != (data.shape[0],) or data.shape[1] % 4):
-            raise ValueError("a q8 matrix needs float32 scales (N,) and a row length that is a multiple of 4")
+        if kind == "q8" and (scales is None or scales.shape != (data.shape[0],) or data.shape[1] % 16):
+            raise ValueError("a q8 matrix needs float32 scales (N,) and a row length that is a multiple of 16")
         n, kp = int(data.shape[0]), int(data.shape[1])
         self.ctx = ctx
         self.kind = kind
         self.shape = (n, int(cols) if cols is not None else kp)
         self.padded_k = kp
-        self.data = ctx.empty(data.nbytes)
+        self.data = ctx.empty(data.nbytes)  # refuses more than the device's largest allocation, naming both
         step = max(1, (64 << 20) // max(1, data.itemsize * kp))  # about 64 MiB per copy
         for r0 in range(0, n, step):
             part = np.ascontiguousarray(data[r0 : r0 + step])
@@ -327,14 +330,14 @@ def enqueue_kv_store(
     heads: tuple[int, int, int],
     kc: Any,
     vc: Any,
-    off: int,
+    layer: int,
     cap: int,
     p0: int,
 ) -> None:
-    """Write ``n`` rows' keys and values (after RoPE) into a sequence's cache at positions ``p0 ..``."""
+    """Write ``n`` rows' keys and values (after RoPE) into a sequence's cache: layer ``layer``, positions ``p0 ..``."""
     nh, nkv, d = heads
     ctx.kernel("kv_store_f32")(
-        ctx.queue, (d, nkv, n), None, qkv, _i(ld), _i(row0), _i(nh), _i(d), kc, vc, _i(off), _i(cap), _i(p0)
+        ctx.queue, (d, nkv, n), None, qkv, _i(ld), _i(row0), _i(nh), _i(d), kc, vc, _i(layer), _i(cap), _i(p0)
     )
 
 
@@ -347,14 +350,15 @@ def enqueue_attention(
     heads: tuple[int, int, int],
     kc: Any,
     vc: Any,
-    off: int,
+    layer: int,
     cap: int,
     start: int,
     out: Any,
     ldo: int,
     scratch: Any,
 ) -> None:
-    """Causal attention of one sequence's ``n`` rows over its cache; ``scratch`` holds n * H * (start + n) floats."""
+    """Causal attention of ``n`` rows of one sequence (rows ``row0 ..`` of ``qkv``, at positions ``start ..``) over
+    layer ``layer`` of its cache; ``scratch`` holds n * H * (start + n) floats (callers chunk long prompts)."""
     nh, nkv, d = heads
     name = "attention_f32"
     wg = ctx.work_group(name, _WG_ATT_GPU if ctx.is_gpu else _WG_ATT_CPU)
@@ -370,7 +374,7 @@ def enqueue_attention(
         _i(d),
         kc,
         vc,
-        _i(off),
+        _i(layer),
         _i(cap),
         _i(start),
         _f(float(np.float32(d) ** np.float32(-0.5))),
@@ -431,12 +435,13 @@ def quantize_activations(x: Any, ctx: Context | None = None) -> tuple[np.ndarray
     m, k = x.shape
     if m == 0:
         return np.empty((0, k), np.int8), np.empty(0, np.float32)
-    xb = c.to_device(x)
-    xq = c.empty(m * k)
-    s = c.empty(4 * m)
-    enqueue_quantize(c, xb, k, m, k, k, xq, s)
-    out_q = c.read(xq, np.empty((m, k), np.int8))
-    out_s = c.read(s, np.empty(m, np.float32))
+    with c.lock:
+        xb = c.to_device(x)
+        xq = c.empty(m * k)
+        s = c.empty(4 * m)
+        enqueue_quantize(c, xb, k, m, k, k, xq, s)
+        out_q = c.read(xq, np.empty((m, k), np.int8))
+        out_s = c.read(s, np.empty(m, np.float32))
     return out_q, out_s
 
 
@@ -461,10 +466,11 @@ def ternary_matmul_int32(xq: Any, w: Any, ctx: Context | None = None) -> np.ndar
         return np.empty((0, n), np.int32)
     padded = np.zeros((m, dw.padded_k), np.int8)  # (M, Kp)
     padded[:, :k] = xq
-    xb = c.to_device(padded)
-    out = c.empty(4 * m * n)
-    enqueue_ternary_matmul(c, xb, m, dw, out, n)
-    return c.read(out, np.empty((m, n), np.int32))
+    with c.lock:
+        xb = c.to_device(padded)
+        out = c.empty(4 * m * n)
+        enqueue_ternary_matmul(c, xb, m, dw, out, n)
+        return c.read(out, np.empty((m, n), np.int32))
 
 
 def ternary_linear(x: Any, w: Any, ctx: Context | None = None) -> np.ndarray[Any, Any]:
@@ -486,10 +492,11 @@ def ternary_linear(x: Any, w: Any, ctx: Context | None = None) -> np.ndarray[Any
     n = dw.shape[0]
     if m == 0:
         return np.empty((0, n), np.float32)
-    xb = c.to_device(x)
-    xq = c.empty(m * dw.padded_k)
-    s = c.empty(4 * m)
-    enqueue_quantize(c, xb, k, m, k, dw.padded_k, xq, s)
-    out = c.empty(4 * m * n)
-    enqueue_ternary_linear(c, xq, s, m, dw, out, n)
-    return c.read(out, np.empty((m, n), np.float32))
+    with c.lock:
+        xb = c.to_device(x)
+        xq = c.empty(m * dw.padded_k)
+        s = c.empty(4 * m)
+        enqueue_quantize(c, xb, k, m, k, dw.padded_k, xq, s)
+        out = c.empty(4 * m * n)
+        enqueue_ternary_linear(c, xq, s, m, dw, out, n)
+        return c.read(out, np.empty((m, n), np.float32))

@@ -110,6 +110,9 @@ class OpenCLRunner:
         if progress is not None:
             progress(total, total)
         self._bufs: dict[str, tuple[Any, int]] = {}
+        self.att_rows = 64
+        """Query rows per attention launch: its score scratch is rows x heads x context floats, so a long prompt
+        is attended in chunks (each row's result does not depend on the chunking)."""
         h, d = cfg.hidden_size, cfg.head_dim
         self._qkv_n = (cfg.num_heads + 2 * cfg.num_kv_heads) * d
         self._attn_n = cfg.num_heads * d
@@ -150,14 +153,9 @@ class OpenCLRunner:
         """
         cfg = self.config
         n = cfg.num_layers * cfg.num_kv_heads * capacity * cfg.head_dim * 4
-        limit = int(self.ctx.device.max_mem_alloc_size)
-        if n > limit:
-            raise MemoryError(
-                f"the KV cache of {capacity} tokens needs {n >> 20} MiB per buffer; {self.ctx.info} allocates at "
-                f"most {limit >> 20} MiB at once"
-            )
         try:
-            return self.ctx.empty(n), self.ctx.empty(n), 2 * n
+            with self.ctx.lock:  # touched now: a lazily allocating driver fails here, not mid-step
+                return self.ctx.empty(n, touch=True), self.ctx.empty(n, touch=True), 2 * n
         except OpenCLError as exc:
             raise MemoryError(f"the KV cache of {capacity} tokens does not fit on the device: {exc}") from exc
 
@@ -221,6 +219,18 @@ class OpenCLRunner:
         Returns:
             float32 (len(rows) or M, vocab).
         """
+        with self.ctx.lock:
+            return self._forward(x_host, positions, caches, bounds, starts, rows)
+
+    def _forward(
+        self,
+        x_host: npt.NDArray[np.float32],
+        positions: npt.NDArray[np.int64],
+        caches: list[tuple[Any, Any, int]],
+        bounds: npt.NDArray[np.int64],
+        starts: npt.NDArray[np.int64],
+        rows: list[int] | None,
+    ) -> npt.NDArray[np.float32]:
         ctx = self.ctx
         cfg = self.config
         m, hdim = x_host.shape
@@ -239,18 +249,21 @@ class OpenCLRunner:
         ctx.write(x, np.ascontiguousarray(x_host, dtype=np.float32))
         ctx.write(pos, positions.astype(np.int32))
         span = [(int(bounds[s]), int(bounds[s + 1]) - int(bounds[s]), int(starts[s])) for s in range(len(caches))]
-        att_scratch = self._buf("att", 4 * max(n * nh * (p + n) for _, n, p in span))
+        # attention scores of at most att_rows query rows at a time: the scratch stays linear in the context
+        att_scratch = self._buf("att", 4 * max(min(n, self.att_rows) * nh * (p + n) for _, n, p in span))
         layers = self.layers
         clops.enqueue_rmsnorm(ctx, x, hdim, m, hdim, layers[0].attn_norm, eps, h)
         for li, layer in enumerate(layers):
             self._linears(layer.qkv, h, m, hdim, qkv, self._qkv_n)
             clops.enqueue_rope(ctx, qkv, self._qkv_n, m, nh + nkv, hd, pos, self.cos, self.sin)
             for (r0, n, p0), (kc, vc, cap) in zip(span, caches, strict=True):
-                off = li * nkv * cap * hd
-                clops.enqueue_kv_store(ctx, qkv, self._qkv_n, r0, n, heads, kc, vc, off, cap, p0)
-                clops.enqueue_attention(
-                    ctx, qkv, self._qkv_n, r0, n, heads, kc, vc, off, cap, p0, attn, self._attn_n, att_scratch
-                )
+                clops.enqueue_kv_store(ctx, qkv, self._qkv_n, r0, n, heads, kc, vc, li, cap, p0)
+                for c0 in range(0, n, self.att_rows):
+                    c = min(self.att_rows, n - c0)
+                    clops.enqueue_attention(
+                        ctx, qkv, self._qkv_n, r0 + c0, c, heads, kc, vc, li, cap, p0 + c0, attn, self._attn_n,
+                        att_scratch,
+                    )  # fmt: skip
             if layer.attn_sub_norm is not None:
                 clops.enqueue_rmsnorm(ctx, attn, self._attn_n, m, self._attn_n, layer.attn_sub_norm, eps, attn)
             self._linears([layer.o], attn, m, self._attn_n, y, hdim)

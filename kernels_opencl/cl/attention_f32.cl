@@ -3,15 +3,16 @@
 // scores q.k * scale into `scratch` (n, H, tmax), max, exp and sum, then out = sum_t p_t v_t / sum.
 // Grid: (n * wg, H).
 __kernel void attention_f32(__global const float *qkv, const int ld, const int row0, const int H, const int Hkv,
-                            const int D, __global const float *kc, __global const float *vc, const int off,
+                            const int D, __global const float *kc, __global const float *vc, const int layer,
                             const int cap, const int start, const float scale, __global float *out,
                             const int ldo, __global float *scratch, const int tmax, __local float *red) {
     const int i = get_group_id(0), h = get_group_id(1), lid = get_local_id(0), wg = get_local_size(0);
     const int g = h / (H / Hkv);
     const int T = start + i + 1;
     __global const float *q = qkv + (size_t)(row0 + i) * ld + h * D;
-    __global const float *K = kc + off + (size_t)g * cap * D;
-    __global const float *V = vc + off + (size_t)g * cap * D;
+    const size_t base = ((size_t)layer * Hkv + g) * cap * D;  // size_t: a cache may pass 2^31 floats
+    __global const float *K = kc + base;
+    __global const float *V = vc + base;
     __global float *sc = scratch + ((size_t)i * H + h) * tmax;
     float mx = -INFINITY;
     for (int t = lid; t < T; t += wg) {

@@ -45,9 +45,13 @@ def test_int_paths_equal_the_reference(cl_ctx: kernels_opencl.Context, m: int, n
     w = ref.TernaryMatrix.from_codes(_codes(rng, n, k), np.float32(rng.uniform(0.1, 2)))
     xq, s = kernels_opencl.quantize_activations(x, cl_ctx)
     rq, rs = ref.quantize_activations(x)
+    np.testing.assert_array_equal(kernels_opencl.ternary_matmul_int32(rq, w, cl_ctx), ref.ternary_matmul_int32(rq, w))
+    if not cl_ctx.exact_divide:  # 1 / amax may be 1 ulp off: int8 codes within one step, outputs close
+        assert np.abs(xq.astype(np.int16) - rq).max() <= 1
+        assert rel(kernels_opencl.ternary_linear(x, w, cl_ctx), ref.ternary_linear(x, w)) < 2e-2
+        return
     np.testing.assert_array_equal(xq, rq)
     np.testing.assert_array_equal(s, rs)
-    np.testing.assert_array_equal(kernels_opencl.ternary_matmul_int32(rq, w, cl_ctx), ref.ternary_matmul_int32(rq, w))
     np.testing.assert_array_equal(kernels_opencl.ternary_linear(x, w, cl_ctx), ref.ternary_linear(x, w))
 
 
@@ -164,11 +168,10 @@ def test_attention_over_a_device_cache(cl_ctx: kernels_opencl.Context) -> None:
     cl_ctx.write(kb, kc)
     cl_ctx.write(vb, vc)
     qb = cl_ctx.to_device(qkv)
-    off = li * nkv * cap * d
-    clops.enqueue_kv_store(cl_ctx, qb, qd, 0, n, (nh, nkv, d), kb, vb, off, cap, start)
+    clops.enqueue_kv_store(cl_ctx, qb, qd, 0, n, (nh, nkv, d), kb, vb, li, cap, start)
     out = cl_ctx.empty(4 * n * nh * d)
     scratch = cl_ctx.empty(4 * n * nh * (start + n))
-    clops.enqueue_attention(cl_ctx, qb, qd, 0, n, (nh, nkv, d), kb, vb, off, cap, start, out, nh * d, scratch)
+    clops.enqueue_attention(cl_ctx, qb, qd, 0, n, (nh, nkv, d), kb, vb, li, cap, start, out, nh * d, scratch)
     got = cl_ctx.read(out, np.empty((n, nh * d), np.float32))
     kw, vw = kc.copy(), vc.copy()
     kw[li, :, start : start + n] = qkv[:, nh * d : (nh + nkv) * d].reshape(n, nkv, d).transpose(1, 0, 2)
@@ -201,6 +204,39 @@ def test_bad_input_is_refused(cl_ctx: kernels_opencl.Context) -> None:
         kernels_opencl.ternary_linear(x, np.ones((4, 10), np.int8), cl_ctx)
     with pytest.raises(ValueError, match="2-D"):
         kernels_opencl.quantize_activations(np.ones(10, np.float32), cl_ctx)
+
+
+def test_a_buffer_beyond_the_largest_allocation_is_refused_by_name(cl_ctx: kernels_opencl.Context) -> None:
+    limit = int(cl_ctx.device.max_mem_alloc_size)
+    with pytest.raises(kernels_opencl.OpenCLError, match=r"MiB is more than .* allocates at once"):
+        cl_ctx.empty(limit + 1)
+    buf = cl_ctx.empty(1 << 20, touch=True)  # a normal one, zero-filled
+    np.testing.assert_array_equal(cl_ctx.read(buf, np.ones(1 << 20, np.uint8)), 0)
+
+
+def test_threads_sharing_a_context_get_their_own_results(cl_ctx: kernels_opencl.Context) -> None:
+    import threading
+
+    rng = np.random.default_rng(9)
+    cases = []
+    for i in range(4):
+        w = ref.TernaryMatrix.from_codes(rng.integers(-1, 2, (20 + 7 * i, 300 + 50 * i)).astype(np.int8), 0.5)
+        x = rng.standard_normal((1 + i, 300 + 50 * i)).astype(np.float32)
+        cases.append((x, w, ref.ternary_linear(x, w)))
+    bad: list[int] = []
+
+    def run(j: int) -> None:
+        x, w, want = cases[j]
+        for _ in range(30):
+            if not np.array_equal(kernels_opencl.ternary_linear(x, w, cl_ctx), want):
+                bad.append(j)
+
+    threads = [threading.Thread(target=run, args=(j,)) for j in range(len(cases))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert bad == []
 
 
 def test_weights_of_another_context_are_refused(cl_ctx: kernels_opencl.Context) -> None:
