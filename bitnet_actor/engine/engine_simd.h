@@ -31,6 +31,15 @@ static int be_has_simd(void) {
 #endif
 }
 
+#define BE_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+/* Whether the AVX2 paths of the row functions run (asked once; the answer never changes). */
+static int be_simd_rows(void) {
+    static int flag = -1;
+    if (flag < 0) flag = be_has_simd();
+    return flag;
+}
+
 /* ---------------------------------------------------------------------------------------------- rows */
 
 static void be_rmsnorm_row(const float *x, const float *w, float *y, int64_t K, float eps) {
@@ -56,26 +65,12 @@ static void be_rope_row(float *x, int64_t H, int64_t D, const float *cos_, const
     }
 }
 
-static void be_glu_row(const float *gu, float *out, int64_t F, int relu2) {
-    const float *g = gu;
-    const float *u = gu + F;
-    if (relu2) {
-#pragma omp simd
-        for (int64_t f = 0; f < F; f++) {
-            float r = g[f] > 0.0f ? g[f] : 0.0f;
-            out[f] = (r * r) * u[f];
-        }
-    } else {
-        for (int64_t f = 0; f < F; f++) out[f] = (g[f] / (1.0f + expf(-g[f]))) * u[f];
-    }
-}
-
-/* exp(x) for x <= 0 (softmax after subtracting the maximum), in a form the compiler vectorizes: Cody-Waite
- * reduction x = n ln2 + r and Cephes' degree-6 polynomial for exp(r) (about 1 ulp from expf); x below -87 is
- * clamped there (exp(-87) ~ 1.6e-38: nothing in a softmax sum of terms >= its maximum's 1). */
-#pragma omp declare simd
-static inline float be_expf_neg(float x) {
-    x = x < -87.0f ? -87.0f : x;
+/* exp(x) for x in [-87, 88] (clamped there: exp(-87) ~ 1.6e-38 is below anything a softmax sum or a SiLU
+ * denominator notices, exp(88) ~ 1.7e38 is still finite): Cody-Waite reduction x = n ln2 + r and Cephes'
+ * degree-6 polynomial for exp(r), about 1 ulp from expf.  be_exp8 is the same on 8 lanes (AVX2); be_expf the
+ * scalar form for tails and CPUs without AVX2. */
+static inline float be_expf(float x) {
+    x = fmaxf(-87.0f, fminf(88.0f, x));
     const float n = floorf(x * 1.44269504088896341f + 0.5f);
     float r = x - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;
@@ -86,12 +81,72 @@ static inline float be_expf_neg(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    union {
-        int32_t i;
-        float f;
-    } two_n;
-    two_n.i = ((int32_t)n + 127) << 23;
-    return p * two_n.f;
+    return ldexpf(p, (int)n);
+}
+
+#if BE_X86
+BE_AVX2 static inline __m256 be_exp8(__m256 x) {
+    x = _mm256_max_ps(_mm256_set1_ps(-87.0f), _mm256_min_ps(_mm256_set1_ps(88.0f), x));
+    const __m256 n = _mm256_floor_ps(
+        _mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _mm256_set1_ps(0.5f)));
+    __m256 r = _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(0.693359375f)));
+    r = _mm256_sub_ps(r, _mm256_mul_ps(n, _mm256_set1_ps(-2.12194440e-4f)));
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(p, r), r), r), _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+/* SiLU gated unit on 8 lanes at a time; returns how many elements it did (a multiple of 8). */
+BE_AVX2 static int64_t be_silu_avx2(const float *g, const float *u, float *out, int64_t F) {
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    int64_t f = 0;
+    for (; f + 8 <= F; f += 8) {
+        const __m256 gv = _mm256_loadu_ps(g + f);
+        const __m256 den = _mm256_add_ps(one, be_exp8(_mm256_sub_ps(zero, gv)));
+        _mm256_storeu_ps(out + f, _mm256_mul_ps(_mm256_div_ps(gv, den), _mm256_loadu_ps(u + f)));
+    }
+    return f;
+}
+
+/* sc[j] = exp(sc[j] - mx) for j < t, 8 lanes at a time; returns how many it did and adds them to *sum. */
+BE_AVX2 static int64_t be_softmax_exp_avx2(float *sc, int64_t t, float mx, float *sum) {
+    const __m256 m = _mm256_set1_ps(mx);
+    __m256 acc = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= t; j += 8) {
+        const __m256 e = be_exp8(_mm256_sub_ps(_mm256_loadu_ps(sc + j), m));
+        _mm256_storeu_ps(sc + j, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    float lanes[8];
+    _mm256_storeu_ps(lanes, acc);
+    *sum += ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+    return j;
+}
+#endif
+
+static void be_glu_row(const float *gu, float *out, int64_t F, int relu2) {
+    const float *g = gu;
+    const float *u = gu + F;
+    if (relu2) {
+#pragma omp simd
+        for (int64_t f = 0; f < F; f++) {
+            float r = g[f] > 0.0f ? g[f] : 0.0f;
+            out[f] = (r * r) * u[f];
+        }
+    } else {
+        int64_t f = 0;
+#if BE_X86
+        if (be_simd_rows()) f = be_silu_avx2(g, u, out, F);
+#endif
+        for (; f < F; f++) out[f] = (g[f] / (1.0f + be_expf(-g[f]))) * u[f];
+    }
 }
 
 /* One query head of one row: attends to cache positions [0, t).  k, v: (t, D) rows of the head's KV group
@@ -127,9 +182,12 @@ static void be_attend(const float *q, const float *k, const float *v, int64_t t,
     for (i = 0; i < t; i++)
         if (sc[i] > mx) mx = sc[i];
     float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < t; j++) {
-        const float e = be_expf_neg(sc[j] - mx);
+    int64_t j = 0;
+#if BE_X86
+    if (be_simd_rows()) j = be_softmax_exp_avx2(sc, t, mx, &sum);
+#endif
+    for (; j < t; j++) {
+        const float e = be_expf(sc[j] - mx);
         sc[j] = e;
         sum += e;
     }
@@ -204,7 +262,6 @@ static void be_q8_portable(const int8_t *xq, const float *xs, int64_t M, int64_t
 }
 
 #if BE_X86 && defined(__GNUC__)
-#define BE_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 /* 8 weights of row n at column k as float32 (kind 0 f32, 1 f16, 2 bf16); k + 8 <= K. */
 BE_AVX2 static inline __m256 be_load_w8(const void *W, int kind, int64_t off) {
