@@ -5,7 +5,8 @@ Ternary products go to :mod:`kernels_cython`'s compiled kernels when the extensi
 activations, dense products) go to this package's compiled :mod:`bitnet_actor.engine._ops` when built, else
 to the numpy versions here.  Both follow transformers' float32 math: RMSNorm ``w * (x * rsqrt(mean(x^2) +
 eps))``, NeoX RoPE ``x * cos + rotate_half(x) * sin``, softmax attention scaled by ``head_dim ** -0.5``,
-``relu(g)^2 * u`` / ``silu(g) * u``; they differ from transformers only in float summation order.
+``relu(g)^2 * u`` / ``silu(g) * u``; they differ from transformers only in float summation order and, in the
+compiled softmax and SiLU, an exp that is within about 1 ulp of the C library's.
 
 :data:`FAST_KERNELS` / :data:`FAST_OPS` say which implementations are in use.
 """
