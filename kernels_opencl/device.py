@@ -203,6 +203,7 @@ class Context:
         self._kernels: dict[str, Any] = {}
         self._wg: dict[tuple[str, int], int] = {}
         self._lock = threading.Lock()
+        self._fill_queue: Any = None
         self.lock = threading.RLock()
         """Held around a sequence of launches: kernels are shared, and setting arguments then enqueueing is not
         atomic, so two threads launching on one context must take turns."""
@@ -311,7 +312,8 @@ class Context:
         Args:
             nbytes: its size.
             touch: fill it with zeros and wait, so that a driver that allocates lazily (most GPU drivers do)
-                fails here rather than in a later launch.
+                fails here rather than in a later launch.  The fill goes to a queue of its own: it never waits
+                for work already queued (a step running in another thread).
 
         Raises:
             OpenCLError: larger than the device's largest allocation, or the device is out of memory.
@@ -321,8 +323,10 @@ class Context:
         try:
             buf = cl.Buffer(self.ctx, cl.mem_flags.READ_WRITE, max(1, int(nbytes)))
             if touch:
-                cl.enqueue_fill_buffer(self.queue, buf, np.uint8(0), 0, max(1, int(nbytes)))
-                self.queue.finish()
+                with self._lock:
+                    if self._fill_queue is None:
+                        self._fill_queue = cl.CommandQueue(self.ctx)
+                cl.enqueue_fill_buffer(self._fill_queue, buf, np.uint8(0), 0, max(1, int(nbytes))).wait()
         except cl.Error as exc:
             raise OpenCLError(f"cannot allocate {nbytes} bytes on {self.info}: {exc}") from exc
         return buf

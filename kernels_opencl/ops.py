@@ -187,26 +187,20 @@ def enqueue_quantize_q8(ctx: Context, x: Any, m: int, k: int, kp: int, xq: Any, 
     ctx.kernel(name)(ctx.queue, (m * wg,), (wg,), x, _i(k), _i(k), _i(kp), xq, xs, _local(ctx, wg))
 
 
+def _launch_matrix(ctx: Context, name: str, n: int, m: int, *args: Any) -> None:
+    """Launch a matrix kernel: one work-group per output row and tile of MT activation rows, ending in
+    ``(out, ldo, col, local reduction scratch)`` after ``args``."""
+    wg = _mat_wg(ctx, name)
+    ctx.kernel(name)(ctx.queue, (n * wg, -(-m // MT)), (wg, 1), *args, _local(ctx, wg))
+
+
 def enqueue_ternary_matmul(
     ctx: Context, xq: Any, m: int, w: DeviceTernaryMatrix, out: Any, ldo: int, col: int = 0
 ) -> None:
     """``out[:m, col:col+N] = xq @ codes.T`` exactly in int32."""
-    name = "ternary_matmul_i8_i32"
-    n = w.shape[0]
-    wg = _mat_wg(ctx, name)
-    ctx.kernel(name)(
-        ctx.queue,
-        (n * wg, -(-m // MT)),
-        (wg, 1),
-        w.packed,
-        _i(w.padded_k // 64),
-        xq,
-        _i(w.padded_k),
-        _i(m),
-        out,
-        _i(ldo),
-        _i(col),
-        _local(ctx, wg),
+    kp = w.padded_k
+    _launch_matrix(
+        ctx, "ternary_matmul_i8_i32", w.shape[0], m, w.packed, _i(kp // 64), xq, _i(kp), _i(m), out, _i(ldo), _i(col)
     )
 
 
@@ -215,23 +209,9 @@ def enqueue_ternary_linear(
 ) -> None:
     """``out[:m, col:col+N]`` = the rescaled ternary product of quantized activations (``xq``, ``s``)."""
     name = "ternary_linear_blockscaled_i8_f32" if w.block_scaled else "ternary_linear_i8_f32"
-    n = w.shape[0]
-    wg = _mat_wg(ctx, name)
-    ctx.kernel(name)(
-        ctx.queue,
-        (n * wg, -(-m // MT)),
-        (wg, 1),
-        w.packed,
-        _i(w.padded_k // 64),
-        xq,
-        _i(w.padded_k),
-        _i(m),
-        s,
-        w.scales,
-        out,
-        _i(ldo),
-        _i(col),
-        _local(ctx, wg),
+    kp = w.padded_k
+    _launch_matrix(
+        ctx, name, w.shape[0], m, w.packed, _i(kp // 64), xq, _i(kp), _i(m), s, w.scales, out, _i(ldo), _i(col)
     )
 
 
@@ -258,33 +238,15 @@ def enqueue_dense(
         scratch: for q8: int8 (m, Kp) and float32 (m,) buffers for the quantized activations.
     """
     n, k = w.shape
-    if w.kind == "q8":
-        if scratch is None:
-            raise ValueError("a q8 product needs scratch buffers")
-        xq, xs = scratch
-        enqueue_quantize_q8(ctx, x, m, k, w.padded_k, xq, xs)
-        name = "dense_matmul_q8_i8_f32"
-        wg = _mat_wg(ctx, name)
-        ctx.kernel(name)(
-            ctx.queue,
-            (n * wg, -(-m // MT)),
-            (wg, 1),
-            w.data,
-            _i(w.padded_k),
-            xq,
-            xs,
-            w.scales,
-            _i(m),
-            out,
-            _i(ldo),
-            _i(col),
-            _local(ctx, wg),
-        )
+    if w.kind != "q8":
+        _launch_matrix(ctx, f"dense_matmul_{w.kind}_f32", n, m, w.data, _i(k), x, _i(m), out, _i(ldo), _i(col))
         return
-    name = f"dense_matmul_{w.kind}_f32"
-    wg = _mat_wg(ctx, name)
-    ctx.kernel(name)(
-        ctx.queue, (n * wg, -(-m // MT)), (wg, 1), w.data, _i(k), x, _i(m), out, _i(ldo), _i(col), _local(ctx, wg)
+    if scratch is None:
+        raise ValueError("a q8 product needs scratch buffers")
+    xq, xs = scratch
+    enqueue_quantize_q8(ctx, x, m, k, w.padded_k, xq, xs)
+    _launch_matrix(
+        ctx, "dense_matmul_q8_i8_f32", n, m, w.data, _i(w.padded_k), xq, xs, w.scales, _i(m), out, _i(ldo), _i(col)
     )
 
 

@@ -27,6 +27,7 @@ import os
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 import argparse
+import dataclasses
 import json
 import resource
 import statistics
@@ -43,7 +44,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bitnet_actor.engine import SamplingParams, ops
-from bitnet_actor.engine.config import ModelConfig
 from bitnet_actor.engine.model import Model
 from bitnet_actor.engine.synthetic import SHAPES, random_weights
 
@@ -86,23 +86,10 @@ def copy_bandwidth(threads: int, nbytes: int = 256 << 20, reps: int = 5) -> floa
 
 def check_correctness() -> None:
     """Compiled ops vs numpy on a forward's real inputs, batch vs alone, and transformers when installed."""
-    cfg = ModelConfig(
-        architecture="BitNetForCausalLM",
-        family="bitnet-b1.58",
-        hidden_size=512,
-        num_layers=2,
-        num_heads=8,
-        num_kv_heads=2,
-        head_dim=64,
-        intermediate_size=768,
-        vocab_size=1000,
-        context_length=256,
-        rms_norm_eps=1e-5,
-        rope_theta=500000.0,
-        hidden_act="relu2",
-        sub_norms=True,
-        tie_word_embeddings=True,
-    )
+    cfg = dataclasses.replace(
+        SHAPES["2b4t"], hidden_size=512, num_layers=2, num_heads=8, num_kv_heads=2, head_dim=64,
+        intermediate_size=768, vocab_size=1000, context_length=256,
+    )  # fmt: skip
     model = Model(random_weights(cfg, seed=1))
     ids = list(np.random.default_rng(2).integers(0, 1000, 40))
     # every op call of a forward, replayed through the numpy reference path on the same inputs
@@ -248,8 +235,6 @@ def _decode(model: Model, n: int, timer: _Timer | None = None) -> tuple[float, d
 def thin_overhead(shape: str, reps: int) -> float:
     """Seconds per decoded token of a model with the shape's depth and tiny widths (kernels ~free): an
     upper bound of the per-token cost outside the kernels that does not scale with the model's width."""
-    import dataclasses
-
     cfg = dataclasses.replace(
         SHAPES[shape],
         hidden_size=256,

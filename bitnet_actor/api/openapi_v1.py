@@ -111,53 +111,32 @@ _USAGE = {
 }
 _LOGPROBS = {"type": ["object", "null"], "description": "as OpenAI's: tokens, token_logprobs, top_logprobs"}
 
+_MESSAGE_OUT = {"type": "object", "properties": {"role": _S, "content": _S}}
+
+
+def _completion_schema(kind: dict[str, Any], choice: dict[str, Any]) -> dict[str, Any]:
+    """A completion object (or its streamed chunk): ``kind`` for ``object``, ``choice``'s own fields."""
+    choice_props = {"index": _INT, **choice, "finish_reason": {"enum": ["stop", "length", None]}}
+    return {
+        "type": "object",
+        "properties": {
+            "id": _S,
+            "object": kind,
+            "created": _INT,
+            "model": _S,
+            "choices": {"type": "array", "items": {"type": "object", "properties": choice_props}},
+            "usage": {"$ref": "#/components/schemas/Usage"},
+        },
+    }
+
+
 V1_SCHEMAS: dict[str, Any] = {
     "Usage": _USAGE,
-    "Completion": {
-        "type": "object",
-        "properties": {
-            "id": _S,
-            "object": {"const": "text_completion"},
-            "created": _INT,
-            "model": _S,
-            "choices": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "index": _INT,
-                        "text": _S,
-                        "finish_reason": {"enum": ["stop", "length", None]},
-                        "logprobs": _LOGPROBS,
-                    },
-                },
-            },
-            "usage": _ref("Usage"),
-        },
-    },
-    "ChatCompletion": {
-        "type": "object",
-        "properties": {
-            "id": _S,
-            "object": {"enum": ["chat.completion", "chat.completion.chunk"]},
-            "created": _INT,
-            "model": _S,
-            "choices": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "index": _INT,
-                        "message": {"type": "object", "properties": {"role": _S, "content": _S}},
-                        "delta": {"type": "object", "properties": {"role": _S, "content": _S}},
-                        "finish_reason": {"enum": ["stop", "length", None]},
-                        "logprobs": _LOGPROBS,
-                    },
-                },
-            },
-            "usage": _ref("Usage"),
-        },
-    },
+    "Completion": _completion_schema({"const": "text_completion"}, {"text": _S, "logprobs": _LOGPROBS}),
+    "ChatCompletion": _completion_schema(
+        {"enum": ["chat.completion", "chat.completion.chunk"]},
+        {"message": _MESSAGE_OUT, "delta": _MESSAGE_OUT, "logprobs": _LOGPROBS},
+    ),
     "Model": {
         "type": "object",
         "properties": {

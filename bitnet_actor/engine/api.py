@@ -63,9 +63,6 @@ def load_model(
     ctx = None
     if device != "cpu":
         ctx = open_opencl(opencl_device, required=device == "opencl")
-        if ctx is not None and device == "auto" and not ctx.is_gpu:
-            log.info("device auto: %s is a CPU OpenCL device; the Cython kernels run faster there", ctx.info)
-            ctx = None
     weights = load_weights(Path(path), progress)
     tokenizer = load_tokenizer(weights.tokenizer_source)
     if ctx is None:
@@ -84,7 +81,8 @@ def open_opencl(selector: str | None, *, required: bool) -> Any | None:
 
     Args:
         selector: see :mod:`kernels_opencl.device` (None: ``$BITNET_OPENCL_DEVICE`` or ``"auto"``).
-        required: raise when it fails (else log a warning and return None).
+        required: raise when it fails (else, for ``device="auto"``, log why and return None; a CPU OpenCL
+            device is then passed over before any kernel is built: the Cython kernels run faster there).
 
     Returns:
         A :class:`kernels_opencl.Context`, or None.
@@ -97,6 +95,9 @@ def open_opencl(selector: str | None, *, required: bool) -> Any | None:
         from kernels_opencl.device import CL_DIR
 
         ctx = kernels_opencl.Context(selector)
+        if not required and not ctx.is_gpu:
+            log.info("device auto: %s is a CPU OpenCL device; the Cython kernels run faster there", ctx.info)
+            return None
         for src in sorted(CL_DIR.glob("*.cl")):  # build all now: a broken compiler fails at load, not mid-request
             ctx.kernel(src.stem)
     except OpenCLError as exc:

@@ -73,7 +73,8 @@ def _dense(ctx: Context, m: DenseMatrix) -> DeviceDenseMatrix:
 class OpenCLRunner:
     """Device weights, per-sequence device KV caches and the batched forward pass.
 
-    Not thread-safe: the model's lock serializes :meth:`forward` (the kernels' arguments are shared).
+    Not thread-safe: the model's lock serializes :meth:`forward` (kernel arguments are shared; the context is the
+    model's own, so no other thread launches on it).  :meth:`new_cache` may run beside a forward.
     """
 
     def __init__(
@@ -154,8 +155,9 @@ class OpenCLRunner:
         cfg = self.config
         n = cfg.num_layers * cfg.num_kv_heads * capacity * cfg.head_dim * 4
         try:
-            with self.ctx.lock:  # touched now: a lazily allocating driver fails here, not mid-step
-                return self.ctx.empty(n, touch=True), self.ctx.empty(n, touch=True), 2 * n
+            # touched now (on the context's own fill queue, so a running step is not waited for): a lazily
+            # allocating driver fails here, not mid-step
+            return self.ctx.empty(n, touch=True), self.ctx.empty(n, touch=True), 2 * n
         except OpenCLError as exc:
             raise MemoryError(f"the KV cache of {capacity} tokens does not fit on the device: {exc}") from exc
 
@@ -219,18 +221,6 @@ class OpenCLRunner:
         Returns:
             float32 (len(rows) or M, vocab).
         """
-        with self.ctx.lock:
-            return self._forward(x_host, positions, caches, bounds, starts, rows)
-
-    def _forward(
-        self,
-        x_host: npt.NDArray[np.float32],
-        positions: npt.NDArray[np.int64],
-        caches: list[tuple[Any, Any, int]],
-        bounds: npt.NDArray[np.int64],
-        starts: npt.NDArray[np.int64],
-        rows: list[int] | None,
-    ) -> npt.NDArray[np.float32]:
         ctx = self.ctx
         cfg = self.config
         m, hdim = x_host.shape

@@ -1,30 +1,16 @@
 // Dense product Y[m, ycol + n] = sum_k X[m, k] * W[n, k] for weights (N, K) stored as float32;
-// float32 activations (M, K) and float32 accumulation, four columns at a time.
-// Grid: (N * wg, ceil(M / MT)); one work-group per output row and tile of MT rows (see ternary_linear_i8_f32).
+// float32 activations (M, K) and float32 accumulation.  Grid and work split: see common.clh.
+#define LOAD4(k) vload4(0, W + (k))
+#define LOAD1(k) W[k]
 __kernel void dense_matmul_f32_f32(__global const float *Wall, const int K, __global const float *X, const int M,
         __global float *Y, const int ldy, const int ycol, __local float *red) {
-    const int n = get_group_id(0), m0 = get_group_id(1) * MT, lid = get_local_id(0), wg = get_local_size(0);
+    const int n = get_group_id(0), m0 = get_group_id(1) * MT;
     const int rows = min(MT, M - m0);
     __global const float *W = Wall + (size_t)n * K;
     float4 acc[MT];
-    for (int r = 0; r < MT; r++) acc[r] = (float4)(0.0f);
-    const int k4 = K & ~3;
-    for (int k = lid * 4; k < k4; k += wg * 4) {
-        const float4 w = vload4(0, W + k);
-        for (int r = 0; r < MT; r++) {
-            if (r >= rows) break;
-            acc[r] += vload4(0, X + (size_t)(m0 + r) * K + k) * w;
-        }
-    }
-    for (int k = k4 + lid; k < K; k += wg) {
-        const float w = W[k];
-        for (int r = 0; r < MT; r++) {
-            if (r >= rows) break;
-            acc[r].s0 += X[(size_t)(m0 + r) * K + k] * w;
-        }
-    }
+    DENSE_ROW_PRODUCTS(LOAD4, LOAD1, X, K, m0, rows, acc);
     for (int r = 0; r < rows; r++) {
         const float v = wg_sum_float((acc[r].s0 + acc[r].s1) + (acc[r].s2 + acc[r].s3), red);
-        if (lid == 0) Y[(size_t)(m0 + r) * ldy + ycol + n] = v;
+        if (get_local_id(0) == 0) Y[(size_t)(m0 + r) * ldy + ycol + n] = v;
     }
 }

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,3 +131,14 @@ async def harness(aio_loop: object, pg_dsn: str, redis_url: str, tmp_path: Path)
     settings = Settings(data_dir=tmp_path, database_url=pg_dsn, redis_url=redis_url)
     async with open_harness(settings) as h:
         yield h
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Iterator[Path]:
+    """A tiny served checkpoint with a tokenizer, built by transformers once for the serving tests."""
+    pytest.importorskip("transformers", reason="transformers builds the test model")
+    from tests.api.served import build_model_dir
+
+    root = Path(tempfile.mkdtemp(prefix="bitnet-served-"))
+    yield build_model_dir(root / "tiny")
+    shutil.rmtree(root, ignore_errors=True)

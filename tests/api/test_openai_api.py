@@ -6,24 +6,17 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 
-from tests.api.served import Served, build_model_dir, serve
+from tests.api.served import Served, serve
 
 openai = pytest.importorskip("openai", reason="the openai client is a test dependency")
 pytest.importorskip("transformers", reason="transformers builds the test model")
-
-
-@pytest.fixture(scope="module")
-def model_dir() -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="bitnet-served-"))
-    yield build_model_dir(root / "tiny")
-    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,13 +15,6 @@ from tests.kernels_opencl.devices import device_params
 
 openai = pytest.importorskip("openai", reason="the openai client is a test dependency")
 pytest.importorskip("transformers", reason="transformers builds the test model")
-
-
-@pytest.fixture(scope="module")
-def model_dir() -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="bitnet-served-"))
-    yield build_model_dir(root / "tiny")
-    shutil.rmtree(root, ignore_errors=True)
 
 
 async def _completions(served: Served) -> tuple[str, str, str]:
