@@ -7,6 +7,8 @@ exactly what its reference twin returns.
 Paths (``isa=``; default: $BITNET_ISA if usable, else the best the CPU has):
 
 * ``"avx512"``: AVX-512 VL + VNNI ``vpdpbusd`` on 256-bit vectors (on Zen 4 as fast per byte as 512-bit).
+* ``"amx"``: AMX-INT8 ``tdpbusd`` tiles for M > 4 (Intel Sapphire Rapids and later, Linux 5.16+, which must
+  grant the process its tile state); M <= 4 takes the ``"avx512"`` GEMV.
 * ``"avx2"``: ``vpmaddubsw`` into int16 accumulators, widened before they can overflow.
 * ``"avx512-emulated"``: the AVX-512 kernels' code with ``vpdpbusd`` emulated exactly by AVX2, so their
   control flow is tested on machines without AVX-512.
@@ -54,6 +56,10 @@ cdef extern from "ternary_simd.h" nogil:
 
     int BK_ISA_AVX2
     int BK_ISA_AVX512
+    int BK_ISA_AMX
+    int BK_AMX_NB
+    int BK_AMX_MT
+    int64_t BK_AMX_BUF_BYTES(int64_t Kp)
     int BK_MR
     int BK_NB
     int64_t BK_ACC_BYTES(int64_t Mp)
@@ -91,6 +97,10 @@ cdef extern from "ternary_simd.h" nogil:
                       int64_t Mp, int64_t Kp, const int32_t *xsum, const bk_out_t *o, void *accv)
     void bk_gemm_vnni_emu(const uint8_t *buf, int64_t nbuf, int64_t n0, int64_t nvalid, const int8_t *X,
                           int64_t Mp, int64_t Kp, const int32_t *xsum, const bk_out_t *o, void *accv)
+    void bk_amx_pack_x(const int8_t *X, int64_t Kp, int64_t mb, int8_t *Xv)
+    void bk_amx_unpack(const uint8_t *W, int64_t rb, int64_t n0, int64_t nrows, uint8_t *buf)
+    void bk_gemm_amx(const uint8_t *buf, int64_t n0, int64_t nvalid, const int8_t *Xv, int64_t nmb, int64_t Kp,
+                     const int32_t *xsum, const bk_out_t *o, int32_t *ct)
 
 
 cdef enum:
@@ -99,10 +109,17 @@ cdef enum:
     ISA_AVX2 = 1
     ISA_AVX512 = 2
     ISA_AVX512_EMU = 3
+    ISA_AMX = 4
     # Quantize rows in parallel only above this many elements (an OpenMP fork costs a few microseconds).
     PAR_QUANT_MIN = 65536
 
-_ISA_CODES = {"portable": ISA_PORTABLE, "avx2": ISA_AVX2, "avx512": ISA_AVX512, "avx512-emulated": ISA_AVX512_EMU}
+_ISA_CODES = {
+    "portable": ISA_PORTABLE,
+    "avx2": ISA_AVX2,
+    "avx512": ISA_AVX512,
+    "avx512-emulated": ISA_AVX512_EMU,
+    "amx": ISA_AMX,
+}
 _CPU_MASK = bk_cpu_isa_mask()
 
 
@@ -112,11 +129,20 @@ def _detect_isas():
         isas += ["avx2", "avx512-emulated"]
     if _CPU_MASK & BK_ISA_AVX512:
         isas.append("avx512")
+    if _CPU_MASK & BK_ISA_AMX:
+        isas.append("amx")
     return tuple(isas)
 
 
+def _best(available):
+    for name in ("amx", "avx512", "avx2"):
+        if name in available:
+            return name
+    return "portable"
+
+
 _AVAILABLE = _detect_isas()
-_BEST = "avx512" if "avx512" in _AVAILABLE else ("avx2" if "avx2" in _AVAILABLE else "portable")
+_BEST = _best(_AVAILABLE)
 
 
 def _env_isa():
@@ -279,8 +305,11 @@ cdef void _portable_rows(const uint8_t *W, int64_t rb, int64_t n0, int64_t n1, c
 
 
 cdef inline int64_t _thread_bytes(int64_t Mp, int64_t Kp) noexcept nogil:
-    """Per-thread scratch: an unpacked block of BK_NB rows (tile layout), then the GEMM accumulators."""
-    return BK_BUF_BYTES(Kp) + BK_ACC_BYTES(Mp)
+    """Per-thread scratch: an unpacked block of BK_NB rows (tile layout), then the GEMM accumulators; or the
+    AMX block and its C tiles, whichever is larger."""
+    cdef int64_t vnni = BK_BUF_BYTES(Kp) + BK_ACC_BYTES(Mp)
+    cdef int64_t amx = BK_AMX_BUF_BYTES(Kp)
+    return vnni if vnni > amx else amx
 
 
 cdef inline void _gemv_rows(const uint8_t *W, int64_t rb, int64_t n0, int64_t n1, const int8_t *X, int64_t M,
@@ -321,6 +350,8 @@ cdef void _matmul(const uint8_t *W, int64_t N, int64_t rb, const int8_t *X, int6
     cdef int64_t t, n0, n1, b, nblk, nvalid, nbuf
     cdef int64_t nparts
     cdef uint8_t *ubuf = NULL
+    if isa == ISA_AMX and M <= 4:
+        isa = ISA_AVX512  # streaming GEMV: bandwidth-bound, VNNI keeps up with memory
     if isa == ISA_PORTABLE:
         nparts = nt if nt < N else N
         for t in prange(nparts, num_threads=nt, schedule="static", chunksize=1):
@@ -338,6 +369,21 @@ cdef void _matmul(const uint8_t *W, int64_t N, int64_t rb, const int8_t *X, int6
             nparts = nt if nt < N else N
         for t in prange(nparts, num_threads=nt, schedule="dynamic", chunksize=1):
             _gemv_rows(W, rb, N * t // nparts, N * (t + 1) // nparts, X, M, Kp, xsum, o, isa)
+        return
+    if isa == ISA_AMX:
+        # Mp is a multiple of BK_AMX_MT here (see _Scratch); Xt takes the B tiles
+        for b in prange(Mp // BK_AMX_MT, num_threads=nt, schedule="static"):
+            bk_amx_pack_x(X, Kp, b, Xt)
+        nblk = (N + BK_AMX_NB - 1) // BK_AMX_NB
+        with parallel(num_threads=nt):
+            ubuf = tbuf + openmp.omp_get_thread_num() * tb
+            for b in prange(nblk, schedule="dynamic"):
+                nvalid = N - b * BK_AMX_NB
+                if nvalid > BK_AMX_NB:
+                    nvalid = BK_AMX_NB
+                bk_amx_unpack(W, rb, b * BK_AMX_NB, nvalid, ubuf)
+                bk_gemm_amx(ubuf, b * BK_AMX_NB, nvalid, Xt, Mp // BK_AMX_MT, Kp, xsum, o,
+                            <int32_t *>(ubuf + BK_AMX_NB * Kp))
         return
     nblk = (N + BK_NB - 1) // BK_NB
     bk_pack_x(X, Mp, Kp, Xt)
@@ -369,8 +415,10 @@ cdef class _Scratch:
     cdef int8_t *Xt
     cdef int64_t Mp
 
-    def __cinit__(self, int64_t M, int64_t Kp, int nt, bint need_tbuf):
-        cdef int64_t Mp = (M + BK_MR - 1) // BK_MR * BK_MR
+    def __cinit__(self, int64_t M, int64_t Kp, int nt, bint need_tbuf, int isa):
+        # rows padded to the GEMM's row tile: BK_AMX_MT for AMX, BK_MR otherwise
+        cdef int64_t mr = BK_AMX_MT if isa == ISA_AMX and M > 4 else BK_MR
+        cdef int64_t Mp = (M + mr - 1) // mr * mr
         cdef int64_t xbytes = Mp * Kp
         cdef int64_t vbytes = (Mp * 4 + 63) // 64 * 64
         cdef int64_t tbytes = nt * _thread_bytes(Mp, Kp) if need_tbuf else 0
@@ -434,7 +482,7 @@ def ternary_matmul_int32(xq, w, *, isa=None, threads=None):
         return out
     cdef const int8_t *xp = <const int8_t *>cnp.PyArray_DATA(<cnp.ndarray>xq)
     cdef const uint8_t *wp = <const uint8_t *>cnp.PyArray_DATA(packed)
-    cdef _Scratch sc = _Scratch(M, Kp, nt, M > 1 or isa_c == ISA_PORTABLE)
+    cdef _Scratch sc = _Scratch(M, Kp, nt, M > 1 or isa_c == ISA_PORTABLE, isa_c)
     cdef bk_out_t o
     o.outi = <int32_t *>cnp.PyArray_DATA(out)
     o.outf = NULL
@@ -487,7 +535,7 @@ def ternary_linear(x, w, *, isa=None, threads=None):
         return out
     cdef const float *xp = <const float *>cnp.PyArray_DATA(<cnp.ndarray>x)
     cdef const uint8_t *wp = <const uint8_t *>cnp.PyArray_DATA(packed)
-    cdef _Scratch sc = _Scratch(M, Kp, nt, M > 1 or isa_c == ISA_PORTABLE)
+    cdef _Scratch sc = _Scratch(M, Kp, nt, M > 1 or isa_c == ISA_PORTABLE, isa_c)
     cdef cnp.ndarray rs
     cdef bk_out_t o
     o.outi = NULL
@@ -520,7 +568,7 @@ def _verify_isa(isa):
     """
     rng = np.random.default_rng(12345)
     try:
-        for m, n, k in ((1, 5, 700), (2, 7, 1100), (3, 3, 300), (9, 6, 2100)):
+        for m, n, k in ((1, 5, 700), (2, 7, 1100), (3, 3, 300), (9, 6, 2100), (40, 37, 300)):
             w = TernaryMatrix.from_codes(rng.integers(-1, 2, size=(n, k)).astype(np.int8))
             xq = rng.integers(-128, 128, size=(m, k)).astype(np.int8)
             fast = ternary_matmul_int32(xq, w, isa=isa, threads=1)
@@ -531,8 +579,9 @@ def _verify_isa(isa):
     return True
 
 
-if "avx512" in _AVAILABLE and not _verify_isa("avx512"):
-    _AVAILABLE = tuple(name for name in _AVAILABLE if name != "avx512")
-    _BEST = "avx2"
-    _DEFAULT_ISA = _env_isa()
-    _DEFAULT_ISA_CODE = _ISA_CODES[_DEFAULT_ISA]
+for _name in ("avx512", "amx"):
+    if _name in _AVAILABLE and not _verify_isa(_name):
+        _AVAILABLE = tuple(name for name in _AVAILABLE if name != _name and not (_name == "avx512" and name == "amx"))
+_BEST = _best(_AVAILABLE)
+_DEFAULT_ISA = _env_isa()
+_DEFAULT_ISA_CODE = _ISA_CODES[_DEFAULT_ISA]

@@ -19,9 +19,15 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__linux__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #define BK_ISA_AVX2 1
 #define BK_ISA_AVX512 2
+#define BK_ISA_AMX 4
 
 /* GEMM blocking: BK_MR activation rows per micro-tile, BK_NB weight rows unpacked per thread block, K in
  * chunks of BK_KC codes so that one chunk of the unpacked block (BK_NB x BK_KC bytes) and one activation tile
@@ -40,6 +46,7 @@
 
 #define BK_T_AVX2 __attribute__((target("avx2")))
 #define BK_T_AVX512 __attribute__((target("avx2,avx512f,avx512bw,avx512vl,avx512vnni")))
+#define BK_T_AMX __attribute__((target("avx2,avx512f,avx512bw,avx512vl,avx512vnni,amx-tile,amx-int8")))
 
 /* Output epilogue: either int32 acc, or float32 acc / s[m] * (rscale ? rscale[n] : scale). */
 typedef struct {
@@ -61,6 +68,20 @@ static inline void bk_store(const bk_out_t *o, int64_t m, int64_t n, int32_t acc
     }
 }
 
+/* AMX-INT8 (Intel Sapphire Rapids and later): CPUID.(7,0):EDX bits 24 (AMX-TILE) and 25 (AMX-INT8), and Linux
+ * must grant this process the 8 KB of tile state (arch_prctl ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA, kernel
+ * 5.16+); without the grant the first tile instruction would kill the process with SIGILL. */
+static int bk_amx_usable(void) {
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    if (!((d >> 24) & 1u) || !((d >> 25) & 1u)) return 0;
+    return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+#else
+    return 0;
+#endif
+}
+
 static int bk_cpu_isa_mask(void) {
     int mask = 0;
     __builtin_cpu_init();
@@ -68,6 +89,7 @@ static int bk_cpu_isa_mask(void) {
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
         mask |= BK_ISA_AVX512;
+    if ((mask & BK_ISA_AVX512) && bk_amx_usable()) mask |= BK_ISA_AMX;
     return mask;
 }
 
@@ -634,5 +656,149 @@ BK_T_AVX2 BK_SMALL_SIG(bk_gemv4_vnni_emu) {
     BK_SMALL_BODY(BK_R, (void)a; (void)b, BK_SMALL_DOT4_EMU, , BK_SMALL_FINAL)
 }
 #undef BK_R
+
+/* ------------------------------------------------------------------------------------------------------- */
+/* AMX-INT8: tdpbusd on 16 x 64-byte tiles (u8 x s8 -> s32, 16 x 16 x 64 multiply-adds per instruction).     */
+/*                                                                                                           */
+/* A tiles are 16 weight rows x 64 codes (u8, 0..2) of a block of BK_AMX_NB = 32 rows unpacked row-major      */
+/* (stride Kp); B tiles are 64 activations x 16 activation rows in the "VNNI" order tdpbusd reads: row r of a */
+/* B tile holds, for each of the 16 activation rows j, the 4 int8 values k = 64 kg + 4 r .. + 3 (Xv, packed  */
+/* once per call by bk_amx_pack_x); C tiles (int32 16 x 16) are [weight row][activation row].  Four C tiles   */
+/* (2 x 2) take all but four of the eight tile registers, the usual blocking.  The int32 sums cannot          */
+/* overflow below K = 2^23.                                                                                  */
+
+#define BK_AMX_NB 32
+#define BK_AMX_MT 16
+/* per-thread scratch: the unpacked block, then four C tiles */
+#define BK_AMX_BUF_BYTES(Kp) (BK_AMX_NB * (Kp) + 4 * 1024)
+/* Xv bytes for Mp activation rows (Mp a multiple of BK_AMX_MT) */
+#define BK_AMX_XV_BYTES(Mp, Kp) ((Mp) * (Kp))
+
+typedef struct {
+    uint8_t palette;
+    uint8_t start_row;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} bk_amx_cfg_t;
+
+/* The tile intrinsics are asm statements without a memory clobber: fence the compiler around them. */
+#define BK_COMPILER_FENCE() __asm__ __volatile__("" ::: "memory")
+
+/* Activation rows 16 mb .. 16 mb + 15 of X (row-major (Mp, Kp) int8) into their B tiles Xv[mb][kg] (1 KB each). */
+BK_T_AMX static void bk_amx_pack_x(const int8_t *X, int64_t Kp, int64_t mb, int8_t *Xv) {
+    const int64_t nkg = Kp / 64;
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32((int)Kp));
+    const int8_t *x0 = X + mb * BK_AMX_MT * Kp;
+    int8_t *t = Xv + mb * nkg * 1024;
+    for (int64_t kg = 0; kg < nkg; kg++)
+        for (int r = 0; r < 16; r++)
+            _mm512_storeu_si512(t + kg * 1024 + r * 64, _mm512_i32gather_epi32(idx, x0 + kg * 64 + r * 4, 1));
+}
+
+/* Unpack weight rows [n0, n0 + nrows) into buf (BK_AMX_NB rows of Kp code bytes); rows beyond nrows are
+ * zeroed (their results are computed and never stored). */
+BK_T_AMX static void bk_amx_unpack(const uint8_t *W, int64_t rb, int64_t n0, int64_t nrows, uint8_t *buf) {
+    const int64_t kp = rb * 4, nch = rb / 32;
+    const __m256i mask = _mm256_set1_epi8(3);
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *wr = W + (n0 + r) * rb;
+        uint8_t *br = buf + r * kp;
+        for (int64_t c = 0; c < nch; c++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(wr + c * 32));
+            _mm256_storeu_si256((__m256i *)(br + c * 128), _mm256_and_si256(v, mask));
+            _mm256_storeu_si256((__m256i *)(br + c * 128 + 32), _mm256_and_si256(_mm256_srli_epi16(v, 2), mask));
+            _mm256_storeu_si256((__m256i *)(br + c * 128 + 64), _mm256_and_si256(_mm256_srli_epi16(v, 4), mask));
+            _mm256_storeu_si256((__m256i *)(br + c * 128 + 96), _mm256_and_si256(_mm256_srli_epi16(v, 6), mask));
+        }
+    }
+    if (nrows < BK_AMX_NB) memset(buf + nrows * kp, 0, (size_t)((BK_AMX_NB - nrows) * kp));
+}
+
+/* Epilogue of one C tile ct[i][j] (weight row n0 + i, activation row m0 + j): transposed by 16-lane gathers
+ * into output rows, minus the activation sums, rescaled on the vector for float output (IEEE division, then
+ * multiply: the same bits as bk_store).  Columns n0 + ncol .. and rows >= M are not written. */
+BK_T_AMX static void bk_amx_tile_store(const int32_t *ct, int64_t m0, int64_t n0, int64_t ncol, const int32_t *xsum,
+                                       const bk_out_t *o) {
+    if (ncol <= 0 || m0 >= o->M) return;
+    const __mmask16 cols = ncol >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << ncol) - 1u);
+    const __m512i idx = _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240);
+    const int64_t rows = o->M - m0 < BK_AMX_MT ? o->M - m0 : BK_AMX_MT;
+    __m512 w = _mm512_set1_ps(o->scale);
+    if (o->outf && o->rscale) w = _mm512_maskz_loadu_ps(cols, o->rscale + n0);
+    for (int64_t j = 0; j < rows; j++) {
+        const __m512i v = _mm512_sub_epi32(_mm512_i32gather_epi32(idx, ct + j, 4), _mm512_set1_epi32(xsum[m0 + j]));
+        if (o->outf) {
+            const __m512 f = _mm512_div_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(o->s[m0 + j]));
+            _mm512_mask_storeu_ps(o->outf + (m0 + j) * o->N + n0, cols, _mm512_mul_ps(f, w));
+        } else {
+            _mm512_mask_storeu_epi32(o->outi + (m0 + j) * o->N + n0, cols, v);
+        }
+    }
+}
+
+/* GEMM of one unpacked block (buf: weight rows n0 .. n0 + nvalid - 1, see bk_amx_unpack) against all nmb B-tile
+ * columns of Xv; ct is 4 KB of scratch for the C tiles.  Configures the tiles on entry and releases them on
+ * exit (tile state is per thread, and a released state is not saved at context switches). */
+BK_T_AMX static void bk_gemm_amx(const uint8_t *buf, int64_t n0, int64_t nvalid, const int8_t *Xv, int64_t nmb,
+                                 int64_t Kp, const int32_t *xsum, const bk_out_t *o, int32_t *ct) {
+    bk_amx_cfg_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.rows[t] = 16;
+        cfg.colsb[t] = 64;
+    }
+    _tile_loadconfig(&cfg);
+    BK_COMPILER_FENCE();
+    const int64_t nkg = Kp / 64;
+    const uint8_t *a0 = buf, *a1 = buf + 16 * Kp;
+    int64_t mb = 0;
+    for (; mb + 2 <= nmb; mb += 2) {
+        const int8_t *b0 = Xv + mb * nkg * 1024, *b1 = b0 + nkg * 1024;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int64_t kg = 0; kg < nkg; kg++) {
+            _tile_loadd(4, a0 + kg * 64, Kp);
+            _tile_loadd(6, b0 + kg * 1024, 64);
+            _tile_dpbusd(0, 4, 6);
+            _tile_loadd(7, b1 + kg * 1024, 64);
+            _tile_dpbusd(1, 4, 7);
+            _tile_loadd(5, a1 + kg * 64, Kp);
+            _tile_dpbusd(2, 5, 6);
+            _tile_dpbusd(3, 5, 7);
+        }
+        _tile_stored(0, ct, 64);
+        _tile_stored(1, ct + 256, 64);
+        _tile_stored(2, ct + 512, 64);
+        _tile_stored(3, ct + 768, 64);
+        BK_COMPILER_FENCE();
+        bk_amx_tile_store(ct, mb * 16, n0, nvalid, xsum, o);
+        bk_amx_tile_store(ct + 256, mb * 16 + 16, n0, nvalid, xsum, o);
+        bk_amx_tile_store(ct + 512, mb * 16, n0 + 16, nvalid - 16, xsum, o);
+        bk_amx_tile_store(ct + 768, mb * 16 + 16, n0 + 16, nvalid - 16, xsum, o);
+    }
+    if (mb < nmb) {
+        const int8_t *b0 = Xv + mb * nkg * 1024;
+        _tile_zero(0);
+        _tile_zero(2);
+        for (int64_t kg = 0; kg < nkg; kg++) {
+            _tile_loadd(4, a0 + kg * 64, Kp);
+            _tile_loadd(6, b0 + kg * 1024, 64);
+            _tile_dpbusd(0, 4, 6);
+            _tile_loadd(5, a1 + kg * 64, Kp);
+            _tile_dpbusd(2, 5, 6);
+        }
+        _tile_stored(0, ct, 64);
+        _tile_stored(2, ct + 512, 64);
+        BK_COMPILER_FENCE();
+        bk_amx_tile_store(ct, mb * 16, n0, nvalid, xsum, o);
+        bk_amx_tile_store(ct + 512, mb * 16, n0 + 16, nvalid - 16, xsum, o);
+    }
+    _tile_release();
+}
 
 #endif /* BITNET_TERNARY_SIMD_H */

@@ -15,7 +15,7 @@ from kernels_cython.reference import TernaryMatrix
 
 kc = pytest.importorskip("kernels_cython._ternary", reason="Cython extension not built")
 
-ALL_ISAS = ["portable", "avx2", "avx512-emulated", "avx512"]
+ALL_ISAS = ["portable", "avx2", "avx512-emulated", "avx512", "amx"]
 THREADS = [1, 2, 3]
 # (M, N, K): odd K (no multiple of any block), N = 1, M = 1..257
 SHAPES = [
@@ -33,6 +33,8 @@ SHAPES = [
     (6, 9, 3000),
     (8, 3, 1000),
     (31, 40, 384),
+    (33, 100, 4097),
+    (48, 70, 1000),
     (64, 2, 2049),
     (128, 19, 640),
     (257, 5, 77),
