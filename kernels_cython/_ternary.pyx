@@ -73,8 +73,6 @@ cdef extern from "ternary_simd.h" nogil:
     int bk_quant_row_avx2(const float *x, int64_t K, int64_t Kp, int8_t *q, float *s, int32_t *xsum)
     void bk_gemv_avx2(const uint8_t *W, int64_t rb, int64_t n0, int64_t n1, const int8_t *x, int32_t xsum,
                       const bk_out_t *o)
-    void bk_gemv_vnni(const uint8_t *W, int64_t rb, int64_t n0, int64_t n1, const int8_t *x, int32_t xsum,
-                      const bk_out_t *o)
     void bk_gemv_vnni_emu(const uint8_t *W, int64_t rb, int64_t n0, int64_t n1, const int8_t *x,
                           int32_t xsum, const bk_out_t *o)
     void bk_gemv2_avx2(const uint8_t *W, int64_t rb, int64_t n0, int64_t n1, const int8_t *X, int64_t Kp,
@@ -97,6 +95,9 @@ cdef extern from "ternary_simd.h" nogil:
                       int64_t Mp, int64_t Kp, const int32_t *xsum, const bk_out_t *o, void *accv)
     void bk_gemm_vnni_emu(const uint8_t *buf, int64_t nbuf, int64_t n0, int64_t nvalid, const int8_t *X,
                           int64_t Mp, int64_t Kp, const int32_t *xsum, const bk_out_t *o, void *accv)
+    void bk_interleave_x(const int8_t *x, int64_t Kp, int8_t *xi)
+    void bk_gemv_vnni512(const uint8_t *W, int64_t rb, int64_t n0, int64_t n1, const int8_t *xi, int32_t xsum,
+                         const bk_out_t *o)
     void bk_amx_pack_x(const int8_t *X, int64_t Kp, int64_t mb, int8_t *Xv)
     void bk_amx_unpack(const uint8_t *W, int64_t rb, int64_t n0, int64_t nrows, uint8_t *buf)
     void bk_gemm_amx(const uint8_t *buf, int64_t n0, int64_t nvalid, const int8_t *Xv, int64_t nmb, int64_t Kp,
@@ -319,7 +320,7 @@ cdef inline void _gemv_rows(const uint8_t *W, int64_t rb, int64_t n0, int64_t n1
         if isa == ISA_AVX2:
             bk_gemv_avx2(W, rb, n0, n1, X, xsum[0], o)
         elif isa == ISA_AVX512:
-            bk_gemv_vnni(W, rb, n0, n1, X, xsum[0], o)
+            bk_gemv_vnni512(W, rb, n0, n1, X, xsum[0], o)  # X interleaved by _matmul
         else:
             bk_gemv_vnni_emu(W, rb, n0, n1, X, xsum[0], o)
     elif M == 2:
@@ -339,7 +340,8 @@ cdef inline void _gemv_rows(const uint8_t *W, int64_t rb, int64_t n0, int64_t n1
 
 
 cdef void _matmul(const uint8_t *W, int64_t N, int64_t rb, const int8_t *X, int64_t M, int64_t Mp,
-                  const int32_t *xsum, const bk_out_t *o, uint8_t *tbuf, int8_t *Xt, int isa, int nt) noexcept nogil:
+                  const int32_t *xsum, const bk_out_t *o, uint8_t *tbuf, int8_t *Xt, int8_t *xi, int isa,
+                  int nt) noexcept nogil:
     """Run the chosen kernel over all N output rows.
 
     X is (Mp, Kp) int8, zero-padded, Mp % BK_MR == 0; for GEMM (M > 1, not portable) tbuf holds nt per-thread
@@ -352,6 +354,9 @@ cdef void _matmul(const uint8_t *W, int64_t N, int64_t rb, const int8_t *X, int6
     cdef uint8_t *ubuf = NULL
     if isa == ISA_AMX and M <= 4:
         isa = ISA_AVX512  # streaming GEMV: bandwidth-bound, VNNI keeps up with memory
+    if isa == ISA_AVX512 and M == 1:
+        bk_interleave_x(X, Kp, xi)  # the 512-bit GEMV's activation order (Kp bytes of scratch)
+        X = xi
     if isa == ISA_PORTABLE:
         nparts = nt if nt < N else N
         for t in prange(nparts, num_threads=nt, schedule="static", chunksize=1):
@@ -413,6 +418,7 @@ cdef class _Scratch:
     cdef float *s
     cdef uint8_t *tbuf
     cdef int8_t *Xt
+    cdef int8_t *xi
     cdef int64_t Mp
 
     def __cinit__(self, int64_t M, int64_t Kp, int nt, bint need_tbuf, int isa):
@@ -424,7 +430,7 @@ cdef class _Scratch:
         cdef int64_t tbytes = nt * _thread_bytes(Mp, Kp) if need_tbuf else 0
         cdef int64_t xtbytes = BK_XT_BYTES(Mp, Kp) if need_tbuf else 0
         self.Mp = Mp
-        self.base = <uint8_t *>bk_alloc(xbytes + 2 * vbytes + tbytes + xtbytes)
+        self.base = <uint8_t *>bk_alloc(xbytes + 2 * vbytes + tbytes + xtbytes + Kp)
         if self.base == NULL:
             raise MemoryError("cannot allocate activation scratch")
         self.X = <int8_t *>self.base
@@ -432,6 +438,7 @@ cdef class _Scratch:
         self.s = <float *>(self.base + xbytes + vbytes)
         self.tbuf = self.base + xbytes + 2 * vbytes if need_tbuf else NULL
         self.Xt = <int8_t *>(self.base + xbytes + 2 * vbytes + tbytes) if need_tbuf else NULL
+        self.xi = <int8_t *>(self.base + xbytes + 2 * vbytes + tbytes + xtbytes)
         if Mp > M:
             memset(self.X + M * Kp, 0, (Mp - M) * Kp)
             memset(self.xsum + M, 0, (Mp - M) * sizeof(int32_t))
@@ -501,7 +508,7 @@ def ternary_matmul_int32(xq, w, *, isa=None, threads=None):
             for k in range(K):
                 acc = acc + xp[m * K + k]
             sc.xsum[m] = acc
-        _matmul(wp, N, rb, sc.X, M, sc.Mp, sc.xsum, &o, sc.tbuf, sc.Xt, isa_c, nt)
+        _matmul(wp, N, rb, sc.X, M, sc.Mp, sc.xsum, &o, sc.tbuf, sc.Xt, sc.xi, isa_c, nt)
     return out
 
 
@@ -554,7 +561,7 @@ def ternary_linear(x, w, *, isa=None, threads=None):
     with nogil:
         bad = _quantize_rows(xp, M, K, Kp, sc.X, sc.s, sc.xsum, isa_c, nt)
         if not bad:
-            _matmul(wp, N, rb, sc.X, M, sc.Mp, sc.xsum, &o, sc.tbuf, sc.Xt, isa_c, nt)
+            _matmul(wp, N, rb, sc.X, M, sc.Mp, sc.xsum, &o, sc.tbuf, sc.Xt, sc.xi, isa_c, nt)
     if bad:
         raise ValueError("x contains NaN or inf")
     return out

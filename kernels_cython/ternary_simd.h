@@ -617,11 +617,6 @@ BK_T_AVX2 static void bk_gemm_avx2(const uint8_t *buf, int64_t nbuf, int64_t n0,
 #define BK_DOT_EMU(ACC, U, S) \
     _mm256_add_epi32((ACC), _mm256_madd_epi16(_mm256_maddubs_epi16((U), (S)), _mm256_set1_epi16(1)))
 
-BK_T_AVX512 static void bk_gemv_vnni(const uint8_t *W, int64_t rb, int64_t n0, int64_t n1, const int8_t *x,
-                                     int32_t xsum, const bk_out_t *o) {
-    BK_VNNI_GEMV_BODY(BK_DOT_VNNI)
-}
-
 BK_T_AVX2 static void bk_gemv_vnni_emu(const uint8_t *W, int64_t rb, int64_t n0, int64_t n1, const int8_t *x,
                                        int32_t xsum, const bk_out_t *o) {
     BK_VNNI_GEMV_BODY(BK_DOT_EMU)
@@ -656,6 +651,68 @@ BK_T_AVX2 BK_SMALL_SIG(bk_gemv4_vnni_emu) {
     BK_SMALL_BODY(BK_R, (void)a; (void)b, BK_SMALL_DOT4_EMU, , BK_SMALL_FINAL)
 }
 #undef BK_R
+
+/* 512-bit GEMV (M = 1).  The activations are first interleaved (bk_interleave_x): in each 256-byte group the
+ * 32-byte pieces [A0 A1 A2 A3 B0 B1 B2 B3] (A: weights of packed chunk 2p, B: of chunk 2p + 1, piece l = shift
+ * l) become [A0 B0 A1 B1 A2 B2 A3 B3], so one 64-byte load of packed codes (chunks 2p and 2p + 1) lines up with
+ * one 64-byte load of activations per shift.  Four accumulators per row (one per shift; the 4x-scaled ones
+ * for shifts 1 and 3 as in BK_CHUNK_AB) keep every vpdpbusd off the previous one's latency: with two per
+ * accumulator and iteration the loop ran at half the ports' rate. */
+static void bk_interleave_x(const int8_t *x, int64_t Kp, int8_t *xi) {
+    for (int64_t g = 0; g < Kp; g += 256)
+        for (int l = 0; l < 4; l++) {
+            memcpy(xi + g + 64 * l, x + g + 32 * l, 32);
+            memcpy(xi + g + 64 * l + 32, x + g + 128 + 32 * l, 32);
+        }
+}
+
+#define BK_V512_ROW(V, T, A, B, C, D)                                               \
+    do {                                                                            \
+        (T) = _mm512_srli_epi16((V), 4);                                            \
+        (A) = _mm512_dpbusd_epi32((A), _mm512_and_si512((V), m3), x0);              \
+        (B) = _mm512_dpbusd_epi32((B), _mm512_and_si512((V), m12), x1);             \
+        (C) = _mm512_dpbusd_epi32((C), _mm512_and_si512((T), m3), x2);              \
+        (D) = _mm512_dpbusd_epi32((D), _mm512_and_si512((T), m12), x3);             \
+    } while (0)
+#define BK_V512_SUM(A, B, C, D) \
+    _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_add_epi32((A), (C)), _mm512_srai_epi32(_mm512_add_epi32((B), (D)), 2)))
+
+BK_T_AVX512 static void bk_gemv_vnni512(const uint8_t *W, int64_t rb, int64_t n0, int64_t n1, const int8_t *xi,
+                                        int32_t xsum, const bk_out_t *o) {
+    const int64_t npair = rb / 64;
+    const __m512i m3 = _mm512_set1_epi8(3), m12 = _mm512_set1_epi8(12);
+    const char *pf = (const char *)(W + n0 * rb) + BK_PF_BYTES;
+    int64_t n = n0;
+    for (; n + 2 <= n1; n += 2) {
+        const uint8_t *w0 = W + n * rb, *w1 = w0 + rb;
+        __m512i a0 = _mm512_setzero_si512(), b0 = a0, c0 = a0, d0 = a0, a1 = a0, b1 = a0, c1 = a0, d1 = a0, t0, t1;
+        for (int64_t p = 0; p < npair; p++) {
+            _mm_prefetch(pf, _MM_HINT_T0);
+            _mm_prefetch(pf + 64, _MM_HINT_T0);
+            pf += 128;
+            const int8_t *xp = xi + p * 256;
+            const __m512i x0 = _mm512_loadu_si512(xp), x1 = _mm512_loadu_si512(xp + 64);
+            const __m512i x2 = _mm512_loadu_si512(xp + 128), x3 = _mm512_loadu_si512(xp + 192);
+            const __m512i v0 = _mm512_loadu_si512(w0 + p * 64), v1 = _mm512_loadu_si512(w1 + p * 64);
+            BK_V512_ROW(v0, t0, a0, b0, c0, d0);
+            BK_V512_ROW(v1, t1, a1, b1, c1, d1);
+        }
+        bk_store(o, 0, n, BK_V512_SUM(a0, b0, c0, d0) - xsum);
+        bk_store(o, 0, n + 1, BK_V512_SUM(a1, b1, c1, d1) - xsum);
+    }
+    for (; n < n1; n++) {
+        const uint8_t *w0 = W + n * rb;
+        __m512i a0 = _mm512_setzero_si512(), b0 = a0, c0 = a0, d0 = a0, t0;
+        for (int64_t p = 0; p < npair; p++) {
+            const int8_t *xp = xi + p * 256;
+            const __m512i x0 = _mm512_loadu_si512(xp), x1 = _mm512_loadu_si512(xp + 64);
+            const __m512i x2 = _mm512_loadu_si512(xp + 128), x3 = _mm512_loadu_si512(xp + 192);
+            const __m512i v0 = _mm512_loadu_si512(w0 + p * 64);
+            BK_V512_ROW(v0, t0, a0, b0, c0, d0);
+        }
+        bk_store(o, 0, n, BK_V512_SUM(a0, b0, c0, d0) - xsum);
+    }
+}
 
 /* ------------------------------------------------------------------------------------------------------- */
 /* AMX-INT8: tdpbusd on 16 x 64-byte tiles (u8 x s8 -> s32, 16 x 16 x 64 multiply-adds per instruction).     */

@@ -43,6 +43,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchlib import uncached_bytes
+
 from bitnet_actor.engine import SamplingParams, ops
 from bitnet_actor.engine.model import Model
 from bitnet_actor.engine.synthetic import SHAPES, random_weights
@@ -60,7 +62,7 @@ def _proc_status(key: str) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def copy_bandwidth(threads: int, nbytes: int = 256 << 20, reps: int = 5) -> float:
+def copy_bandwidth(threads: int, nbytes: int = uncached_bytes(256 << 20), reps: int = 5) -> float:
     """Bytes copied per second by ``threads`` concurrent numpy copies."""
     src = np.ones(nbytes, dtype=np.uint8)
     dst = np.zeros(nbytes, dtype=np.uint8)

@@ -13,8 +13,8 @@ Usage: ``python ops/bench_kernels.py [--quick] [--isa ISA] [--threads 1,2]``
    ``ternary_linear`` (activation quantization included), the weight bytes per second and their share of the
    measured bandwidth, GOP/s (2*M*N*K / t) and the speed-up over numpy float32 matmul (BLAS, all cores) and
    over a numpy int8 -> int32 matmul (``xq.astype(int32) @ W_int32.T``, numpy's own integer loop).  Weights
-   rotate over more than 64 MiB of copies so that they come from memory, not cache, as in a real decode
-   step; the numpy baselines rotate their weights too.
+   rotate over more than 64 MiB of copies, and more than twice the last-level cache, so that they come from
+   memory, not cache, as in a real decode step; the numpy baselines rotate their weights too.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchlib import last_level_cache_bytes, uncached_bytes
+
 import kernels_cython as kc
 from kernels_cython import reference as ref
 
@@ -52,7 +54,10 @@ SHAPES = [
     ("700M ffn up/gate", 4096, 1536),
     ("700M ffn down", 1536, 4096),
 ]
-ROTATE_BYTES = 80 << 20  # > 64 MiB of distinct weight copies per shape
+# distinct weight copies per shape: more than 64 MiB and than twice the last-level cache, so that the
+# weights come from memory
+ROTATE_BYTES = uncached_bytes(80 << 20)
+bandwidth_bytes = uncached_bytes(256 << 20)  # each numpy copy's size
 
 
 def median_time(fn: Callable[[int], object], reps: int, min_seconds: float = 0.0) -> float:
@@ -120,7 +125,7 @@ class CopyBandwidth:
     Reported as bytes copied per second (each byte read once and written once).
     """
 
-    def __init__(self, thread_counts: list[int], nbytes: int = 256 << 20) -> None:
+    def __init__(self, thread_counts: list[int], nbytes: int = bandwidth_bytes) -> None:
         """Start ``max(thread_counts)`` workers, each with its own ``nbytes`` source and destination."""
         ctx = mp.get_context("spawn")
         self.nbytes = nbytes
@@ -242,6 +247,10 @@ def main() -> None:
     shapes = SHAPES[:2] if args.quick else SHAPES
 
     print(f"cpu cores: {os.cpu_count()}, kernel isa: {isa} (available: {', '.join(kc.available_isas())})")
+    print(
+        f"last-level cache {last_level_cache_bytes() >> 20} MiB: weights rotate over {ROTATE_BYTES >> 20} MiB, "
+        f"copies of {bandwidth_bytes >> 20} MiB"
+    )
     check(kc.available_isas())
     bandwidth = CopyBandwidth(thread_counts)
     for t in thread_counts:
