@@ -349,7 +349,7 @@ cdef void _matmul(const uint8_t *W, int64_t N, int64_t rb, const int8_t *X, int6
     """
     cdef int64_t Kp = rb * 4
     cdef int64_t tb = _thread_bytes(Mp, Kp)
-    cdef int64_t t, n0, n1, b, nblk, nvalid, nbuf
+    cdef int64_t t, n0, n1, b, nblk, nvalid, nbuf, nb
     cdef int64_t nparts
     cdef uint8_t *ubuf = NULL
     if isa == ISA_AMX and M <= 4:
@@ -375,37 +375,33 @@ cdef void _matmul(const uint8_t *W, int64_t N, int64_t rb, const int8_t *X, int6
         for t in prange(nparts, num_threads=nt, schedule="dynamic", chunksize=1):
             _gemv_rows(W, rb, N * t // nparts, N * (t + 1) // nparts, X, M, Kp, xsum, o, isa)
         return
+    # GEMM: blocks of weight rows unpacked per thread (BK_AMX_NB rows for AMX, BK_NB otherwise), handed out
+    # dynamically; the activations are laid out once for the kernel (AMX B tiles, or the tile layout)
+    nb = BK_AMX_NB if isa == ISA_AMX else BK_NB
     if isa == ISA_AMX:
-        # Mp is a multiple of BK_AMX_MT here (see _Scratch); Xt takes the B tiles
-        for b in prange(Mp // BK_AMX_MT, num_threads=nt, schedule="static"):
+        for b in prange(Mp // BK_AMX_MT, num_threads=nt, schedule="static"):  # Mp % BK_AMX_MT == 0 (_Scratch)
             bk_amx_pack_x(X, Kp, b, Xt)
-        nblk = (N + BK_AMX_NB - 1) // BK_AMX_NB
-        with parallel(num_threads=nt):
-            ubuf = tbuf + openmp.omp_get_thread_num() * tb
-            for b in prange(nblk, schedule="dynamic"):
-                nvalid = N - b * BK_AMX_NB
-                if nvalid > BK_AMX_NB:
-                    nvalid = BK_AMX_NB
-                bk_amx_unpack(W, rb, b * BK_AMX_NB, nvalid, ubuf)
-                bk_gemm_amx(ubuf, b * BK_AMX_NB, nvalid, Xt, Mp // BK_AMX_MT, Kp, xsum, o,
-                            <int32_t *>(ubuf + BK_AMX_NB * Kp))
-        return
-    nblk = (N + BK_NB - 1) // BK_NB
-    bk_pack_x(X, Mp, Kp, Xt)
+    else:
+        bk_pack_x(X, Mp, Kp, Xt)
+    nblk = (N + nb - 1) // nb
     with parallel(num_threads=nt):
         ubuf = tbuf + openmp.omp_get_thread_num() * tb
         for b in prange(nblk, schedule="dynamic"):
-            nvalid = N - b * BK_NB
-            if nvalid > BK_NB:
-                nvalid = BK_NB
-            nbuf = (nvalid + 1) & ~(<int64_t>1)
-            bk_unpack_avx2(W, rb, b * BK_NB, nvalid, nbuf, ubuf)
-            if isa == ISA_AVX2:
-                bk_gemm_avx2(ubuf, nbuf, b * BK_NB, nvalid, Xt, Mp, Kp, xsum, o, ubuf + BK_BUF_BYTES(Kp))
-            elif isa == ISA_AVX512:
-                bk_gemm_vnni(ubuf, nbuf, b * BK_NB, nvalid, Xt, Mp, Kp, xsum, o, ubuf + BK_BUF_BYTES(Kp))
+            nvalid = N - b * nb
+            if nvalid > nb:
+                nvalid = nb
+            if isa == ISA_AMX:
+                bk_amx_unpack(W, rb, b * nb, nvalid, ubuf)
+                bk_gemm_amx(ubuf, b * nb, nvalid, Xt, Mp // BK_AMX_MT, Kp, xsum, o, <int32_t *>(ubuf + nb * Kp))
             else:
-                bk_gemm_vnni_emu(ubuf, nbuf, b * BK_NB, nvalid, Xt, Mp, Kp, xsum, o, ubuf + BK_BUF_BYTES(Kp))
+                nbuf = (nvalid + 1) & ~(<int64_t>1)
+                bk_unpack_avx2(W, rb, b * nb, nvalid, nbuf, ubuf)
+                if isa == ISA_AVX2:
+                    bk_gemm_avx2(ubuf, nbuf, b * nb, nvalid, Xt, Mp, Kp, xsum, o, ubuf + BK_BUF_BYTES(Kp))
+                elif isa == ISA_AVX512:
+                    bk_gemm_vnni(ubuf, nbuf, b * nb, nvalid, Xt, Mp, Kp, xsum, o, ubuf + BK_BUF_BYTES(Kp))
+                else:
+                    bk_gemm_vnni_emu(ubuf, nbuf, b * nb, nvalid, Xt, Mp, Kp, xsum, o, ubuf + BK_BUF_BYTES(Kp))
 
 
 cdef class _Scratch:

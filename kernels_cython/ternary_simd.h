@@ -348,22 +348,25 @@ BK_T_AVX2 BK_SMALL_SIG(bk_gemv4_avx2) {
 }
 #undef BK_R
 
+/* The 128 code bytes (0..2) of one 32-byte chunk of packed codes, in weight order. */
+BK_T_AVX2 static inline void bk_unpack_chunk(const uint8_t *src, uint8_t *dst) {
+    const __m256i mask = _mm256_set1_epi8(3), v = _mm256_loadu_si256((const __m256i *)src);
+    _mm256_storeu_si256((__m256i *)dst, _mm256_and_si256(v, mask));
+    _mm256_storeu_si256((__m256i *)(dst + 32), _mm256_and_si256(_mm256_srli_epi16(v, 2), mask));
+    _mm256_storeu_si256((__m256i *)(dst + 64), _mm256_and_si256(_mm256_srli_epi16(v, 4), mask));
+    _mm256_storeu_si256((__m256i *)(dst + 96), _mm256_and_si256(_mm256_srli_epi16(v, 6), mask));
+}
+
 /* Unpack rows [n0, n0 + nrows) into buf (tile layout, see BK_KC) as one code byte (0..2) per weight; rows
  * nrows..nbuf-1 are zeroed. */
 BK_T_AVX2 static void bk_unpack_avx2(const uint8_t *W, int64_t rb, int64_t n0, int64_t nrows, int64_t nbuf,
                                      uint8_t *buf) {
     const int64_t kp = rb * 4, nch = rb / 32;
-    const __m256i mask = _mm256_set1_epi8(3);
     for (int64_t r = 0; r < nrows; r++) {
         const uint8_t *wr = W + (n0 + r) * rb;
         for (int64_t c = 0; c < nch; c++) {
             const int64_t k = c * 128;
-            uint8_t *br = buf + (k / BK_KC) * (BK_NB * BK_KC) + r * BK_KC + k % BK_KC;
-            const __m256i v = _mm256_loadu_si256((const __m256i *)(wr + c * 32));
-            _mm256_storeu_si256((__m256i *)br, _mm256_and_si256(v, mask));
-            _mm256_storeu_si256((__m256i *)(br + 32), _mm256_and_si256(_mm256_srli_epi16(v, 2), mask));
-            _mm256_storeu_si256((__m256i *)(br + 64), _mm256_and_si256(_mm256_srli_epi16(v, 4), mask));
-            _mm256_storeu_si256((__m256i *)(br + 96), _mm256_and_si256(_mm256_srli_epi16(v, 6), mask));
+            bk_unpack_chunk(wr + c * 32, buf + (k / BK_KC) * (BK_NB * BK_KC) + r * BK_KC + k % BK_KC);
         }
     }
     for (int64_t r = nrows; r < nbuf; r++)
@@ -758,18 +761,8 @@ BK_T_AMX static void bk_amx_pack_x(const int8_t *X, int64_t Kp, int64_t mb, int8
  * zeroed (their results are computed and never stored). */
 BK_T_AMX static void bk_amx_unpack(const uint8_t *W, int64_t rb, int64_t n0, int64_t nrows, uint8_t *buf) {
     const int64_t kp = rb * 4, nch = rb / 32;
-    const __m256i mask = _mm256_set1_epi8(3);
-    for (int64_t r = 0; r < nrows; r++) {
-        const uint8_t *wr = W + (n0 + r) * rb;
-        uint8_t *br = buf + r * kp;
-        for (int64_t c = 0; c < nch; c++) {
-            const __m256i v = _mm256_loadu_si256((const __m256i *)(wr + c * 32));
-            _mm256_storeu_si256((__m256i *)(br + c * 128), _mm256_and_si256(v, mask));
-            _mm256_storeu_si256((__m256i *)(br + c * 128 + 32), _mm256_and_si256(_mm256_srli_epi16(v, 2), mask));
-            _mm256_storeu_si256((__m256i *)(br + c * 128 + 64), _mm256_and_si256(_mm256_srli_epi16(v, 4), mask));
-            _mm256_storeu_si256((__m256i *)(br + c * 128 + 96), _mm256_and_si256(_mm256_srli_epi16(v, 6), mask));
-        }
-    }
+    for (int64_t r = 0; r < nrows; r++)
+        for (int64_t c = 0; c < nch; c++) bk_unpack_chunk(W + (n0 + r) * rb + c * 32, buf + r * kp + c * 128);
     if (nrows < BK_AMX_NB) memset(buf + nrows * kp, 0, (size_t)((BK_AMX_NB - nrows) * kp));
 }
 
@@ -811,8 +804,9 @@ BK_T_AMX static void bk_gemm_amx(const uint8_t *buf, int64_t n0, int64_t nvalid,
     BK_COMPILER_FENCE();
     const int64_t nkg = Kp / 64;
     const uint8_t *a0 = buf, *a1 = buf + 16 * Kp;
-    int64_t mb = 0;
-    for (; mb + 2 <= nmb; mb += 2) {
+    for (int64_t mb = 0; mb < nmb; mb += 2) {
+        /* B-tile columns mb and mb + 1 (C tiles 0/2 and 1/3); the last alone when nmb is odd */
+        const int two = mb + 1 < nmb;
         const int8_t *b0 = Xv + mb * nkg * 1024, *b1 = b0 + nkg * 1024;
         _tile_zero(0);
         _tile_zero(1);
@@ -822,38 +816,23 @@ BK_T_AMX static void bk_gemm_amx(const uint8_t *buf, int64_t n0, int64_t nvalid,
             _tile_loadd(4, a0 + kg * 64, Kp);
             _tile_loadd(6, b0 + kg * 1024, 64);
             _tile_dpbusd(0, 4, 6);
-            _tile_loadd(7, b1 + kg * 1024, 64);
-            _tile_dpbusd(1, 4, 7);
+            if (two) {
+                _tile_loadd(7, b1 + kg * 1024, 64);
+                _tile_dpbusd(1, 4, 7);
+            }
             _tile_loadd(5, a1 + kg * 64, Kp);
             _tile_dpbusd(2, 5, 6);
-            _tile_dpbusd(3, 5, 7);
+            if (two) _tile_dpbusd(3, 5, 7);
         }
         _tile_stored(0, ct, 64);
         _tile_stored(1, ct + 256, 64);
         _tile_stored(2, ct + 512, 64);
         _tile_stored(3, ct + 768, 64);
         BK_COMPILER_FENCE();
-        bk_amx_tile_store(ct, mb * 16, n0, nvalid, xsum, o);
-        bk_amx_tile_store(ct + 256, mb * 16 + 16, n0, nvalid, xsum, o);
-        bk_amx_tile_store(ct + 512, mb * 16, n0 + 16, nvalid - 16, xsum, o);
-        bk_amx_tile_store(ct + 768, mb * 16 + 16, n0 + 16, nvalid - 16, xsum, o);
-    }
-    if (mb < nmb) {
-        const int8_t *b0 = Xv + mb * nkg * 1024;
-        _tile_zero(0);
-        _tile_zero(2);
-        for (int64_t kg = 0; kg < nkg; kg++) {
-            _tile_loadd(4, a0 + kg * 64, Kp);
-            _tile_loadd(6, b0 + kg * 1024, 64);
-            _tile_dpbusd(0, 4, 6);
-            _tile_loadd(5, a1 + kg * 64, Kp);
-            _tile_dpbusd(2, 5, 6);
+        for (int j = 0; j <= two; j++) {
+            bk_amx_tile_store(ct + 256 * j, (mb + j) * 16, n0, nvalid, xsum, o);
+            bk_amx_tile_store(ct + 512 + 256 * j, (mb + j) * 16, n0 + 16, nvalid - 16, xsum, o);
         }
-        _tile_stored(0, ct, 64);
-        _tile_stored(2, ct + 512, 64);
-        BK_COMPILER_FENCE();
-        bk_amx_tile_store(ct, mb * 16, n0, nvalid, xsum, o);
-        bk_amx_tile_store(ct + 512, mb * 16, n0 + 16, nvalid - 16, xsum, o);
     }
     _tile_release();
 }

@@ -12,8 +12,9 @@ Usage: ``python ops/bench_opencl.py [--devices all|SEL,...] [--reps 5] [--shapes
 3. Kernels, for the matrix shapes of BitNet-b1.58-2B-4T (2560x2560, 640x2560, 6912x2560, 2560x6912) and of the
    700M class (1536x1536, 4096x1536, 1536x4096), at M = 1 (GEMV, decode) and M = 128 (GEMM, prefill):
    median time of quantize + ternary product on device buffers (no host copies; the weights rotated over
-   more than 64 MiB of copies so they are not cache-resident), weight GB/s, % of the device's bandwidth,
-   and the Cython kernel (``kernels_cython.ternary_linear``, all cores) on the same shape for comparison.
+   more than 64 MiB of copies, and twice the host's last-level cache, so they are not cache-resident), weight
+   GB/s, % of the device's bandwidth, and the Cython kernel (``kernels_cython.ternary_linear``, all cores) on
+   the same shape for comparison.
 4. The whole model (``--shapes``, random weights with the real shapes, bf16 tied embedding): prefill
    tokens/s of a ``--prompt``-token prompt and decode tokens/s over ``--decode`` tokens, on each device and
    on the Cython CPU path, with bytes read per token and the device's bandwidth floor.
@@ -40,6 +41,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchlib import uncached_bytes
 
 import kernels_cython
 import kernels_opencl
@@ -131,7 +134,7 @@ def check(ctx: kernels_opencl.Context) -> None:
 # ------------------------------------------------------------------------------------------------ bandwidth
 
 
-def host_bandwidth(threads: int, nbytes: int = 256 << 20, reps: int = 5) -> float:
+def host_bandwidth(threads: int, nbytes: int = uncached_bytes(256 << 20), reps: int = 5) -> float:
     """Bytes copied per second by ``threads`` concurrent numpy copies (numpy releases the GIL)."""
     import threading
 
@@ -170,7 +173,7 @@ def bench_matrix(ctx: kernels_opencl.Context, n: int, k: int, m: int, reps: int)
     """(OpenCL seconds, Cython seconds) for quantize + ternary linear of m rows."""
     rng = np.random.default_rng(n + k)
     w = ref.TernaryMatrix.from_codes(rng.integers(-1, 2, (n, k)).astype(np.int8), 0.3)
-    copies = max(2, -(-(64 << 20) // w.nbytes) + 1)
+    copies = max(2, -(-uncached_bytes(64 << 20) // w.nbytes) + 1)
     dws = [clops.DeviceTernaryMatrix(ctx, w)]
     dws += [clops.DeviceTernaryMatrix(ctx, w) for _ in range(copies - 1)]
     x = rng.standard_normal((m, k)).astype(np.float32)
