@@ -35,9 +35,16 @@ cdef extern from "engine_simd.h" nogil:
                         const float *ws, int64_t n0, int64_t n1, float *y, int64_t N)
     void be_q8_simd(const int8_t *xq, const float *xs, int64_t M, int64_t Kp, const int8_t *W,
                     const float *ws, int64_t n0, int64_t n1, float *y, int64_t N)
+    void be_q8_vnni(const int8_t *xq, const float *xs, const int32_t *xsum, int64_t M, int64_t Kp,
+                    const int8_t *W, const float *ws, int64_t n0, int64_t n1, float *y, int64_t N)
+    int be_has_vnni512()
 
 
 cdef int _simd = be_has_simd()
+# Paths of the int8 (q8) product, best last; dense_matmul(..., q8_path=) picks another (tests run them all).
+Q8_PATHS = ("portable",) + (("avx2",) if _simd else ()) + (("avx512",) if be_has_vnni512() else ())
+_Q8_CODES = {"portable": 0, "avx2": 1, "avx512": 2}
+_Q8_BEST = _Q8_CODES[Q8_PATHS[len(Q8_PATHS) - 1]]  # (no negative indexing: this module turns wraparound off)
 cdef int _n_threads = max(1, openmp.omp_get_num_procs())
 # Rows of the output matrix per parallel task of the dense products.
 DEF NB = 64
@@ -134,8 +141,11 @@ def attention(const float[:, :, ::1] q, const float[:, :, ::1] k, const float[:,
                   &out[i, h * D])
 
 
-def dense_matmul(x, data, str kind, scales):
-    """x (M, K) float32 @ W.T for W (N, K) stored as f32 / f16 / bf16 (uint16) / q8 (int8 + scales)."""
+def dense_matmul(x, data, str kind, scales, q8_path=None):
+    """x (M, K) float32 @ W.T for W (N, K) stored as f32 / f16 / bf16 (uint16) / q8 (int8 + scales).
+
+    ``q8_path``: one of :data:`Q8_PATHS` (default the last, the fastest); every path gives the same bits.
+    """
     cdef const float[:, ::1] xv = x
     cdef int64_t M = xv.shape[0], K = xv.shape[1], N = data.shape[0]
     out = np.empty((M, N), dtype=np.float32)
@@ -148,7 +158,9 @@ def dense_matmul(x, data, str kind, scales):
     cdef cnp.ndarray wa = data
     cdef const void *wp = cnp.PyArray_DATA(wa)
     if kind == "q8":
-        return _q8(xv, wa, scales, out)
+        if q8_path is not None and q8_path not in Q8_PATHS:
+            raise ValueError(f"q8_path must be one of {Q8_PATHS}, got {q8_path!r}")
+        return _q8(xv, wa, scales, out, _Q8_BEST if q8_path is None else _Q8_CODES[q8_path])
     kd = {"f32": 0, "f16": 1, "bf16": 2}[kind]
     cdef int use_simd = _simd
     if nblk < nt:
@@ -165,7 +177,7 @@ def dense_matmul(x, data, str kind, scales):
     return out
 
 
-cdef object _q8(const float[:, ::1] x, cnp.ndarray wa, scales, out):
+cdef object _q8(const float[:, ::1] x, cnp.ndarray wa, scales, out, int path):
     """int8 activations (per-row absmax) times int8 weights (per-row scales)."""
     cdef int64_t M = x.shape[0], K = x.shape[1], N = wa.shape[0], m, k, b, n0, n1
     cdef int64_t Kp = wa.shape[1]
@@ -174,6 +186,9 @@ cdef object _q8(const float[:, ::1] x, cnp.ndarray wa, scales, out):
     cdef const int8_t *wp = <const int8_t *>cnp.PyArray_DATA(wa)
     xs_arr = np.empty(M, dtype=np.float32)
     cdef float[::1] xs = xs_arr
+    xsum_arr = np.empty(M, dtype=np.int32)
+    cdef int32_t[::1] xsum = xsum_arr
+    cdef int32_t acc
     xq_arr = np.zeros((M, Kp), dtype=np.int8)  # zero-padded
     cdef int8_t[:, ::1] xq = xq_arr
     cdef float amax, inv, v
@@ -184,6 +199,7 @@ cdef object _q8(const float[:, ::1] x, cnp.ndarray wa, scales, out):
                 amax = fabsf(x[m, k])
         xs[m] = amax / 127.0 if amax > 0 else 1.0
         inv = 1.0 / xs[m]
+        acc = 0
         for k in range(K):
             v = rintf(x[m, k] * inv)
             if v > 127.0:
@@ -191,7 +207,8 @@ cdef object _q8(const float[:, ::1] x, cnp.ndarray wa, scales, out):
             elif v < -127.0:
                 v = -127.0
             xq[m, k] = <int8_t>v
-    cdef int use_simd = _simd
+            acc = acc + <int32_t>v
+        xsum[m] = acc
     cdef int nt = _n_threads
     cdef int64_t nblk = (N + NB - 1) // NB
     if nblk < nt:
@@ -201,7 +218,9 @@ cdef object _q8(const float[:, ::1] x, cnp.ndarray wa, scales, out):
         n1 = n0 + NB
         if n1 > N:
             n1 = N
-        if use_simd:
+        if path == 2:
+            be_q8_vnni(&xq[0, 0], &xs[0], &xsum[0], M, Kp, wp, &ws[0], n0, n1, &y[0, 0], N)
+        elif path == 1:
             be_q8_simd(&xq[0, 0], &xs[0], M, Kp, wp, &ws[0], n0, n1, &y[0, 0], N)
         else:
             be_q8_portable(&xq[0, 0], &xs[0], M, Kp, wp, &ws[0], n0, n1, &y[0, 0], N)

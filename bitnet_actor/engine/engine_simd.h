@@ -32,6 +32,18 @@ static int be_has_simd(void) {
 }
 
 #define BE_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define BE_AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+
+/* Whether the AVX-512 VNNI int8 product (be_q8_vnni) runs. */
+static int be_has_vnni512(void) {
+#if BE_X86 && defined(__GNUC__)
+    __builtin_cpu_init();
+    return be_has_simd() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+#else
+    return 0;
+#endif
+}
 
 /* Whether the AVX2 paths of the row functions run (asked once; the answer never changes). */
 static int be_simd_rows(void) {
@@ -350,7 +362,39 @@ BE_AVX2 static void be_q8_simd(const int8_t *xq, const float *xs, int64_t M, int
         }
     }
 }
+/* q8 on AVX-512 VNNI: vpdpbusd takes unsigned bytes, so each weight byte is offset by 128 (w ^ 0x80 = w + 128
+ * as uint8) and 128 * xsum[m] (xsum: each activation row's sum) taken off again: the same exact int32 dot, two
+ * instructions per 64 weights.  Two
+ * weight rows share each activation load; the rows are prefetched BE_Q8_PF bytes ahead (a decode step streams
+ * the whole output layer, the largest matrix of the model, once). */
+#define BE_Q8_PF 4096
+BE_AVX512 static void be_q8_vnni(const int8_t *xq, const float *xs, const int32_t *xsum, int64_t M, int64_t Kp,
+                                 const int8_t *W, const float *ws, int64_t n0, int64_t n1, float *y, int64_t N) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    for (int64_t n = n0; n < n1; n += 2) {
+        const int two = n + 1 < n1;
+        const int8_t *w0 = W + n * Kp, *w1 = two ? w0 + Kp : w0;
+        for (int64_t k = 0; k < 2 * Kp; k += 64) _mm_prefetch((const char *)w0 + BE_Q8_PF + k, _MM_HINT_T0);
+        for (int64_t m = 0; m < M; m++) {
+            const int8_t *xr = xq + m * Kp;
+            __m512i a0 = _mm512_setzero_si512(), a1 = a0;
+            for (int64_t k = 0; k < Kp; k += 64) {
+                const __m512i x = _mm512_loadu_si512(xr + k);
+                a0 = _mm512_dpbusd_epi32(a0, _mm512_xor_si512(_mm512_loadu_si512(w0 + k), flip), x);
+                a1 = _mm512_dpbusd_epi32(a1, _mm512_xor_si512(_mm512_loadu_si512(w1 + k), flip), x);
+            }
+            const int32_t off = 128 * xsum[m];
+            y[m * N + n] = (float)(_mm512_reduce_add_epi32(a0) - off) * xs[m] * ws[n];
+            if (two) y[m * N + n + 1] = (float)(_mm512_reduce_add_epi32(a1) - off) * xs[m] * ws[n + 1];
+        }
+    }
+}
 #else
+static void be_q8_vnni(const int8_t *xq, const float *xs, const int32_t *xsum, int64_t M, int64_t Kp,
+                       const int8_t *W, const float *ws, int64_t n0, int64_t n1, float *y, int64_t N) {
+    (void)xsum;
+    be_q8_portable(xq, xs, M, Kp, W, ws, n0, n1, y, N);
+}
 static void be_dense_simd(const float *x, int64_t M, int64_t K, const void *W, int kind, int64_t n0,
                           int64_t n1, float *y, int64_t N) {
     be_dense_portable(x, M, K, W, kind, n0, n1, y, N);
