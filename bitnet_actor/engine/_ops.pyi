@@ -21,10 +21,10 @@ def attention(
     out: npt.NDArray[np.float32],
 ) -> None: ...
 
-Q8_PATHS: tuple[str, ...]
+DENSE_PATHS: tuple[str, ...]
 
 def dense_matmul(
-    x: npt.NDArray[np.float32], data: npt.NDArray[Any], kind: str, scales: Any, q8_path: str | None = None
+    x: npt.NDArray[np.float32], data: npt.NDArray[Any], kind: str, scales: Any, path: str | None = None
 ) -> npt.NDArray[np.float32]: ...
 def add_rmsnorm(
     x: npt.NDArray[np.float32], y: npt.NDArray[np.float32], w: npt.NDArray[np.float32], eps: float

@@ -35,16 +35,18 @@ cdef extern from "engine_simd.h" nogil:
                         const float *ws, int64_t n0, int64_t n1, float *y, int64_t N)
     void be_q8_simd(const int8_t *xq, const float *xs, int64_t M, int64_t Kp, const int8_t *W,
                     const float *ws, int64_t n0, int64_t n1, float *y, int64_t N)
+    void be_dense_avx512(const float *x, int64_t M, int64_t K, const void *W, int kind, int64_t n0, int64_t n1,
+                         float *y, int64_t N)
     void be_q8_vnni(const int8_t *xq, const float *xs, const int32_t *xsum, int64_t M, int64_t Kp,
                     const int8_t *W, const float *ws, int64_t n0, int64_t n1, float *y, int64_t N)
     int be_has_vnni512()
 
 
 cdef int _simd = be_has_simd()
-# Paths of the int8 (q8) product, best last; dense_matmul(..., q8_path=) picks another (tests run them all).
-Q8_PATHS = ("portable",) + (("avx2",) if _simd else ()) + (("avx512",) if be_has_vnni512() else ())
-_Q8_CODES = {"portable": 0, "avx2": 1, "avx512": 2}
-_Q8_BEST = _Q8_CODES[Q8_PATHS[len(Q8_PATHS) - 1]]  # (no negative indexing: this module turns wraparound off)
+# Paths of the dense products, best last; dense_matmul(..., path=) picks another (the tests run them all).
+DENSE_PATHS = ("portable",) + (("avx2",) if _simd else ()) + (("avx512",) if be_has_vnni512() else ())
+_PATH_CODES = {"portable": 0, "avx2": 1, "avx512": 2}
+_BEST_PATH = _PATH_CODES[DENSE_PATHS[len(DENSE_PATHS) - 1]]  # (no negative indexing: wraparound is off here)
 cdef int _n_threads = max(1, openmp.omp_get_num_procs())
 # Rows of the output matrix per parallel task of the dense products.
 DEF NB = 64
@@ -141,10 +143,11 @@ def attention(const float[:, :, ::1] q, const float[:, :, ::1] k, const float[:,
                   &out[i, h * D])
 
 
-def dense_matmul(x, data, str kind, scales, q8_path=None):
+def dense_matmul(x, data, str kind, scales, path=None):
     """x (M, K) float32 @ W.T for W (N, K) stored as f32 / f16 / bf16 (uint16) / q8 (int8 + scales).
 
-    ``q8_path``: one of :data:`Q8_PATHS` (default the last, the fastest); every path gives the same bits.
+    ``path``: one of :data:`DENSE_PATHS` (default the last, the fastest).  For q8 every path gives the same
+    bits; the float kinds differ between paths in summation order only.
     """
     cdef const float[:, ::1] xv = x
     cdef int64_t M = xv.shape[0], K = xv.shape[1], N = data.shape[0]
@@ -157,12 +160,12 @@ def dense_matmul(x, data, str kind, scales, q8_path=None):
     cdef int kd
     cdef cnp.ndarray wa = data
     cdef const void *wp = cnp.PyArray_DATA(wa)
+    if path is not None and path not in DENSE_PATHS:
+        raise ValueError(f"path must be one of {DENSE_PATHS}, got {path!r}")
+    cdef int code = _BEST_PATH if path is None else _PATH_CODES[path]
     if kind == "q8":
-        if q8_path is not None and q8_path not in Q8_PATHS:
-            raise ValueError(f"q8_path must be one of {Q8_PATHS}, got {q8_path!r}")
-        return _q8(xv, wa, scales, out, _Q8_BEST if q8_path is None else _Q8_CODES[q8_path])
+        return _q8(xv, wa, scales, out, code)
     kd = {"f32": 0, "f16": 1, "bf16": 2}[kind]
-    cdef int use_simd = _simd
     if nblk < nt:
         nt = 1
     for b in prange(nblk, nogil=True, num_threads=nt, schedule="static"):
@@ -170,7 +173,9 @@ def dense_matmul(x, data, str kind, scales, q8_path=None):
         n1 = n0 + NB
         if n1 > N:
             n1 = N
-        if use_simd:
+        if code == 2:
+            be_dense_avx512(&xv[0, 0], M, K, wp, kd, n0, n1, &y[0, 0], N)
+        elif code == 1:
             be_dense_simd(&xv[0, 0], M, K, wp, kd, n0, n1, &y[0, 0], N)
         else:
             be_dense_portable(&xv[0, 0], M, K, wp, kd, n0, n1, &y[0, 0], N)

@@ -362,6 +362,49 @@ BE_AVX2 static void be_q8_simd(const int8_t *xq, const float *xs, int64_t M, int
         }
     }
 }
+/* 16 weights of row n at column k as float32 (kind 0 f32, 1 f16, 2 bf16), lanes outside mask zero. */
+BE_AVX512 static inline __m512 be_load_w16(const void *W, int kind, int64_t off, __mmask16 mask) {
+    if (kind == 0) return _mm512_maskz_loadu_ps(mask, (const float *)W + off);
+    const __m256i h = _mm256_maskz_loadu_epi16(mask, (const uint16_t *)W + off);
+    if (kind == 1) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* Float products on AVX-512: two weight rows per activation load, two accumulators per row over 32-column
+ * steps, then masked 16-column steps; the rows are prefetched ahead.  A row's summation order depends on K
+ * only (not on M or on its neighbour), so a sequence's logits are the same alone and in a batch. */
+#define BE_DENSE_PF 4096
+BE_AVX512 static void be_dense_avx512(const float *x, int64_t M, int64_t K, const void *W, int kind, int64_t n0,
+                                      int64_t n1, float *y, int64_t N) {
+    const int64_t esz = kind == 0 ? 4 : 2;
+    for (int64_t n = n0; n < n1; n += 2) {
+        const int two = n + 1 < n1;
+        const int64_t r0 = n * K, r1 = two ? r0 + K : r0;
+        for (int64_t b = 0; b < 2 * K * esz; b += 64)
+            _mm_prefetch((const char *)W + r0 * esz + BE_DENSE_PF + b, _MM_HINT_T0);
+        for (int64_t m = 0; m < M; m++) {
+            const float *xr = x + m * K;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, b0 = a0, b1 = a0;
+            int64_t k = 0;
+            for (; k + 32 <= K; k += 32) {
+                const __m512 x0 = _mm512_loadu_ps(xr + k), x1 = _mm512_loadu_ps(xr + k + 16);
+                a0 = _mm512_fmadd_ps(x0, be_load_w16(W, kind, r0 + k, 0xffff), a0);
+                a1 = _mm512_fmadd_ps(x1, be_load_w16(W, kind, r0 + k + 16, 0xffff), a1);
+                b0 = _mm512_fmadd_ps(x0, be_load_w16(W, kind, r1 + k, 0xffff), b0);
+                b1 = _mm512_fmadd_ps(x1, be_load_w16(W, kind, r1 + k + 16, 0xffff), b1);
+            }
+            for (; k < K; k += 16) {
+                const __mmask16 mask = K - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - k)) - 1u);
+                const __m512 x0 = _mm512_maskz_loadu_ps(mask, xr + k);
+                a0 = _mm512_fmadd_ps(x0, be_load_w16(W, kind, r0 + k, mask), a0);
+                b0 = _mm512_fmadd_ps(x0, be_load_w16(W, kind, r1 + k, mask), b0);
+            }
+            y[m * N + n] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+            if (two) y[m * N + n + 1] = _mm512_reduce_add_ps(_mm512_add_ps(b0, b1));
+        }
+    }
+}
+
 /* q8 on AVX-512 VNNI: vpdpbusd takes unsigned bytes, so each weight byte is offset by 128 (w ^ 0x80 = w + 128
  * as uint8) and 128 * xsum[m] (xsum: each activation row's sum) taken off again: the same exact int32 dot, two
  * instructions per 64 weights.  Two
@@ -390,6 +433,10 @@ BE_AVX512 static void be_q8_vnni(const int8_t *xq, const float *xs, const int32_
     }
 }
 #else
+static void be_dense_avx512(const float *x, int64_t M, int64_t K, const void *W, int kind, int64_t n0,
+                            int64_t n1, float *y, int64_t N) {
+    be_dense_portable(x, M, K, W, kind, n0, n1, y, N);
+}
 static void be_q8_vnni(const int8_t *xq, const float *xs, const int32_t *xsum, int64_t M, int64_t Kp,
                        const int8_t *W, const float *ws, int64_t n0, int64_t n1, float *y, int64_t N) {
     (void)xsum;

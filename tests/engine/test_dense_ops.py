@@ -1,0 +1,86 @@
+"""The compiled dense products (output layer, dense layers) on every path the CPU runs: the int8 one equals its
+numpy definition exactly; the float ones match float64 within float32 summation error and give a row the same
+bits alone and in a batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bitnet_actor.engine import ops
+from bitnet_actor.engine.layers import DenseMatrix
+
+_ops = pytest.importorskip("bitnet_actor.engine._ops", reason="the compiled engine ops are not built")
+
+
+def _q8(rng: np.random.Generator, n: int, k: int) -> DenseMatrix:
+    w = (rng.standard_normal((n, k)) * rng.uniform(0.01, 3.0, size=(n, 1))).astype(np.float32)
+    return DenseMatrix.quantize_q8(DenseMatrix("f32", w))
+
+
+@pytest.mark.parametrize("path", [None, "portable", "avx2", "avx512"])  # None: the default, the fastest
+@pytest.mark.parametrize(
+    ("m", "n", "k"), [(1, 1, 1), (1, 7, 100), (1, 130, 2560), (2, 33, 64), (3, 9, 1000), (5, 64, 300)]
+)
+def test_q8_product_equals_reference(path: str | None, m: int, n: int, k: int) -> None:
+    if path is not None and path not in _ops.DENSE_PATHS:
+        pytest.skip(f"this CPU cannot run the {path} path")
+    rng = np.random.default_rng(m * 1000 + n + k)
+    w = _q8(rng, n, k)
+    x = (rng.standard_normal((m, k)) * 4).astype(np.float32)
+    got = _ops.dense_matmul(x, w.data, "q8", w.scales, path=path)
+    np.testing.assert_array_equal(got, ops._q8_matmul(x, w))
+
+
+@pytest.mark.parametrize("path", ["portable", "avx2", "avx512"])
+def test_q8_product_extremes(path: str) -> None:
+    # every product at +-127 * 127 over a long row: the int32 sums (and the VNNI path's +128 offset) stay exact
+    if path not in _ops.DENSE_PATHS:
+        pytest.skip(f"this CPU cannot run the {path} path")
+    k = 20_000
+    rows = np.stack([np.full(k, 1.0), np.full(k, -1.0), np.where(np.arange(k) % 2 == 0, 1.0, -1.0)]).astype(np.float32)
+    w = DenseMatrix.quantize_q8(DenseMatrix("f32", rows))
+    for x in (np.full((1, k), -2.0, dtype=np.float32), np.full((2, k), 3.0, dtype=np.float32)):
+        got = _ops.dense_matmul(x, w.data, "q8", w.scales, path=path)
+        np.testing.assert_array_equal(got, ops._q8_matmul(x, w))
+
+
+def test_q8_path_checked() -> None:
+    w = _q8(np.random.default_rng(0), 3, 64)
+    with pytest.raises(ValueError, match="path must be one of"):
+        _ops.dense_matmul(np.ones((1, 64), dtype=np.float32), w.data, "q8", w.scales, path="sse9")
+
+
+def _stored(kind: str, w: np.ndarray) -> np.ndarray:
+    if kind == "f32":
+        return w
+    if kind == "f16":
+        return w.astype(np.float16)
+    return (w.view(np.uint32) >> 16).astype(np.uint16)  # bf16: the high half
+
+
+def _as_f64(kind: str, data: np.ndarray) -> np.ndarray:
+    if kind == "bf16":
+        return (data.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    return data.astype(np.float64)
+
+
+@pytest.mark.parametrize("path", [None, "portable", "avx2", "avx512"])
+@pytest.mark.parametrize("kind", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize(("n", "k"), [(1, 1), (7, 100), (130, 2560), (33, 47), (64, 1000)])
+def test_float_products(path: str | None, kind: str, n: int, k: int) -> None:
+    if path is not None and path not in _ops.DENSE_PATHS:
+        pytest.skip(f"this CPU cannot run the {path} path")
+    rng = np.random.default_rng(n * 7 + k)
+    data = _stored(kind, rng.standard_normal((n, k)).astype(np.float32))
+    x = rng.standard_normal((3, k)).astype(np.float32)
+    got = _ops.dense_matmul(x, data, kind, None, path=path)
+    expect = x.astype(np.float64) @ _as_f64(kind, data).T
+    # float32 summation error grows like sqrt(k) * eps * sum|x w| for random data (8x margin); one product left
+    # out or counted twice would be ~sum|x w| / k, far above it
+    scale = np.abs(x).astype(np.float64) @ np.abs(_as_f64(kind, data)).T
+    assert (np.abs(got - expect) <= 8 * np.sqrt(k) * 2.0**-24 * scale + 1e-30).all()
+    for m in range(3):  # a row alone gives the same bits as inside the batch
+        np.testing.assert_array_equal(
+            _ops.dense_matmul(x[m : m + 1].copy(), data, kind, None, path=path), got[m : m + 1]
+        )
