@@ -40,7 +40,10 @@ def _extensions() -> list[Extension]:
             extra_compile_args=_compile_args(),
             extra_link_args=["-fopenmp"],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-            depends=[str(h.relative_to(HERE)) for h in sorted((HERE / "kernels_cython").glob("*.h"))],
+            # the C headers beside the .pyx (a change to one rebuilds the extension)
+            depends=[
+                str(h.relative_to(HERE)) for h in sorted(pyx.parent.glob("*.h")) + sorted(pyx.parent.glob("*.inc"))
+            ],
         )
         for pyx in sources
     ]

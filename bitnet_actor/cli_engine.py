@@ -52,6 +52,9 @@ def add_subcommands(subparsers: Any) -> None:
     gen.add_argument("--threads", type=int, default=None, metavar="N", help="kernel threads [all cores]")
     gen.add_argument("--output-layer", choices=("exact", "q8"), default="exact", help="output matrix [exact]")
     gen.add_argument(
+        "--kv-cache", choices=("f32", "f16"), default="f32", help="KV cache type (f16: half its memory) [f32]"
+    )
+    gen.add_argument(
         "--device",
         choices=("cpu", "opencl", "auto"),
         default="cpu",
@@ -155,6 +158,7 @@ def _generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         output=args.output_layer,
         device=args.device,
         opencl_device=args.opencl_device,
+        kv_cache=args.kv_cache,
     )
     if not model.has_tokenizer:
         raise EngineError(f"{args.model}: no tokenizer found next to the model; cannot encode a text prompt")

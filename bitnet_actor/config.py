@@ -51,6 +51,7 @@ class Settings:
     model_memory: str = ""
     device: str = "cpu"
     opencl_device: str = "auto"
+    kv_cache: str = "f32"
     max_batch: int = 8
     max_queue: int = 64
     request_timeout: float = 600.0
@@ -107,6 +108,8 @@ class Settings:
             raise ConfigError("BITNET_OIDC_ISSUER must be an http(s) URL")
         if self.device not in {"cpu", "opencl", "auto"}:
             raise ConfigError(f"BITNET_DEVICE must be cpu, opencl or auto, not {self.device!r}")
+        if self.kv_cache not in {"f32", "f16"}:
+            raise ConfigError(f"BITNET_KV_CACHE must be f32 or f16, not {self.kv_cache!r}")
         if self.max_batch < 1 or self.max_queue < 1:
             raise ConfigError("BITNET_MAX_BATCH and BITNET_MAX_QUEUE must be at least 1")
         if self.request_timeout <= 0:
@@ -210,6 +213,7 @@ SETTINGS_DOC: dict[str, tuple[str, str, str]] = {
     "BITNET_MODEL_MEMORY": ("--model-memory", "half of RAM", "memory budget for loaded models (8G, 512M)"),
     "BITNET_DEVICE": ("--device", "cpu", "where models run: cpu, opencl, or auto (an OpenCL GPU if usable, else CPU)"),
     "BITNET_OPENCL_DEVICE": ("--opencl-device", "auto", "OpenCL device: auto (GPU first), P:D, or a name fragment"),
+    "BITNET_KV_CACHE": ("--kv-cache", "f32", "KV cache type: f32, or f16 (half the memory, faster long contexts)"),
     "BITNET_MAX_BATCH": ("--max-batch", "8", "sequences decoded together per model"),
     "BITNET_MAX_QUEUE": ("--max-queue", "64", "requests waiting per model before 429"),
     "BITNET_REQUEST_TIMEOUT": ("--request-timeout", "600", "seconds a generation may take"),

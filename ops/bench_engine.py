@@ -12,7 +12,8 @@ Usage: ``python ops/bench_engine.py [--quick] [--shapes 700m,2b4t] [--threads 1,
    embedding as in the published checkpoints.  For each thread count: prefill tokens/s of a 128-token
    prompt, decode tokens/s over 64 and 128 generated tokens, the time per decoded token outside the ternary
    and dense-product kernels and outside every compiled op ("python"), and the same decode with the int8
-   (q8) output layer; then the logit difference the q8 output layer causes, bytes read per token (exact and
+   (q8) output layer, and that again after a 1024-token prompt with float32 and with float16 KV caches
+   ("q8 @1k", "f16kv"); then the logit difference the q8 output layer causes, bytes read per token (exact and
    q8 output) and the bandwidth floor (bandwidth / bytes per token).  Figures are medians of ``--reps`` runs.
 
 The machine is shared: the load average is printed before and after; figures taken under load are noisy.
@@ -213,9 +214,10 @@ def _prefill(model: Model, prompt: list[int]) -> float:
     return len(prompt) / dt
 
 
-def _decode(model: Model, n: int, timer: _Timer | None = None) -> tuple[float, dict[str, float]]:
-    seq = model.new_sequence([1, 2, 3, 4], SamplingParams(max_tokens=n, temperature=0, ignore_eos=True))
-    model.step([seq])  # prefill + first token
+def _decode(model: Model, n: int, timer: _Timer | None = None, context: int = 4) -> tuple[float, dict[str, float]]:
+    prompt = [1 + i % 1000 for i in range(context)]
+    seq = model.new_sequence(prompt, SamplingParams(max_tokens=n, temperature=0, ignore_eos=True))
+    model.step([seq], prefill_chunk=context)  # prefill + first token
     if timer is not None:
         timer.acc.clear()
         timer.install()
@@ -275,12 +277,19 @@ def child(shape: str, threads: list[int], reps: int) -> dict[str, Any]:
         python = per["total"] - sum(per[k] for k in OPS)
         model.set_output_layer("q8")
         dq8 = statistics.median(_decode(model, 64)[0] for _ in range(reps))
+        # after a 1024-token prompt, with float32 and float16 KV caches (the cache is then ~1/3 of the bytes)
+        long32 = statistics.median(_decode(model, 64, context=1024)[0] for _ in range(reps))
+        model.set_kv_cache("f16")
+        long16 = statistics.median(_decode(model, 64, context=1024)[0] for _ in range(reps))
+        model.set_kv_cache("f32")
         model.set_output_layer("exact")
         out["by_threads"][nt] = {
             "prefill": pre,
             "decode64": d64,
             "decode128": d128,
             "decode64_q8": dq8,
+            "decode64_q8_1k": long32,
+            "decode64_q8_1k_f16kv": long16,
             "outside_kernels_ms": outside * 1e3,
             "python_ms": python * 1e3,
             "ops_ms": {k: per[k] * 1e3 for k in OPS},
@@ -393,7 +402,8 @@ def main() -> None:
     print("\ntok/s (medians); floor = bandwidth / bytes per token; out-kern, python: ms per decoded token")
     print(
         f"{'shape':6} {'thr':>3} {'prefill':>8} {'dec64':>7} {'dec128':>7} {'dec64 q8':>8} {'floor':>6} "
-        f"{'floor q8':>8} {'%floor':>6} {'out-kern':>8} {'python':>7} {'MB/tok':>7} {'RSS MB':>7}",
+        f"{'floor q8':>8} {'%floor':>6} {'out-kern':>8} {'python':>7} {'MB/tok':>7} {'RSS MB':>7} "
+        f"{'q8 @1k':>7} {'f16kv':>7}",
         flush=True,
     )
     results = []
@@ -411,7 +421,7 @@ def main() -> None:
                 f"{r['shape']:6} {nt:>3} {f['prefill']:8.1f} {f['decode64']:7.1f} {f['decode128']:7.1f} "
                 f"{f['decode64_q8']:8.1f} {floor:6.1f} {floor_q8:8.1f} {100 * f['decode64'] / floor:5.0f}% "
                 f"{f['outside_kernels_ms']:8.2f} {f['python_ms']:7.2f} {r['bytes_per_token'] / 1e6:7.1f} "
-                f"{r['peak_rss'] / 1e6:7.0f}",
+                f"{r['peak_rss'] / 1e6:7.0f} {f['decode64_q8_1k']:7.1f} {f['decode64_q8_1k_f16kv']:7.1f}",
                 flush=True,
             )
     print()

@@ -241,3 +241,9 @@ def test_serve_device_must_be_known(tmp_path: Path) -> None:
     result = run_cli("serve", "--data-dir", str(tmp_path), BITNET_DEVICE="cuda")
     assert result.returncode == 2
     assert_one_line_error(result, "BITNET_DEVICE must be cpu, opencl or auto, not 'cuda'")
+
+
+def test_serve_kv_cache_must_be_known(tmp_path: Path) -> None:
+    result = run_cli("serve", "--data-dir", str(tmp_path), BITNET_KV_CACHE="int4")
+    assert result.returncode == 2
+    assert_one_line_error(result, "BITNET_KV_CACHE must be f32 or f16, not 'int4'")

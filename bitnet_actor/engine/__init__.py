@@ -5,7 +5,8 @@ Nothing here imports trio or the stores: a scheduler (issue [E]) calls these fun
 Loading
 =======
 
-``load_model(path, *, device="cpu", output="exact", threads=None, progress=None, opencl_device=None) -> Model``
+``load_model(path, *, device="cpu", output="exact", threads=None, progress=None, opencl_device=None,
+kv_cache="f32") -> Model``
 (``device``: ``"cpu"``, ``"opencl"`` or ``"auto"``; see :mod:`bitnet_actor.engine.opencl`) takes an HF
 model directory (``config.json`` + safetensors, sharded or not) or a ``.gguf`` file and repacks every
 ternary weight into :mod:`kernels_cython`'s layout (see :mod:`bitnet_actor.engine.loader` for the
@@ -21,7 +22,8 @@ Model
 * ``model.tokenizer`` (encode, decode, apply_chat_template, incremental_decoder), ``model.info`` (a frozen
   :class:`ModelInfo`: architecture, parameter count, bytes, formats), ``model.nbytes``,
   ``model.context_length``, ``model.set_output_layer("exact" | "q8")`` (int8 output matrix: fewer bytes per
-  token, slightly different logits).
+  token, slightly different logits), ``model.set_kv_cache("f32" | "f16")`` (float16 KV caches for new
+  sequences: half their memory and attention's bytes, logits within float16 precision).
 
 Step-wise, batched API (for the scheduler)
 ==========================================

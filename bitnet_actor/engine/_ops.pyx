@@ -25,6 +25,10 @@ cdef extern from "engine_simd.h" nogil:
     void be_rmsnorm_row(const float *x, const float *w, float *y, int64_t K, float eps)
     void be_rope_row(float *x, int64_t H, int64_t D, const float *cos_, const float *sin_)
     void be_glu_row(const float *gu, float *out, int64_t F, int relu2)
+    int BE_HAS_F16_KV
+    void be_store_f16(void *dst, const float *src, int64_t n)
+    void be_attend_f16(const float *q, const void *k, const void *v, int64_t t, int64_t D, float scale,
+                       float *sc, float *out)
     void be_attend(const float *q, const float *k, const float *v, int64_t t, int64_t D, float scale,
                    float *sc, float *out)
     void be_dense_portable(const float *x, int64_t M, int64_t K, const void *W, int kind, int64_t n0,
@@ -271,13 +275,28 @@ def glu_norm(const float[:, ::1] gu, bint relu2, w, float eps):
     return out
 
 
+cdef inline void _attend(bint f16, const float *q, char *k, char *v, int64_t t, int64_t D, float scale, float *sc,
+                         float *out) noexcept nogil:
+    if f16:
+        be_attend_f16(q, <const void *>k, <const void *>v, t, D, scale, sc, out)
+    else:
+        be_attend(q, <const float *>k, <const float *>v, t, D, scale, sc, out)
+
+
+cdef inline void _store(bint f16, char *dst, const float *src, int64_t n) noexcept nogil:
+    if f16:
+        be_store_f16(dst, src, n)
+    else:
+        memcpy(dst, src, n * sizeof(float))
+
+
 def attn_block(float[:, ::1] qkv, int nh, int nkv, int hd, const float[:, ::1] cos, const float[:, ::1] sin,
                list kcaches, list vcaches, const int64_t[::1] bounds, const int64_t[::1] starts,
                float[:, ::1] out, sub_w=None, float eps=1e-5):
     """RoPE on the q/k parts of a fused (M, (nh + 2 nkv) hd) product, cache writes, causal GQA attention.
 
     Sequence s owns rows [bounds[s], bounds[s+1]) at positions starts[s] + i, and the caches
-    kcaches[s], vcaches[s] (nkv, cap, hd).  Writes out (M, nh * hd), then RMSNorm of its rows with sub_w
+    kcaches[s], vcaches[s] (nkv, cap, hd), all float32 or all float16 (stored rounded to nearest).  Writes out (M, nh * hd), then RMSNorm of its rows with sub_w
     (nh * hd,) unless sub_w is None.
     """
     cdef const float[::1] swv
@@ -291,14 +310,19 @@ def attn_block(float[:, ::1] qkv, int nh, int nkv, int hd, const float[:, ::1] c
         return
     if len(vcaches) != S or bounds.shape[0] != S + 1 or starts.shape[0] != S or bounds[S] != M:
         raise ValueError("attn_block: inconsistent sequences")
-    cdef float **kp = <float **>malloc(S * sizeof(float *))
-    cdef float **vp = <float **>malloc(S * sizeof(float *))
+    cdef char **kp = <char **>malloc(S * sizeof(char *))
+    cdef char **vp = <char **>malloc(S * sizeof(char *))
     cdef int64_t *cap = <int64_t *>malloc(S * sizeof(int64_t))
     cdef int64_t *seq_of = <int64_t *>malloc(M * sizeof(int64_t))
     cdef float *sc = NULL
     cdef cnp.ndarray kc, vc
     cdef int nt = _n_threads
     cdef int tid
+    cdef bint f16 = S > 0 and isinstance(kcaches[0], np.ndarray) and kcaches[0].dtype == np.float16
+    cdef int dtype = cnp.NPY_FLOAT16 if f16 else cnp.NPY_FLOAT32
+    cdef int64_t esz = 2 if f16 else 4
+    if f16 and not BE_HAS_F16_KV:
+        raise ValueError("attn_block: this build has no float16 support (a compiler with _Float16 is needed)")
     try:
         if kp == NULL or vp == NULL or cap == NULL or seq_of == NULL:
             raise MemoryError()
@@ -307,12 +331,12 @@ def attn_block(float[:, ::1] qkv, int nh, int nkv, int hd, const float[:, ::1] c
             vc = vcaches[s]
             if (cnp.PyArray_NDIM(kc) != 3 or cnp.PyArray_DIM(kc, 0) != nkv or cnp.PyArray_DIM(kc, 2) != hd
                     or not cnp.PyArray_IS_C_CONTIGUOUS(kc) or not cnp.PyArray_IS_C_CONTIGUOUS(vc)
-                    or cnp.PyArray_TYPE(kc) != cnp.NPY_FLOAT32 or cnp.PyArray_TYPE(vc) != cnp.NPY_FLOAT32
+                    or cnp.PyArray_TYPE(kc) != dtype or cnp.PyArray_TYPE(vc) != dtype
                     or cnp.PyArray_NDIM(vc) != 3 or cnp.PyArray_DIM(vc, 0) != nkv or cnp.PyArray_DIM(vc, 2) != hd
                     or cnp.PyArray_DIM(vc, 1) != cnp.PyArray_DIM(kc, 1)):
                 raise ValueError("attn_block: bad cache array")
-            kp[s] = <float *>cnp.PyArray_DATA(kc)
-            vp[s] = <float *>cnp.PyArray_DATA(vc)
+            kp[s] = <char *>cnp.PyArray_DATA(kc)
+            vp[s] = <char *>cnp.PyArray_DATA(vc)
             cap[s] = cnp.PyArray_DIM(kc, 1)
             if starts[s] < 0 or bounds[s + 1] < bounds[s] or starts[s] + bounds[s + 1] - bounds[s] > cap[s]:
                 raise ValueError("attn_block: sequence overflows its cache")
@@ -333,16 +357,16 @@ def attn_block(float[:, ::1] qkv, int nh, int nkv, int hd, const float[:, ::1] c
                 be_rope_row(&qkv[m, 0], nh, hd, &cos[m, 0], &sin[m, 0])
                 be_rope_row(&qkv[m, qd], nkv, hd, &cos[m, 0], &sin[m, 0])
                 for g in range(nkv):
-                    memcpy(kp[s] + (g * cap[s] + p) * hd, &qkv[m, qd + g * hd], hd * sizeof(float))
-                    memcpy(vp[s] + (g * cap[s] + p) * hd, &qkv[m, qd + kvd + g * hd], hd * sizeof(float))
+                    _store(f16, kp[s] + (g * cap[s] + p) * hd * esz, &qkv[m, qd + g * hd], hd)
+                    _store(f16, vp[s] + (g * cap[s] + p) * hd * esz, &qkv[m, qd + kvd + g * hd], hd)
             if nt == 1:
                 for task in range(nt_tasks):
                     m = task // nh
                     h = task % nh
                     s = seq_of[m]
                     p = starts[s] + m - bounds[s]
-                    be_attend(&qkv[m, h * hd], kp[s] + (h // group) * cap[s] * hd,
-                              vp[s] + (h // group) * cap[s] * hd, p + 1, hd, scale, sc, &out[m, h * hd])
+                    _attend(f16, &qkv[m, h * hd], kp[s] + (h // group) * cap[s] * hd * esz,
+                            vp[s] + (h // group) * cap[s] * hd * esz, p + 1, hd, scale, sc, &out[m, h * hd])
             else:
                 for task in prange(nt_tasks, num_threads=nt, schedule="dynamic"):
                     tid = openmp.omp_get_thread_num()
@@ -350,9 +374,9 @@ def attn_block(float[:, ::1] qkv, int nh, int nkv, int hd, const float[:, ::1] c
                     h = task % nh
                     s = seq_of[m]
                     p = starts[s] + m - bounds[s]
-                    be_attend(&qkv[m, h * hd], kp[s] + (h // group) * cap[s] * hd,
-                              vp[s] + (h // group) * cap[s] * hd, p + 1, hd, scale, sc + tid * tmax,
-                              &out[m, h * hd])
+                    _attend(f16, &qkv[m, h * hd], kp[s] + (h // group) * cap[s] * hd * esz,
+                            vp[s] + (h // group) * cap[s] * hd * esz, p + 1, hd, scale, sc + tid * tmax,
+                            &out[m, h * hd])
             if has_sub:
                 for m in range(M):
                     be_rmsnorm_row(&out[m, 0], &swv[0], &out[m, 0], qd, eps)

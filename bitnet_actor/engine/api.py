@@ -31,6 +31,7 @@ def load_model(
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     opencl_device: str | None = None,
+    kv_cache: str = "f32",
 ) -> Model:
     """Load a model from an HF directory or a GGUF file.
 
@@ -46,18 +47,21 @@ def load_model(
             an OpenCL device).
         opencl_device: the OpenCL device selector (default ``$BITNET_OPENCL_DEVICE`` or ``"auto"``; see
             :mod:`kernels_opencl.device`).
+        kv_cache: ``"f32"`` or ``"f16"`` KV caches (see :meth:`Model.set_kv_cache`).
 
     Returns:
         The model, with its tokenizer when one is found (HF ``tokenizer.json`` or GGUF metadata).
 
     Raises:
-        ValueError: an unknown device, or a bad ``output``.
+        ValueError: an unknown device, or a bad ``output`` or ``kv_cache``.
         DeviceError: ``device="opencl"`` and no such device, or its kernels do not build (the message names
             the device and carries the compiler log).
         ModelLoadError: see :mod:`bitnet_actor.engine.errors`.
     """
     if device not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if kv_cache not in ("f32", "f16"):
+        raise ValueError(f"kv_cache must be 'f32' or 'f16', got {kv_cache!r}")
     if threads is not None:
         ops.set_num_threads(threads)
     ctx = None
@@ -66,14 +70,14 @@ def load_model(
     weights = load_weights(Path(path), progress)
     tokenizer = load_tokenizer(weights.tokenizer_source)
     if ctx is None:
-        return Model(weights, tokenizer, output=output)
+        return Model(weights, tokenizer, output=output, kv_cache=kv_cache)
     try:
-        return Model(weights, tokenizer, output=output, opencl=ctx, progress=progress)
+        return Model(weights, tokenizer, output=output, opencl=ctx, progress=progress, kv_cache=kv_cache)
     except OpenCLError as exc:
         if device == "opencl":
             raise DeviceError(f"OpenCL: {exc}") from exc
         log.warning("device auto: OpenCL failed (%s); running on the CPU", exc)
-        return Model(weights, tokenizer, output=output)
+        return Model(weights, tokenizer, output=output, kv_cache=kv_cache)
 
 
 def open_opencl(selector: str | None, *, required: bool) -> Any | None:

@@ -164,60 +164,23 @@ static void be_glu_row(const float *gu, float *out, int64_t F, int relu2) {
 /* One query head of one row: attends to cache positions [0, t).  k, v: (t, D) rows of the head's KV group
  * (stride `cap` rows apart for different groups is handled by the caller).  sc: scratch of t floats.
  * Positions go four at a time: the four dot products share the loads of q, and the weighted sum of values
- * updates out once per four positions (the summation order is fixed by t and D alone). */
-static void be_attend(const float *q, const float *k, const float *v, int64_t t, int64_t D, float scale,
-                      float *sc, float *out) {
-    float mx = -INFINITY;
-    int64_t i = 0;
-    for (; i + 4 <= t; i += 4) {
-        const float *k0 = k + i * D, *k1 = k0 + D, *k2 = k1 + D, *k3 = k2 + D;
-        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-        for (int64_t d = 0; d < D; d++) {
-            s0 += q[d] * k0[d];
-            s1 += q[d] * k1[d];
-            s2 += q[d] * k2[d];
-            s3 += q[d] * k3[d];
-        }
-        sc[i] = s0 * scale;
-        sc[i + 1] = s1 * scale;
-        sc[i + 2] = s2 * scale;
-        sc[i + 3] = s3 * scale;
-    }
-    for (; i < t; i++) {
-        const float *kr = k + i * D;
-        float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-        for (int64_t d = 0; d < D; d++) s += q[d] * kr[d];
-        sc[i] = s * scale;
-    }
-    for (i = 0; i < t; i++)
-        if (sc[i] > mx) mx = sc[i];
-    float sum = 0.0f;
-    int64_t j = 0;
-#if BE_X86
-    if (be_simd_rows()) j = be_softmax_exp_avx2(sc, t, mx, &sum);
+ * updates out once per four positions (the summation order is fixed by t and D alone).
+ * The cache holds float32, or float16 (half the bytes a step reads; be_attend_f16). */
+#define BE_ATTEND_NAME be_attend
+#define BE_KV_T float
+#include "engine_attend.inc"
+#undef BE_ATTEND_NAME
+#undef BE_KV_T
+#if defined(__FLT16_MAX__)
+#define BE_HAS_F16_KV 1
+#define BE_ATTEND_NAME be_attend_f16_portable
+#define BE_KV_T _Float16
+#include "engine_attend.inc"
+#undef BE_ATTEND_NAME
+#undef BE_KV_T
+#else
+#define BE_HAS_F16_KV 0
 #endif
-    for (; j < t; j++) {
-        const float e = be_expf(sc[j] - mx);
-        sc[j] = e;
-        sum += e;
-    }
-    float inv = 1.0f / sum;
-    for (int64_t d = 0; d < D; d++) out[d] = 0.0f;
-    for (i = 0; i + 4 <= t; i += 4) {
-        const float *v0 = v + i * D, *v1 = v0 + D, *v2 = v1 + D, *v3 = v2 + D;
-        const float p0 = sc[i] * inv, p1 = sc[i + 1] * inv, p2 = sc[i + 2] * inv, p3 = sc[i + 3] * inv;
-#pragma omp simd
-        for (int64_t d = 0; d < D; d++) out[d] += (p0 * v0[d] + p1 * v1[d]) + (p2 * v2[d] + p3 * v3[d]);
-    }
-    for (; i < t; i++) {
-        const float *vr = v + i * D;
-        const float p = sc[i] * inv;
-#pragma omp simd
-        for (int64_t d = 0; d < D; d++) out[d] += p * vr[d];
-    }
-}
 
 /* ---------------------------------------------------------------------------------------------- dense */
 /* y[m, n] = sum_k x[m, k] * W[n, k] for rows n in [n0, n1), every m < M; W kinds: 0 f32, 1 f16, 2 bf16.
@@ -449,6 +412,103 @@ static void be_dense_simd(const float *x, int64_t M, int64_t K, const void *W, i
 static void be_q8_simd(const int8_t *xq, const float *xs, int64_t M, int64_t Kp, const int8_t *W,
                        const float *ws, int64_t n0, int64_t n1, float *y, int64_t N) {
     be_q8_portable(xq, xs, M, Kp, W, ws, n0, n1, y, N);
+}
+#endif
+
+/* ---------------------------------------------------------------------------------------------- float16 KV */
+/* be_store_f16 stores n floats as float16 (round to nearest even, as numpy's astype); be_attend_f16 is
+ * be_attend over a float16 cache.  With AVX2 + F16C (and D % 8 == 0, every real head size) both convert 8
+ * values per instruction; otherwise the compiler's _Float16 conversions run element by element. */
+#if BE_HAS_F16_KV
+#if BE_X86 && defined(__GNUC__)
+BE_AVX2 static void be_store_f16_avx2(_Float16 *d, const float *src, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(d + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) d[i] = (_Float16)src[i];
+}
+
+BE_AVX2 static inline __m256 be_h8(const _Float16 *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+
+/* As be_attend (four positions per pass), 8 lanes at a time over D (D % 8 == 0). */
+BE_AVX2 static void be_attend_f16_avx2(const float *q, const _Float16 *k, const _Float16 *v, int64_t t, int64_t D,
+                                       float scale, float *sc, float *out) {
+    int64_t i = 0;
+    for (; i + 4 <= t; i += 4) {
+        const _Float16 *k0 = k + i * D, *k1 = k0 + D, *k2 = k1 + D, *k3 = k2 + D;
+        __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+        for (int64_t d = 0; d < D; d += 8) {
+            const __m256 qd = _mm256_loadu_ps(q + d);
+            s0 = _mm256_fmadd_ps(qd, be_h8(k0 + d), s0);
+            s1 = _mm256_fmadd_ps(qd, be_h8(k1 + d), s1);
+            s2 = _mm256_fmadd_ps(qd, be_h8(k2 + d), s2);
+            s3 = _mm256_fmadd_ps(qd, be_h8(k3 + d), s3);
+        }
+        sc[i] = be_hsum8(s0) * scale;
+        sc[i + 1] = be_hsum8(s1) * scale;
+        sc[i + 2] = be_hsum8(s2) * scale;
+        sc[i + 3] = be_hsum8(s3) * scale;
+    }
+    for (; i < t; i++) {
+        __m256 s0 = _mm256_setzero_ps();
+        for (int64_t d = 0; d < D; d += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), be_h8(k + i * D + d), s0);
+        sc[i] = be_hsum8(s0) * scale;
+    }
+    float mx = -INFINITY, sum = 0.0f;
+    for (i = 0; i < t; i++)
+        if (sc[i] > mx) mx = sc[i];
+    int64_t j = be_softmax_exp_avx2(sc, t, mx, &sum);
+    for (; j < t; j++) {
+        const float e = be_expf(sc[j] - mx);
+        sc[j] = e;
+        sum += e;
+    }
+    const float inv = 1.0f / sum;
+    for (int64_t d = 0; d < D; d++) out[d] = 0.0f;
+    for (i = 0; i + 4 <= t; i += 4) {
+        const _Float16 *v0 = v + i * D, *v1 = v0 + D, *v2 = v1 + D, *v3 = v2 + D;
+        const __m256 p0 = _mm256_set1_ps(sc[i] * inv), p1 = _mm256_set1_ps(sc[i + 1] * inv);
+        const __m256 p2 = _mm256_set1_ps(sc[i + 2] * inv), p3 = _mm256_set1_ps(sc[i + 3] * inv);
+        for (int64_t d = 0; d < D; d += 8) {
+            const __m256 a = _mm256_fmadd_ps(p1, be_h8(v1 + d), _mm256_mul_ps(p0, be_h8(v0 + d)));
+            const __m256 b = _mm256_fmadd_ps(p3, be_h8(v3 + d), _mm256_mul_ps(p2, be_h8(v2 + d)));
+            _mm256_storeu_ps(out + d, _mm256_add_ps(_mm256_loadu_ps(out + d), _mm256_add_ps(a, b)));
+        }
+    }
+    for (; i < t; i++) {
+        const __m256 p = _mm256_set1_ps(sc[i] * inv);
+        for (int64_t d = 0; d < D; d += 8)
+            _mm256_storeu_ps(out + d, _mm256_fmadd_ps(p, be_h8(v + i * D + d), _mm256_loadu_ps(out + d)));
+    }
+}
+#endif
+
+static void be_store_f16(void *dst, const float *src, int64_t n) {
+    _Float16 *d = (_Float16 *)dst;
+#if BE_X86 && defined(__GNUC__)
+    if (be_simd_rows()) {
+        be_store_f16_avx2(d, src, n);
+        return;
+    }
+#endif
+    for (int64_t i = 0; i < n; i++) d[i] = (_Float16)src[i];
+}
+
+static void be_attend_f16(const float *q, const void *k, const void *v, int64_t t, int64_t D, float scale,
+                          float *sc, float *out) {
+#if BE_X86 && defined(__GNUC__)
+    if (be_simd_rows() && D % 8 == 0) {
+        be_attend_f16_avx2(q, (const _Float16 *)k, (const _Float16 *)v, t, D, scale, sc, out);
+        return;
+    }
+#endif
+    be_attend_f16_portable(q, (const _Float16 *)k, (const _Float16 *)v, t, D, scale, sc, out);
+}
+#else
+static void be_store_f16(void *dst, const float *src, int64_t n) { (void)dst, (void)src, (void)n; }
+static void be_attend_f16(const float *q, const void *k, const void *v, int64_t t, int64_t D, float scale,
+                          float *sc, float *out) {
+    (void)q, (void)k, (void)v, (void)t, (void)D, (void)scale, (void)sc, (void)out;
 }
 #endif
 

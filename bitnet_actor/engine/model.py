@@ -10,6 +10,7 @@ needed.  A sequence's greedy output is therefore the same alone and inside any b
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from bitnet_actor.engine.opencl import OpenCLRunner
 
 __all__ = ["Model", "ModelInfo", "Sequence", "StepOutput"]
+
+log = logging.getLogger(__name__)
 
 FinishReason = Literal["stop", "length"]
 _ids = itertools.count()
@@ -121,15 +124,17 @@ class Sequence:
         self.prompt = prompt
         self.params = params
         self.capacity = int(len(prompt) + params.max_tokens)
-        # float32 (layers, Hkv, capacity, D) arrays on the CPU, device buffers of that layout on OpenCL
+        # (layers, Hkv, capacity, D) arrays on the CPU (float32, or float16: see Model.kv_cache), float32 device
+        # buffers of that layout on OpenCL
         self.k_cache: Any = None
         self.v_cache: Any = None
         if model._runner is not None:
             self.k_cache, self.v_cache, self._cache_bytes = model._runner.new_cache(self.capacity)
         else:
             shape = (cfg.num_layers, cfg.num_kv_heads, self.capacity, cfg.head_dim)
-            self.k_cache = np.empty(shape, dtype=np.float32)
-            self.v_cache = np.empty(shape, dtype=np.float32)
+            dtype = np.float16 if model.kv_cache == "f16" else np.float32
+            self.k_cache = np.empty(shape, dtype=dtype)
+            self.v_cache = np.empty(shape, dtype=dtype)
             self._cache_bytes = int(self.k_cache.nbytes + self.v_cache.nbytes)
         self.pos = 0  # tokens whose keys/values are in the cache
         self.output_ids: list[int] = []
@@ -266,6 +271,7 @@ class Model:
         output: str = "exact",
         opencl: Any | None = None,
         progress: Callable[[int, int], None] | None = None,
+        kv_cache: str = "f32",
     ) -> None:
         """Wrap loaded weights (use :func:`bitnet_actor.engine.load_model`).
 
@@ -276,6 +282,7 @@ class Model:
                 token, logits change slightly).
             opencl: a :class:`kernels_opencl.Context` to run on (weights uploaded now), or None for the CPU.
             progress: called as ``progress(done, total)`` while weights upload to the device.
+            kv_cache: ``"f32"`` or ``"f16"`` (see :meth:`set_kv_cache`).
         """
         self.weights = weights
         self.config: ModelConfig = weights.config
@@ -296,6 +303,8 @@ class Model:
 
             self._runner = OpenCLRunner(weights, opencl, self._cos, self._sin, progress)
         self.set_output_layer(output)
+        self._kv_cache = "f32"
+        self.set_kv_cache(kv_cache)
 
     # ---------------------------------------------------------------------------------------------- properties
 
@@ -407,6 +416,32 @@ class Model:
             raise ValueError(f"output must be 'exact' or 'q8', got {kind!r}")
         if self._runner is not None:
             self._runner.set_head(self._head)
+
+    @property
+    def kv_cache(self) -> str:
+        """Element type of new sequences' KV caches: ``"f32"`` or ``"f16"``."""
+        return self._kv_cache
+
+    def set_kv_cache(self, kind: str) -> None:
+        """Choose the KV cache's element type for sequences created from now on.
+
+        ``"f32"`` keeps keys and values as computed (the forward pass proven against transformers); ``"f16"``
+        stores them rounded to float16, as llama.cpp does by default: half the memory per token, and half the
+        bytes each decode step reads from the cache (attention at long contexts is bound by them), for logits
+        that move by about float16's precision.  The OpenCL path keeps float32.
+
+        Args:
+            kind: ``"f32"`` or ``"f16"``.
+
+        Raises:
+            ValueError: another kind.
+        """
+        if kind not in ("f32", "f16"):
+            raise ValueError(f"kv_cache must be 'f32' or 'f16', got {kind!r}")
+        if kind == "f16" and self._runner is not None:
+            log.warning("kv_cache f16: the OpenCL path keeps float32 KV caches")
+            kind = "f32"
+        self._kv_cache = kind
 
     # ---------------------------------------------------------------------------------------------- sequences
 

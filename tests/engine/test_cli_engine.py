@@ -76,3 +76,14 @@ def test_a_bad_opencl_device_is_one_line(capsys: pytest.CaptureFixture[str]) -> 
     last = err.strip().splitlines()[-1]
     assert last.startswith("bitnet-actor: error: OpenCL: no OpenCL ")  # "device matches 'no-such-gpu'" or "platform"
     assert "Traceback" not in err
+
+
+def test_generate_with_f16_kv_cache(capsys: pytest.CaptureFixture[str]) -> None:
+    from bitnet_actor.system import DEMO_MODEL_DIR
+
+    argv = ["generate", "--model", str(DEMO_MODEL_DIR), "--prompt", "Return a list of", "--max-tokens", "12"]
+    assert cli_engine.run(_parse([*argv, "--kv-cache", "f16"])) == 0
+    out, _ = capsys.readouterr()
+    assert out.strip()
+    with pytest.raises(SystemExit):
+        _parse([*argv, "--kv-cache", "int4"])
