@@ -296,8 +296,8 @@ def attn_block(float[:, ::1] qkv, int nh, int nkv, int hd, const float[:, ::1] c
     """RoPE on the q/k parts of a fused (M, (nh + 2 nkv) hd) product, cache writes, causal GQA attention.
 
     Sequence s owns rows [bounds[s], bounds[s+1]) at positions starts[s] + i, and the caches
-    kcaches[s], vcaches[s] (nkv, cap, hd), all float32 or all float16 (stored rounded to nearest).  Writes out (M, nh * hd), then RMSNorm of its rows with sub_w
-    (nh * hd,) unless sub_w is None.
+    kcaches[s], vcaches[s] (nkv, cap, hd), all float32 or all float16 (stored rounded to nearest).  Writes
+    out (M, nh * hd), then RMSNorm of its rows with sub_w (nh * hd,) unless sub_w is None.
     """
     cdef const float[::1] swv
     cdef int has_sub = sub_w is not None

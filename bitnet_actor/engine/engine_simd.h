@@ -370,9 +370,8 @@ BE_AVX512 static void be_dense_avx512(const float *x, int64_t M, int64_t K, cons
 
 /* q8 on AVX-512 VNNI: vpdpbusd takes unsigned bytes, so each weight byte is offset by 128 (w ^ 0x80 = w + 128
  * as uint8) and 128 * xsum[m] (xsum: each activation row's sum) taken off again: the same exact int32 dot, two
- * instructions per 64 weights.  Two
- * weight rows share each activation load; the rows are prefetched BE_Q8_PF bytes ahead (a decode step streams
- * the whole output layer, the largest matrix of the model, once). */
+ * instructions per 64 weights.  Two weight rows share each activation load; the rows are prefetched BE_Q8_PF
+ * bytes ahead (a decode step streams the whole output layer, the largest matrix of the model, once). */
 #define BE_Q8_PF 4096
 BE_AVX512 static void be_q8_vnni(const int8_t *xq, const float *xs, const int32_t *xsum, int64_t M, int64_t Kp,
                                  const int8_t *W, const float *ws, int64_t n0, int64_t n1, float *y, int64_t N) {
