@@ -30,6 +30,9 @@ def _compile_args() -> list[str]:
     return args
 
 
+_PXDS = sorted((HERE / "kernels_cython").glob("*.pxd"))
+
+
 def _extensions() -> list[Extension]:
     sources = sorted((HERE / "kernels_cython").glob("*.pyx")) + sorted((HERE / "bitnet_actor" / "engine").glob("*.pyx"))
     return [
@@ -40,9 +43,10 @@ def _extensions() -> list[Extension]:
             extra_compile_args=_compile_args(),
             extra_link_args=["-fopenmp"],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-            # the C headers beside the .pyx (a change to one rebuilds the extension)
+            # the C headers beside the .pyx and the .pxd files (a change to one rebuilds the extension)
             depends=[
-                str(h.relative_to(HERE)) for h in sorted(pyx.parent.glob("*.h")) + sorted(pyx.parent.glob("*.inc"))
+                str(h.relative_to(HERE))
+                for h in sorted(pyx.parent.glob("*.h")) + sorted(pyx.parent.glob("*.inc")) + _PXDS
             ],
         )
         for pyx in sources
@@ -52,6 +56,8 @@ def _extensions() -> list[Extension]:
 setup(
     ext_modules=cythonize(
         _extensions(),
+        # the engine's extension cimports kernels_cython/_ternary.pxd
+        include_path=[str(HERE)],
         compiler_directives={
             "language_level": "3",
             "boundscheck": False,

@@ -380,7 +380,7 @@ cdef void _matmul(const uint8_t *W, int64_t N, int64_t rb, const int8_t *X, int6
     # dynamically; the activations are laid out once for the kernel (AMX B tiles, or the tile layout)
     nb = BK_AMX_NB if isa == ISA_AMX else BK_NB
     if isa == ISA_AMX:
-        for b in prange(Mp // BK_AMX_MT, num_threads=nt, schedule="static"):  # Mp % BK_AMX_MT == 0 (_Scratch)
+        for b in prange(Mp // BK_AMX_MT, num_threads=nt, schedule="static"):  # Mp % BK_AMX_MT == 0 (_row_tile)
             bk_amx_pack_x(X, Kp, b, Xt)
     else:
         bk_pack_x(X, Mp, Kp, Xt)
@@ -405,43 +405,77 @@ cdef void _matmul(const uint8_t *W, int64_t N, int64_t rb, const int8_t *X, int6
                     bk_gemm_vnni_emu(ubuf, nbuf, b * nb, nvalid, Xt, Mp, Kp, xsum, o, ubuf + BK_BUF_BYTES(Kp))
 
 
-cdef class _Scratch:
-    """Aligned scratch in one allocation: padded activations X (Mp, Kp) int8, row sums (Mp,), scales (Mp,)
-    and, for GEMM and the portable path, nt per-thread buffers of _thread_bytes(Mp, Kp) bytes."""
+cdef inline int64_t _row_tile(int isa, int64_t M) noexcept nogil:
+    """Rows of the GEMM's row tile: activations are padded to a multiple of it."""
+    return BK_AMX_MT if isa == ISA_AMX and M > 4 else BK_MR
 
-    cdef uint8_t *base
-    cdef int8_t *X
-    cdef int32_t *xsum
-    cdef float *s
-    cdef uint8_t *tbuf
-    cdef int8_t *Xt
-    cdef int8_t *xi
-    cdef int64_t Mp
 
-    def __cinit__(self, int64_t M, int64_t Kp, int nt, bint need_tbuf, int isa):
-        # rows padded to the GEMM's row tile: BK_AMX_MT for AMX, BK_MR otherwise
-        cdef int64_t mr = BK_AMX_MT if isa == ISA_AMX and M > 4 else BK_MR
-        cdef int64_t Mp = (M + mr - 1) // mr * mr
-        cdef int64_t xbytes = Mp * Kp
-        cdef int64_t vbytes = (Mp * 4 + 63) // 64 * 64
-        cdef int64_t tbytes = nt * _thread_bytes(Mp, Kp) if need_tbuf else 0
-        cdef int64_t xtbytes = BK_XT_BYTES(Mp, Kp) if need_tbuf else 0
-        self.Mp = Mp
-        self.base = <uint8_t *>bk_alloc(xbytes + 2 * vbytes + tbytes + xtbytes + Kp)
-        if self.base == NULL:
-            raise MemoryError("cannot allocate activation scratch")
-        self.X = <int8_t *>self.base
-        self.xsum = <int32_t *>(self.base + xbytes)
-        self.s = <float *>(self.base + xbytes + vbytes)
-        self.tbuf = self.base + xbytes + 2 * vbytes if need_tbuf else NULL
-        self.Xt = <int8_t *>(self.base + xbytes + 2 * vbytes + tbytes) if need_tbuf else NULL
-        self.xi = <int8_t *>(self.base + xbytes + 2 * vbytes + tbytes + xtbytes)
-        if Mp > M:
-            memset(self.X + M * Kp, 0, (Mp - M) * Kp)
-            memset(self.xsum + M, 0, (Mp - M) * sizeof(int32_t))
+cdef int tl_scratch_init(tl_scratch *sc, int64_t M, int64_t Kp, int nt, bint need_tbuf, int isa) noexcept nogil:
+    """One aligned allocation for products of up to M rows of up to Kp padded columns with nt threads on isa:
+    padded activations X (Mp, Kp) int8, row sums (Mp,), scales (Mp,) and, for GEMM and the portable path
+    (need_tbuf), nt per-thread buffers of _thread_bytes(Mp, Kp) bytes and the GEMM's activation layout.
+    Returns 0, or -1 when memory is short (sc.base is then NULL)."""
+    cdef int64_t Mp = (M + BK_AMX_MT - 1) // BK_AMX_MT * BK_AMX_MT  # a multiple of every row tile
+    cdef int64_t xbytes = Mp * Kp
+    cdef int64_t vbytes = (Mp * 4 + 63) // 64 * 64
+    cdef int64_t tbytes = nt * _thread_bytes(Mp, Kp) if need_tbuf else 0
+    cdef int64_t xtbytes = BK_XT_BYTES(Mp, Kp) if need_tbuf else 0
+    sc.cap_M = M
+    sc.cap_Kp = Kp
+    sc.nt = nt
+    sc.isa = isa
+    sc.base = <uint8_t *>bk_alloc(xbytes + 2 * vbytes + tbytes + xtbytes + Kp)
+    if sc.base == NULL:
+        return -1
+    sc.X = <int8_t *>sc.base
+    sc.xsum = <int32_t *>(sc.base + xbytes)
+    sc.s = <float *>(sc.base + xbytes + vbytes)
+    sc.tbuf = sc.base + xbytes + 2 * vbytes if need_tbuf else NULL
+    sc.Xt = <int8_t *>(sc.base + xbytes + 2 * vbytes + tbytes) if need_tbuf else NULL
+    sc.xi = <int8_t *>(sc.base + xbytes + 2 * vbytes + tbytes + xtbytes)
+    return 0
 
-    def __dealloc__(self):
-        free(self.base)
+
+cdef void tl_scratch_free(tl_scratch *sc) noexcept nogil:
+    free(sc.base)
+    sc.base = NULL
+
+
+cdef inline int64_t _pad_rows(tl_scratch *sc, int64_t M, int64_t Kp) noexcept nogil:
+    """Zero the padding rows of X and xsum for M rows of Kp columns; returns Mp."""
+    cdef int64_t mr = _row_tile(sc.isa, M)
+    cdef int64_t Mp = (M + mr - 1) // mr * mr
+    if Mp > M:
+        memset(sc.X + M * Kp, 0, (Mp - M) * Kp)
+        memset(sc.xsum + M, 0, (Mp - M) * sizeof(int32_t))
+    return Mp
+
+
+cdef int tl_linear(const float *x, int64_t M, int64_t K, const uint8_t *W, int64_t N, int64_t rb,
+                   const float *rscale, float scale, float *out, tl_scratch *sc) noexcept nogil:
+    """out (M, N) = rescaled exact product of x (M, K) quantized per row and the packed codes W (N, rb), with
+    per-row scales rscale (N,) or, when NULL, the one scale; sc from tl_scratch_init with M <= cap_M, rb * 4 <=
+    cap_Kp and (for M > 1 or the portable path) need_tbuf.  Returns the number of rows of x that hold NaN or inf
+    (out is then not written)."""
+    cdef int64_t Kp = rb * 4
+    cdef int64_t Mp = _pad_rows(sc, M, Kp)
+    cdef bk_out_t o
+    o.outi = NULL
+    o.outf = out
+    o.s = sc.s
+    o.rscale = rscale
+    o.scale = 1.0 if rscale != NULL else scale
+    o.M = M
+    o.N = N
+    cdef int bad = _quantize_rows(x, M, K, Kp, sc.X, sc.s, sc.xsum, sc.isa, sc.nt)
+    if bad == 0:
+        _matmul(W, N, rb, sc.X, M, Mp, sc.xsum, &o, sc.tbuf, sc.Xt, sc.xi, sc.isa, sc.nt)
+    return bad
+
+
+cdef int tl_default_isa() noexcept nogil:
+    """The ISA code a call with ``isa=None`` uses."""
+    return _DEFAULT_ISA_CODE
 
 
 cdef object _packed_for(object w, int64_t K):
@@ -486,7 +520,10 @@ def ternary_matmul_int32(xq, w, *, isa=None, threads=None):
         return out
     cdef const int8_t *xp = <const int8_t *>cnp.PyArray_DATA(<cnp.ndarray>xq)
     cdef const uint8_t *wp = <const uint8_t *>cnp.PyArray_DATA(packed)
-    cdef _Scratch sc = _Scratch(M, Kp, nt, M > 1 or isa_c == ISA_PORTABLE, isa_c)
+    cdef tl_scratch sc
+    if tl_scratch_init(&sc, M, Kp, nt, M > 1 or isa_c == ISA_PORTABLE, isa_c):
+        raise MemoryError("cannot allocate activation scratch")
+    cdef int64_t Mp = _pad_rows(&sc, M, Kp)
     cdef bk_out_t o
     o.outi = <int32_t *>cnp.PyArray_DATA(out)
     o.outf = NULL
@@ -505,7 +542,8 @@ def ternary_matmul_int32(xq, w, *, isa=None, threads=None):
             for k in range(K):
                 acc = acc + xp[m * K + k]
             sc.xsum[m] = acc
-        _matmul(wp, N, rb, sc.X, M, sc.Mp, sc.xsum, &o, sc.tbuf, sc.Xt, sc.xi, isa_c, nt)
+        _matmul(wp, N, rb, sc.X, M, Mp, sc.xsum, &o, sc.tbuf, sc.Xt, sc.xi, isa_c, nt)
+        tl_scratch_free(&sc)
     return out
 
 
@@ -539,26 +577,20 @@ def ternary_linear(x, w, *, isa=None, threads=None):
         return out
     cdef const float *xp = <const float *>cnp.PyArray_DATA(<cnp.ndarray>x)
     cdef const uint8_t *wp = <const uint8_t *>cnp.PyArray_DATA(packed)
-    cdef _Scratch sc = _Scratch(M, Kp, nt, M > 1 or isa_c == ISA_PORTABLE, isa_c)
+    cdef const float *rsp = NULL
     cdef cnp.ndarray rs
-    cdef bk_out_t o
-    o.outi = NULL
-    o.outf = <float *>cnp.PyArray_DATA(out)
-    o.s = sc.s
-    o.rscale = NULL
-    o.scale = 1.0
-    o.M = M
-    o.N = N
     if row_scale is not None:
         rs = row_scale
-        o.rscale = <const float *>cnp.PyArray_DATA(rs)
-    else:
-        o.scale = <float>scale
+        rsp = <const float *>cnp.PyArray_DATA(rs)
+    cdef float sc_f = 1.0 if row_scale is not None else <float>scale
+    cdef float *op = <float *>cnp.PyArray_DATA(out)
+    cdef tl_scratch sc
+    if tl_scratch_init(&sc, M, Kp, nt, M > 1 or isa_c == ISA_PORTABLE, isa_c):
+        raise MemoryError("cannot allocate activation scratch")
     cdef int bad
     with nogil:
-        bad = _quantize_rows(xp, M, K, Kp, sc.X, sc.s, sc.xsum, isa_c, nt)
-        if not bad:
-            _matmul(wp, N, rb, sc.X, M, sc.Mp, sc.xsum, &o, sc.tbuf, sc.Xt, sc.xi, isa_c, nt)
+        bad = tl_linear(xp, M, K, wp, N, rb, rsp, sc_f, op, &sc)
+        tl_scratch_free(&sc)
     if bad:
         raise ValueError("x contains NaN or inf")
     return out

@@ -51,7 +51,10 @@ from bitnet_actor.engine.model import Model
 from bitnet_actor.engine.synthetic import SHAPES, random_weights
 
 KERNELS = ("ternary_linear", "dense_matmul")
-OPS = (*KERNELS, "attn_block", "add_rmsnorm", "glu_norm", "rmsnorm")
+OPS = (*KERNELS, "attn_block", "add_rmsnorm", "glu_norm", "rmsnorm", "run_layers")
+# what the per-token breakdown reports: the ops above, with the compiled layer loop's time split into its
+# ternary products, attention and "layer ops" (norms, residual adds, gated activation)
+REPORT = (*KERNELS, "attn_block", "layer ops", "add_rmsnorm", "glu_norm", "rmsnorm")
 
 
 def _proc_status(key: str) -> int:
@@ -95,7 +98,14 @@ def check_correctness() -> None:
     )  # fmt: skip
     model = Model(random_weights(cfg, seed=1))
     ids = list(np.random.default_rng(2).integers(0, 1000, 40))
-    # every op call of a forward, replayed through the numpy reference path on the same inputs
+    if not model.compiled_layers:
+        sys.exit("FAILED: the compiled layer loop does not take the benchmark's model")
+    compiled = model.logits(ids)
+    model.set_compiled_layers(False)
+    if not np.array_equal(model.logits(ids), compiled):
+        sys.exit("FAILED: the compiled layer loop differs from the per-op path")
+    print("correctness: compiled layer loop == per-op path (bit for bit): ok")
+    # every op call of a per-op forward, replayed through the numpy reference path on the same inputs
     calls: list[tuple[str, tuple[Any, ...], Any]] = []
     originals = {name: getattr(ops, name) for name in OPS}
 
@@ -116,6 +126,7 @@ def check_correctness() -> None:
     finally:
         for name, fn in originals.items():
             setattr(ops, name, fn)
+        model.set_compiled_layers(True)
     saved = ops._fast, ops._kfast
     worst: dict[str, float] = {}
     ops._fast, ops._kfast = None, None  # type: ignore[assignment]
@@ -221,6 +232,7 @@ def _decode(model: Model, n: int, timer: _Timer | None = None, context: int = 4)
     if timer is not None:
         timer.acc.clear()
         timer.install()
+        model.op_times = np.zeros(3)
     t = time.perf_counter()
     steps = 0
     try:
@@ -231,8 +243,17 @@ def _decode(model: Model, n: int, timer: _Timer | None = None, context: int = 4)
         if timer is not None:
             timer.remove()
     dt = time.perf_counter() - t
-    per = {k: v / steps for k, v in timer.acc.items()} if timer is not None else {}
-    per["total"] = dt / steps
+    per: dict[str, float] = {"total": dt / steps}
+    if timer is not None:
+        per.update({k: v / steps for k, v in timer.acc.items()})
+        # Python: everything outside the ops (the compiled layer loop counts as one op)
+        per["python"] = per["total"] - sum(timer.acc.values()) / steps
+        split = model.op_times
+        model.op_times = None
+        if split is not None and per.pop("run_layers", 0.0):
+            per["ternary_linear"] = per.get("ternary_linear", 0.0) + split[0] / steps
+            per["attn_block"] = per.get("attn_block", 0.0) + split[1] / steps
+            per["layer ops"] = split[2] / steps
     return steps / dt, per
 
 
@@ -272,9 +293,9 @@ def child(shape: str, threads: list[int], reps: int) -> dict[str, Any]:
         d64 = statistics.median(_decode(model, 64)[0] for _ in range(reps))
         runs = [_decode(model, 128, _Timer()) for _ in range(reps)]
         d128 = statistics.median(r[0] for r in runs)
-        per = {k: statistics.median(r[1].get(k, 0.0) for r in runs) for k in (*OPS, "total")}
+        per = {k: statistics.median(r[1].get(k, 0.0) for r in runs) for k in (*REPORT, "total", "python")}
         outside = per["total"] - sum(per[k] for k in KERNELS)
-        python = per["total"] - sum(per[k] for k in OPS)
+        python = per["python"]
         model.set_output_layer("q8")
         dq8 = statistics.median(_decode(model, 64)[0] for _ in range(reps))
         # after a 1024-token prompt, with float32 and float16 KV caches (the cache is then ~1/3 of the bytes)
@@ -292,7 +313,7 @@ def child(shape: str, threads: list[int], reps: int) -> dict[str, Any]:
             "decode64_q8_1k_f16kv": long16,
             "outside_kernels_ms": outside * 1e3,
             "python_ms": python * 1e3,
-            "ops_ms": {k: per[k] * 1e3 for k in OPS},
+            "ops_ms": {k: per[k] * 1e3 for k in REPORT if per[k]},
         }
     ids = prompt[:32]
     exact = model.logits(ids)

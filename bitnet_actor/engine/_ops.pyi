@@ -47,3 +47,19 @@ def attn_block(
     sub_w: npt.NDArray[np.float32] | None = None,
     eps: float = 1e-5,
 ) -> None: ...
+
+class LayerStack:
+    def __init__(self, specs: list[tuple[Any, ...]], nh: int, nkv: int, hd: int, relu2: bool, eps: float) -> None: ...
+    @property
+    def num_layers(self) -> int: ...
+    def forward(
+        self,
+        x: npt.NDArray[np.float32],
+        cos: npt.NDArray[np.float32],
+        sin: npt.NDArray[np.float32],
+        kcaches: list[npt.NDArray[Any]],
+        vcaches: list[npt.NDArray[Any]],
+        bounds: npt.NDArray[np.int64],
+        starts: npt.NDArray[np.int64],
+        timings: npt.NDArray[np.float64] | None = None,
+    ) -> None: ...

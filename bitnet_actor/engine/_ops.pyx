@@ -11,9 +11,12 @@ from libc.math cimport fabsf, rintf
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 cimport numpy as cnp
 cimport openmp
+
+from kernels_cython._ternary cimport tl_default_isa, tl_linear, tl_scratch, tl_scratch_free, tl_scratch_init
 
 import numpy as np
 
@@ -74,20 +77,33 @@ def has_simd():
     return bool(_simd)
 
 
+cdef void _rmsnorm_rows(const float *x, const float *w, float *y, int64_t M, int64_t K, float eps,
+                        int nt) noexcept nogil:
+    """y (M, K) = RMSNorm of x's rows with w (K,); rows in parallel above 65536 elements."""
+    cdef int64_t m
+    if M * K < 65536 or nt == 1:
+        for m in range(M):
+            be_rmsnorm_row(x + m * K, w, y + m * K, K, eps)
+        return
+    for m in prange(M, num_threads=nt, schedule="static"):
+        be_rmsnorm_row(x + m * K, w, y + m * K, K, eps)
+
+
+cdef void _add_rows(float *x, const float *y, int64_t n) noexcept nogil:
+    cdef int64_t i
+    for i in range(n):
+        x[i] = x[i] + y[i]
+
+
 def rmsnorm(const float[:, ::1] x, const float[::1] w, float eps):
     """RMSNorm of each row of x (M, K) with weight w (K,); a new float32 (M, K)."""
-    cdef int64_t M = x.shape[0], K = x.shape[1], m
+    cdef int64_t M = x.shape[0], K = x.shape[1]
     out = np.empty((M, K), dtype=np.float32)
     cdef float[:, ::1] y = out
     if M == 0:
         return out
-    cdef int nt = _n_threads if M * K >= 65536 else 1
-    if nt == 1:
-        for m in range(M):
-            be_rmsnorm_row(&x[m, 0], &w[0], &y[m, 0], K, eps)
-    else:
-        for m in prange(M, nogil=True, num_threads=nt, schedule="static"):
-            be_rmsnorm_row(&x[m, 0], &w[0], &y[m, 0], K, eps)
+    with nogil:
+        _rmsnorm_rows(&x[0, 0], &w[0], &y[0, 0], M, K, eps, _n_threads)
     return out
 
 
@@ -236,42 +252,59 @@ cdef object _q8(const float[:, ::1] x, cnp.ndarray wa, scales, out, int path):
     return out
 
 
+cdef void _add_rmsnorm_rows(float *x, const float *y, const float *w, float *out, int64_t M, int64_t K,
+                            float eps) noexcept nogil:
+    """x += y (M, K) in place, then out = RMSNorm of x's rows with w (K,)."""
+    cdef int64_t m, k
+    for m in range(M):
+        for k in range(K):
+            x[m * K + k] = x[m * K + k] + y[m * K + k]
+        be_rmsnorm_row(x + m * K, w, out + m * K, K, eps)
+
+
+cdef void _glu_norm_rows(const float *gu, float *y, int64_t M, int64_t F, bint relu2, const float *w, float eps,
+                         int nt) noexcept nogil:
+    """y (M, F) = act(gate) * up of gu (M, 2F), then RMSNorm of each row with w (F,) unless w is NULL."""
+    cdef int64_t m
+    if M * F < 65536 or nt == 1:
+        for m in range(M):
+            be_glu_row(gu + m * 2 * F, y + m * F, F, relu2)
+            if w != NULL:
+                be_rmsnorm_row(y + m * F, w, y + m * F, F, eps)
+        return
+    for m in prange(M, num_threads=nt, schedule="static"):
+        be_glu_row(gu + m * 2 * F, y + m * F, F, relu2)
+        if w != NULL:
+            be_rmsnorm_row(y + m * F, w, y + m * F, F, eps)
+
+
 def add_rmsnorm(float[:, ::1] x, const float[:, ::1] y, const float[::1] w, float eps):
     """``x += y`` in place, then RMSNorm of x's rows; a new float32 (M, K)."""
-    cdef int64_t M = x.shape[0], K = x.shape[1], m, k
+    cdef int64_t M = x.shape[0], K = x.shape[1]
     out = np.empty((M, K), dtype=np.float32)
     cdef float[:, ::1] o = out
+    if M == 0:
+        return out
     with nogil:
-        for m in range(M):
-            for k in range(K):
-                x[m, k] = x[m, k] + y[m, k]
-            be_rmsnorm_row(&x[m, 0], &w[0], &o[m, 0], K, eps)
+        _add_rmsnorm_rows(&x[0, 0], &y[0, 0], &w[0], &o[0, 0], M, K, eps)
     return out
 
 
 def glu_norm(const float[:, ::1] gu, bint relu2, w, float eps):
     """act(gate) * up of a fused (M, 2F) product, then RMSNorm with w (F,) unless w is None."""
-    cdef int64_t M = gu.shape[0], F = gu.shape[1] // 2, m
+    cdef int64_t M = gu.shape[0], F = gu.shape[1] // 2
     out = np.empty((M, F), dtype=np.float32)
     cdef float[:, ::1] y = out
     cdef const float[::1] wv
-    cdef int has_w = w is not None
-    if has_w:
+    cdef const float *wp = NULL
+    if w is not None:
         wv = w
-    cdef int nt = _n_threads if M * F >= 65536 else 1
+        wp = &wv[0]
+    cdef int nt = _n_threads
     if M == 0:
         return out
-    if nt == 1:
-        with nogil:
-            for m in range(M):
-                be_glu_row(&gu[m, 0], &y[m, 0], F, relu2)
-                if has_w:
-                    be_rmsnorm_row(&y[m, 0], &wv[0], &y[m, 0], F, eps)
-        return out
-    for m in prange(M, nogil=True, num_threads=nt, schedule="static"):
-        be_glu_row(&gu[m, 0], &y[m, 0], F, relu2)
-        if has_w:
-            be_rmsnorm_row(&y[m, 0], &wv[0], &y[m, 0], F, eps)
+    with nogil:
+        _glu_norm_rows(&gu[0, 0], &y[0, 0], M, F, relu2, wp, eps, nt)
     return out
 
 
@@ -290,6 +323,95 @@ cdef inline void _store(bint f16, char *dst, const float *src, int64_t n) noexce
         memcpy(dst, src, n * sizeof(float))
 
 
+cdef void _attn_rows(float *qkv, int64_t M, int64_t nh, int64_t nkv, int64_t hd, const float *cos,
+                     const float *sin, char **kp, char **vp, const int64_t *cap, const int64_t *seq_of,
+                     const int64_t *pos, float *out, const float *sub_w, float eps, bint f16, float *sc,
+                     int64_t tmax, int nt) noexcept nogil:
+    """RoPE, cache writes and causal GQA attention of M rows of a fused (M, (nh + 2 nkv) hd) product.
+
+    Row m belongs to sequence seq_of[m], at position pos[m]; that sequence's caches for this layer start at
+    kp[s] / vp[s] (nkv, cap[s], hd) of float32 or float16 (f16).  cos / sin: (M, hd / 2).  Writes out
+    (M, nh hd), then RMSNorm of its rows with sub_w unless NULL.  sc: nt * tmax floats of score scratch.
+    """
+    cdef int64_t qd = nh * hd, kvd = nkv * hd, ld = qd + 2 * kvd, group = nh // nkv, esz = 2 if f16 else 4
+    cdef int64_t m, s, p, g, task, h
+    cdef float scale = (<float>hd) ** -0.5
+    cdef int tid
+    cdef float *row
+    for m in range(M):
+        s = seq_of[m]
+        p = pos[m]
+        row = qkv + m * ld
+        be_rope_row(row, nh, hd, cos + m * (hd // 2), sin + m * (hd // 2))
+        be_rope_row(row + qd, nkv, hd, cos + m * (hd // 2), sin + m * (hd // 2))
+        for g in range(nkv):
+            _store(f16, kp[s] + (g * cap[s] + p) * hd * esz, row + qd + g * hd, hd)
+            _store(f16, vp[s] + (g * cap[s] + p) * hd * esz, row + qd + kvd + g * hd, hd)
+    if nt == 1:
+        for task in range(M * nh):
+            m = task // nh
+            h = task % nh
+            s = seq_of[m]
+            _attend(f16, qkv + m * ld + h * hd, kp[s] + (h // group) * cap[s] * hd * esz,
+                    vp[s] + (h // group) * cap[s] * hd * esz, pos[m] + 1, hd, scale, sc, out + m * qd + h * hd)
+    else:
+        for task in prange(M * nh, num_threads=nt, schedule="dynamic"):
+            tid = openmp.omp_get_thread_num()
+            m = task // nh
+            h = task % nh
+            s = seq_of[m]
+            _attend(f16, qkv + m * ld + h * hd, kp[s] + (h // group) * cap[s] * hd * esz,
+                    vp[s] + (h // group) * cap[s] * hd * esz, pos[m] + 1, hd, scale, sc + tid * tmax,
+                    out + m * qd + h * hd)
+    if sub_w != NULL:
+        for m in range(M):
+            be_rmsnorm_row(out + m * qd, sub_w, out + m * qd, qd, eps)
+
+
+cdef inline int _attn_threads(int64_t M, int64_t nh, int64_t hd, int64_t tmax, int nt) noexcept nogil:
+    """Threads for the attention of M rows: one below ~10 us of work (a second thread costs more)."""
+    if M * nh < 2 or M * nh * tmax * hd < 65536:
+        return 1
+    return nt
+
+
+cdef int64_t _seq_rows(list kcaches, list vcaches, const int64_t[::1] bounds, const int64_t[::1] starts,
+                       int64_t M, int ndim, int64_t nkv, int64_t hd, int64_t layers, char **kp, char **vp,
+                       int64_t *cap, int64_t *seq_of, int64_t *pos, bint *f16) except -1:
+    """Check the sequences' caches ((nkv, cap, hd), or (layers, nkv, cap, hd) when ndim is 4) and rows; fill the
+    cache pointers and capacities, each row's sequence and position; returns the longest sequence after the step."""
+    cdef int64_t S = len(kcaches), s, m, tmax = 0, d0 = ndim - 3
+    cdef cnp.ndarray kc, vc
+    if len(vcaches) != S or bounds.shape[0] != S + 1 or starts.shape[0] != S or bounds[S] != M or bounds[0] != 0:
+        raise ValueError("attn_block: inconsistent sequences")
+    f16[0] = S > 0 and isinstance(kcaches[0], np.ndarray) and kcaches[0].dtype == np.float16
+    cdef int dtype = cnp.NPY_FLOAT16 if f16[0] else cnp.NPY_FLOAT32
+    if f16[0] and not BE_HAS_F16_KV:
+        raise ValueError("attn_block: this build has no float16 support (a compiler with _Float16 is needed)")
+    for s in range(S):
+        kc = kcaches[s]
+        vc = vcaches[s]
+        if (cnp.PyArray_NDIM(kc) != ndim or cnp.PyArray_NDIM(vc) != ndim
+                or not cnp.PyArray_IS_C_CONTIGUOUS(kc) or not cnp.PyArray_IS_C_CONTIGUOUS(vc)
+                or cnp.PyArray_TYPE(kc) != dtype or cnp.PyArray_TYPE(vc) != dtype
+                or (ndim == 4 and (cnp.PyArray_DIM(kc, 0) != layers or cnp.PyArray_DIM(vc, 0) != layers))
+                or cnp.PyArray_DIM(kc, d0) != nkv or cnp.PyArray_DIM(kc, d0 + 2) != hd
+                or cnp.PyArray_DIM(vc, d0) != nkv or cnp.PyArray_DIM(vc, d0 + 2) != hd
+                or cnp.PyArray_DIM(vc, d0 + 1) != cnp.PyArray_DIM(kc, d0 + 1)):
+            raise ValueError("attn_block: bad cache array")
+        kp[s] = <char *>cnp.PyArray_DATA(kc)
+        vp[s] = <char *>cnp.PyArray_DATA(vc)
+        cap[s] = cnp.PyArray_DIM(kc, d0 + 1)
+        if starts[s] < 0 or bounds[s + 1] < bounds[s] or starts[s] + bounds[s + 1] - bounds[s] > cap[s]:
+            raise ValueError("attn_block: sequence overflows its cache")
+        if starts[s] + bounds[s + 1] - bounds[s] > tmax:
+            tmax = starts[s] + bounds[s + 1] - bounds[s]
+        for m in range(bounds[s], bounds[s + 1]):
+            seq_of[m] = s
+            pos[m] = starts[s] + m - bounds[s]
+    return tmax
+
+
 def attn_block(float[:, ::1] qkv, int nh, int nkv, int hd, const float[:, ::1] cos, const float[:, ::1] sin,
                list kcaches, list vcaches, const int64_t[::1] bounds, const int64_t[::1] starts,
                float[:, ::1] out, sub_w=None, float eps=1e-5):
@@ -300,89 +422,319 @@ def attn_block(float[:, ::1] qkv, int nh, int nkv, int hd, const float[:, ::1] c
     out (M, nh * hd), then RMSNorm of its rows with sub_w (nh * hd,) unless sub_w is None.
     """
     cdef const float[::1] swv
-    cdef int has_sub = sub_w is not None
-    if has_sub:
+    cdef const float *swp = NULL
+    if sub_w is not None:
         swv = sub_w
-    cdef int64_t M = qkv.shape[0], S = len(kcaches), s, m, p, task, nt_tasks, tmax = 0
-    cdef int64_t qd = nh * hd, kvd = nkv * hd, group = nh // nkv, g, h
-    cdef float scale = float(hd) ** -0.5
+        swp = &swv[0]
+    cdef int64_t M = qkv.shape[0], S = len(kcaches), tmax
     if M == 0:
         return
-    if len(vcaches) != S or bounds.shape[0] != S + 1 or starts.shape[0] != S or bounds[S] != M:
-        raise ValueError("attn_block: inconsistent sequences")
-    cdef char **kp = <char **>malloc(S * sizeof(char *))
-    cdef char **vp = <char **>malloc(S * sizeof(char *))
-    cdef int64_t *cap = <int64_t *>malloc(S * sizeof(int64_t))
-    cdef int64_t *seq_of = <int64_t *>malloc(M * sizeof(int64_t))
+    if qkv.shape[1] != (nh + 2 * nkv) * hd or out.shape[0] != M or out.shape[1] != nh * hd:
+        raise ValueError("attn_block: bad shapes")
+    if cos.shape[0] < M or sin.shape[0] < M or cos.shape[1] != hd // 2 or sin.shape[1] != hd // 2:
+        raise ValueError("attn_block: bad cos / sin")
+    cdef char **kp = <char **>malloc((S + 1) * sizeof(char *))
+    cdef char **vp = <char **>malloc((S + 1) * sizeof(char *))
+    cdef int64_t *cap = <int64_t *>malloc((S + 1) * sizeof(int64_t))
+    cdef int64_t *seq_of = <int64_t *>malloc(2 * M * sizeof(int64_t))
     cdef float *sc = NULL
-    cdef cnp.ndarray kc, vc
-    cdef int nt = _n_threads
-    cdef int tid
-    cdef bint f16 = S > 0 and isinstance(kcaches[0], np.ndarray) and kcaches[0].dtype == np.float16
-    cdef int dtype = cnp.NPY_FLOAT16 if f16 else cnp.NPY_FLOAT32
-    cdef int64_t esz = 2 if f16 else 4
-    if f16 and not BE_HAS_F16_KV:
-        raise ValueError("attn_block: this build has no float16 support (a compiler with _Float16 is needed)")
+    cdef bint f16 = False
+    cdef int nt
     try:
         if kp == NULL or vp == NULL or cap == NULL or seq_of == NULL:
             raise MemoryError()
-        for s in range(S):
-            kc = kcaches[s]
-            vc = vcaches[s]
-            if (cnp.PyArray_NDIM(kc) != 3 or cnp.PyArray_DIM(kc, 0) != nkv or cnp.PyArray_DIM(kc, 2) != hd
-                    or not cnp.PyArray_IS_C_CONTIGUOUS(kc) or not cnp.PyArray_IS_C_CONTIGUOUS(vc)
-                    or cnp.PyArray_TYPE(kc) != dtype or cnp.PyArray_TYPE(vc) != dtype
-                    or cnp.PyArray_NDIM(vc) != 3 or cnp.PyArray_DIM(vc, 0) != nkv or cnp.PyArray_DIM(vc, 2) != hd
-                    or cnp.PyArray_DIM(vc, 1) != cnp.PyArray_DIM(kc, 1)):
-                raise ValueError("attn_block: bad cache array")
-            kp[s] = <char *>cnp.PyArray_DATA(kc)
-            vp[s] = <char *>cnp.PyArray_DATA(vc)
-            cap[s] = cnp.PyArray_DIM(kc, 1)
-            if starts[s] < 0 or bounds[s + 1] < bounds[s] or starts[s] + bounds[s + 1] - bounds[s] > cap[s]:
-                raise ValueError("attn_block: sequence overflows its cache")
-            if starts[s] + bounds[s + 1] - bounds[s] > tmax:
-                tmax = starts[s] + bounds[s + 1] - bounds[s]
-            for m in range(bounds[s], bounds[s + 1]):
-                seq_of[m] = s
-        nt_tasks = M * nh
-        if nt_tasks < 2 or nt_tasks * tmax * hd < 65536:  # below ~10 us of work a second thread costs more
-            nt = 1
+        tmax = _seq_rows(kcaches, vcaches, bounds, starts, M, 3, nkv, hd, 0, kp, vp, cap, seq_of, seq_of + M,
+                         &f16)
+        nt = _attn_threads(M, nh, hd, tmax, _n_threads)
         sc = <float *>malloc(nt * tmax * sizeof(float))
         if sc == NULL:
             raise MemoryError()
         with nogil:
-            for m in range(M):
-                s = seq_of[m]
-                p = starts[s] + m - bounds[s]
-                be_rope_row(&qkv[m, 0], nh, hd, &cos[m, 0], &sin[m, 0])
-                be_rope_row(&qkv[m, qd], nkv, hd, &cos[m, 0], &sin[m, 0])
-                for g in range(nkv):
-                    _store(f16, kp[s] + (g * cap[s] + p) * hd * esz, &qkv[m, qd + g * hd], hd)
-                    _store(f16, vp[s] + (g * cap[s] + p) * hd * esz, &qkv[m, qd + kvd + g * hd], hd)
-            if nt == 1:
-                for task in range(nt_tasks):
-                    m = task // nh
-                    h = task % nh
-                    s = seq_of[m]
-                    p = starts[s] + m - bounds[s]
-                    _attend(f16, &qkv[m, h * hd], kp[s] + (h // group) * cap[s] * hd * esz,
-                            vp[s] + (h // group) * cap[s] * hd * esz, p + 1, hd, scale, sc, &out[m, h * hd])
-            else:
-                for task in prange(nt_tasks, num_threads=nt, schedule="dynamic"):
-                    tid = openmp.omp_get_thread_num()
-                    m = task // nh
-                    h = task % nh
-                    s = seq_of[m]
-                    p = starts[s] + m - bounds[s]
-                    _attend(f16, &qkv[m, h * hd], kp[s] + (h // group) * cap[s] * hd * esz,
-                            vp[s] + (h // group) * cap[s] * hd * esz, p + 1, hd, scale, sc + tid * tmax,
-                            &out[m, h * hd])
-            if has_sub:
-                for m in range(M):
-                    be_rmsnorm_row(&out[m, 0], &swv[0], &out[m, 0], qd, eps)
+            _attn_rows(&qkv[0, 0], M, nh, nkv, hd, &cos[0, 0], &sin[0, 0], kp, vp, cap, seq_of, seq_of + M,
+                       &out[0, 0], swp, eps, f16, sc, tmax, nt)
     finally:
         free(kp)
         free(vp)
         free(cap)
         free(seq_of)
         free(sc)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the compiled layer loop
+
+
+ctypedef struct _lin_t:
+    const uint8_t *W   # packed codes (N, rb)
+    const float *rscale  # (N,) or NULL
+    float scale
+    int64_t N
+    int64_t K
+    int64_t rb
+
+
+ctypedef struct _layer_t:
+    const float *attn_norm
+    const float *attn_sub  # or NULL
+    const float *ffn_norm
+    const float *ffn_sub  # or NULL
+    _lin_t qkv
+    _lin_t o
+    _lin_t gu
+    _lin_t down
+
+
+cdef inline double _now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef class LayerStack:
+    """Every decoder layer of a model whose linear layers are all plain ternary products, run by one call.
+
+    :meth:`forward` runs what the per-op Python loop of :class:`bitnet_actor.engine.model.Model` runs (the same
+    C functions on the same rows in the same order, so the same bits), without a Python call per op: the
+    per-token cost outside the kernels no longer grows with the depth of the model.
+    """
+
+    cdef _layer_t *layers
+    cdef int64_t L, H, F, nh, nkv, hd, max_kp
+    cdef bint relu2
+    cdef float eps
+    cdef list _keep
+
+    def __cinit__(self):
+        self.layers = NULL
+
+    def __init__(self, list specs, int nh, int nkv, int hd, bint relu2, float eps):
+        """Args:
+            specs: per layer ``(attn_norm, qkv, attn_sub_norm, o, ffn_norm, gate_up, down, ffn_sub_norm)``:
+                float32 norm weights (the sub-norms may be None) and :class:`kernels_cython.TernaryMatrix`
+                products (q/k/v fused, gate/up fused), each with one scale or per-row scales.
+            nh, nkv, hd: attention heads, key/value heads, head size.
+            relu2: squared ReLU (else SiLU) gate.
+            eps: the RMSNorm epsilon.
+
+        Raises:
+            ValueError: inconsistent shapes, dtypes or layouts.
+        """
+        cdef int64_t L = len(specs), li
+        if L == 0 or nh <= 0 or nkv <= 0 or hd <= 0 or hd % 2 or nh % nkv:
+            raise ValueError("LayerStack: bad shape")
+        if self.layers != NULL:
+            raise ValueError("LayerStack: already initialized")
+        self.L = L
+        self.nh = nh
+        self.nkv = nkv
+        self.hd = hd
+        self.relu2 = relu2
+        self.eps = eps
+        self._keep = []
+        self.layers = <_layer_t *>malloc(L * sizeof(_layer_t))
+        if self.layers == NULL:
+            raise MemoryError()
+        cdef int64_t qd = nh * hd, kvd = nkv * hd
+        self.H = specs[0][1].shape[1]
+        self.F = specs[0][5].shape[0] // 2
+        self.max_kp = 0
+        for li in range(L):
+            attn_norm, qkv, attn_sub, o, ffn_norm, gu, down, ffn_sub = specs[li]
+            self.layers[li].attn_norm = self._vec(attn_norm, self.H, False)
+            self.layers[li].attn_sub = self._vec(attn_sub, qd, True)
+            self.layers[li].ffn_norm = self._vec(ffn_norm, self.H, False)
+            self.layers[li].ffn_sub = self._vec(ffn_sub, self.F, True)
+            self._lin(&self.layers[li].qkv, qkv, qd + 2 * kvd, self.H)
+            self._lin(&self.layers[li].o, o, self.H, qd)
+            self._lin(&self.layers[li].gu, gu, 2 * self.F, self.H)
+            self._lin(&self.layers[li].down, down, self.H, self.F)
+
+    def __dealloc__(self):
+        free(self.layers)
+
+    cdef const float *_vec(self, w, int64_t n, bint optional) except? NULL:
+        if w is None and optional:
+            return NULL
+        if not isinstance(w, np.ndarray) or w.dtype != np.float32 or w.shape != (n,) or not w.flags.c_contiguous:
+            raise ValueError(f"LayerStack: a norm weight must be float32 ({n},)")
+        self._keep.append(w)
+        return <const float *>cnp.PyArray_DATA(<cnp.ndarray>w)
+
+    cdef int _lin(self, _lin_t *lin, w, int64_t N, int64_t K) except -1:
+        packed = w.packed
+        if (tuple(w.shape) != (N, K) or not isinstance(packed, np.ndarray) or packed.dtype != np.uint8
+                or packed.ndim != 2 or packed.shape[0] != N or packed.shape[1] * 4 < K or packed.shape[1] % 32
+                or not packed.flags.c_contiguous):
+            raise ValueError(f"LayerStack: a ({N}, {K}) ternary product has the wrong shape or layout")
+        rs = w.row_scale
+        if rs is not None:
+            if not isinstance(rs, np.ndarray) or rs.dtype != np.float32 or rs.shape != (N,) or not rs.flags.c_contiguous:
+                raise ValueError("LayerStack: per-row scales must be float32 (N,)")
+            lin.rscale = <const float *>cnp.PyArray_DATA(<cnp.ndarray>rs)
+            lin.scale = 1.0
+            self._keep.append(rs)
+        elif isinstance(w.scale, float):
+            lin.rscale = NULL
+            lin.scale = <float>w.scale
+        else:
+            raise ValueError("LayerStack: per-block scales are not supported (use the per-op path)")
+        self._keep.append(packed)
+        lin.W = <const uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>packed)
+        lin.N = N
+        lin.K = K
+        lin.rb = packed.shape[1]
+        if lin.rb * 4 > self.max_kp:
+            self.max_kp = lin.rb * 4
+        return 0
+
+    @property
+    def num_layers(self):
+        """Decoder layers."""
+        return self.L
+
+    def forward(self, float[:, ::1] x, const float[:, ::1] cos, const float[:, ::1] sin, list kcaches,
+                list vcaches, const int64_t[::1] bounds, const int64_t[::1] starts, double[::1] timings=None):
+        """Run every layer on the residual stream x (M, H), in place.
+
+        Args:
+            x: float32 (M, H): the embeddings in, the last layer's residual stream out.
+            cos, sin: float32 (M, hd / 2) for each row's position.
+            kcaches, vcaches: per sequence, its caches (layers, nkv, cap, hd), all float32 or all float16.
+            bounds: int64 (S + 1,): sequence s owns rows bounds[s] .. bounds[s + 1].
+            starts: int64 (S,): position of each sequence's first row.
+            timings: float64 (3,) or None: seconds spent in the ternary products, attention and the other ops
+                are added to it.
+
+        Raises:
+            ValueError: inconsistent arguments, or activations that became NaN / inf.
+        """
+        cdef int64_t M = x.shape[0], S = len(kcaches), H = self.H, F = self.F, L = self.L
+        cdef int64_t nh = self.nh, nkv = self.nkv, hd = self.hd, qd = nh * hd, kvd = nkv * hd
+        cdef int64_t tmax, li, s, esz
+        if M == 0:
+            return
+        if x.shape[1] != H:
+            raise ValueError(f"LayerStack.forward: x must have {H} columns")
+        if cos.shape[0] < M or sin.shape[0] < M or cos.shape[1] != hd // 2 or sin.shape[1] != hd // 2:
+            raise ValueError("LayerStack.forward: bad cos / sin")
+        if timings is not None and timings.shape[0] < 3:
+            raise ValueError("LayerStack.forward: timings needs 3 entries")
+        cdef double *tp = &timings[0] if timings is not None else NULL
+        cdef int nt = _n_threads
+        cdef int64_t wide = qd + 2 * kvd if qd + 2 * kvd > 2 * F else 2 * F
+        cdef int64_t nf = M * (H + wide + qd + H + F)
+        cdef float *buf = <float *>malloc(nf * sizeof(float))
+        cdef char **kb = <char **>malloc(4 * (S + 1) * sizeof(char *))
+        cdef int64_t *cap = <int64_t *>malloc((S + 1) * sizeof(int64_t))
+        cdef int64_t *seq_of = <int64_t *>malloc(2 * M * sizeof(int64_t))
+        cdef float *sc = NULL
+        cdef tl_scratch ts
+        ts.base = NULL
+        cdef bint f16 = False
+        cdef int bad = 0, nta
+        cdef float *h
+        cdef float *wide_buf
+        cdef float *attn
+        cdef float *tmp
+        cdef float *act
+        cdef char **kp
+        cdef char **vp
+        cdef char **kl
+        cdef char **vl
+        cdef const _layer_t *ly
+        cdef double t0 = 0, t1 = 0
+        try:
+            if buf == NULL or kb == NULL or cap == NULL or seq_of == NULL:
+                raise MemoryError()
+            kp = kb
+            vp = kb + (S + 1)
+            kl = kb + 2 * (S + 1)
+            vl = kb + 3 * (S + 1)
+            tmax = _seq_rows(kcaches, vcaches, bounds, starts, M, 4, nkv, hd, L, kp, vp, cap, seq_of, seq_of + M,
+                             &f16)
+            esz = 2 if f16 else 4
+            nta = _attn_threads(M, nh, hd, tmax, nt)
+            sc = <float *>malloc(nta * tmax * sizeof(float))
+            if sc == NULL:
+                raise MemoryError()
+            if tl_scratch_init(&ts, M, self.max_kp, nt, True, tl_default_isa()):
+                raise MemoryError("cannot allocate activation scratch")
+            h = buf
+            wide_buf = h + M * H
+            attn = wide_buf + M * wide
+            tmp = attn + M * qd
+            act = tmp + M * H
+            with nogil:
+                if tp != NULL:
+                    t0 = _now()
+                _rmsnorm_rows(&x[0, 0], self.layers[0].attn_norm, h, M, H, self.eps, nt)
+                for li in range(L):
+                    ly = &self.layers[li]
+                    if tp != NULL:
+                        t1 = _now()
+                        tp[2] += t1 - t0
+                        t0 = t1
+                    bad = tl_linear(h, M, H, ly.qkv.W, ly.qkv.N, ly.qkv.rb, ly.qkv.rscale, ly.qkv.scale, wide_buf,
+                                    &ts)
+                    if bad:
+                        break
+                    if tp != NULL:
+                        t1 = _now()
+                        tp[0] += t1 - t0
+                        t0 = t1
+                    for s in range(S):
+                        kl[s] = kp[s] + li * nkv * cap[s] * hd * esz
+                        vl[s] = vp[s] + li * nkv * cap[s] * hd * esz
+                    _attn_rows(wide_buf, M, nh, nkv, hd, &cos[0, 0], &sin[0, 0], kl, vl, cap, seq_of, seq_of + M,
+                               attn, ly.attn_sub, self.eps, f16, sc, tmax, nta)
+                    if tp != NULL:
+                        t1 = _now()
+                        tp[1] += t1 - t0
+                        t0 = t1
+                    bad = tl_linear(attn, M, qd, ly.o.W, ly.o.N, ly.o.rb, ly.o.rscale, ly.o.scale, tmp, &ts)
+                    if bad:
+                        break
+                    if tp != NULL:
+                        t1 = _now()
+                        tp[0] += t1 - t0
+                        t0 = t1
+                    _add_rmsnorm_rows(&x[0, 0], tmp, ly.ffn_norm, h, M, H, self.eps)
+                    if tp != NULL:
+                        t1 = _now()
+                        tp[2] += t1 - t0
+                        t0 = t1
+                    bad = tl_linear(h, M, H, ly.gu.W, ly.gu.N, ly.gu.rb, ly.gu.rscale, ly.gu.scale, wide_buf, &ts)
+                    if bad:
+                        break
+                    if tp != NULL:
+                        t1 = _now()
+                        tp[0] += t1 - t0
+                        t0 = t1
+                    _glu_norm_rows(wide_buf, act, M, F, self.relu2, ly.ffn_sub, self.eps, nt)
+                    if tp != NULL:
+                        t1 = _now()
+                        tp[2] += t1 - t0
+                        t0 = t1
+                    bad = tl_linear(act, M, F, ly.down.W, ly.down.N, ly.down.rb, ly.down.rscale, ly.down.scale,
+                                    tmp, &ts)
+                    if bad:
+                        break
+                    if tp != NULL:
+                        t1 = _now()
+                        tp[0] += t1 - t0
+                        t0 = t1
+                    if li + 1 < L:
+                        _add_rmsnorm_rows(&x[0, 0], tmp, self.layers[li + 1].attn_norm, h, M, H, self.eps)
+                    else:
+                        _add_rows(&x[0, 0], tmp, M * H)
+                if tp != NULL:
+                    tp[2] += _now() - t0
+            if bad:
+                raise ValueError("x contains NaN or inf")
+        finally:
+            free(buf)
+            free(kb)
+            free(cap)
+            free(seq_of)
+            free(sc)
+            tl_scratch_free(&ts)

@@ -305,6 +305,45 @@ class Model:
         self.set_output_layer(output)
         self._kv_cache = "f32"
         self.set_kv_cache(kv_cache)
+        self._compiled = self._build_stack() if self._runner is None else None
+        self._stack = self._compiled
+        #: None, or float64 (3,) to which each forward adds the seconds its compiled layer loop spends in the
+        #: ternary products, attention and the other ops (profiling; see ops/bench_engine.py)
+        self.op_times: npt.NDArray[np.float64] | None = None
+
+    def _build_stack(self) -> Any | None:
+        """The compiled layer loop, when every linear layer is one plain ternary product (q/k/v and gate/up
+        fused; no bias, input norm, dense layer or per-block scales) and the compiled code is built."""
+        cfg = self.config
+        specs = []
+        for layer in self.weights.layers:
+            if len(layer.qkv) != 1 or len(layer.gate_up) != 1:
+                return None
+            lins = (layer.qkv[0], layer.o, layer.gate_up[0], layer.down)
+            for lin in lins:
+                t = lin.ternary
+                if t is None or lin.bias is not None or lin.pre_norm is not None:
+                    return None
+                if t.row_scale is None and not isinstance(t.scale, float):
+                    return None
+            specs.append(
+                (
+                    layer.attn_norm,
+                    lins[0].ternary,
+                    layer.attn_sub_norm,
+                    lins[1].ternary,
+                    layer.ffn_norm,
+                    lins[2].ternary,
+                    lins[3].ternary,
+                    layer.ffn_sub_norm,
+                )
+            )
+        heads = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
+        try:
+            return ops.layer_stack(specs, heads, cfg.hidden_act == "relu2", cfg.rms_norm_eps)
+        except ValueError as exc:  # a layout the loop does not take (e.g. a norm stored in another dtype)
+            log.debug("per-op forward: %s", exc)
+            return None
 
     # ---------------------------------------------------------------------------------------------- properties
 
@@ -443,6 +482,29 @@ class Model:
             kind = "f32"
         self._kv_cache = kind
 
+    @property
+    def compiled_layers(self) -> bool:
+        """Whether the forward pass runs every decoder layer in one compiled call (see :meth:`set_compiled_layers`)."""
+        return self._stack is not None
+
+    def set_compiled_layers(self, on: bool) -> None:
+        """Run the decoder layers in one compiled call, or one op at a time from Python.
+
+        The compiled loop is the default wherever it applies: on the CPU with the compiled kernels, when every
+        linear layer is one plain ternary product (q/k/v and gate/up fused; no bias, input norm, dense layer or
+        per-block scales).  Both give the same bits; the per-op path costs a Python call per op (about 1 ms per
+        token on a 30-layer model).
+
+        Args:
+            on: the compiled loop (True) or the per-op path (False).
+
+        Raises:
+            ValueError: ``on`` for a model the compiled loop does not take.
+        """
+        if on and self._compiled is None:
+            raise ValueError("this model cannot run the compiled layer loop (see Model.set_compiled_layers)")
+        self._stack = self._compiled if on else None
+
     # ---------------------------------------------------------------------------------------------- sequences
 
     def new_sequence(self, prompt_ids: Seq[int] | npt.NDArray[Any], params: SamplingParams | None = None) -> Sequence:
@@ -579,8 +641,6 @@ class Model:
         positions = np.repeat(starts - bounds[:-1], lens) + np.arange(m)
         cos = self._cos[positions]  # (M, D/2)
         sin = self._sin[positions]
-        heads = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
-        eps = cfg.rms_norm_eps
         x = np.empty((m, cfg.hidden_size), dtype=np.float32)
         w.embed.gather(ids, x)
         if self._runner is not None:
@@ -589,13 +649,41 @@ class Model:
                 raise ValueError("a released sequence cannot run")
             wanted = None if all_rows else [int(bounds[i + 1]) - 1 for i, wnt in enumerate(want) if wnt]
             return self._runner.forward(x, positions, caches, bounds, starts, wanted)
-        attn = np.empty((m, cfg.num_heads * cfg.head_dim), dtype=np.float32)
-        act = cfg.hidden_act
         kcs = [s.k_cache for s in seqs if s.k_cache is not None]
         vcs = [s.v_cache for s in seqs if s.v_cache is not None]
         if len(kcs) != len(seqs) or len(vcs) != len(seqs):
             raise ValueError("a released sequence cannot run")
-        layers = w.layers
+        if self._stack is not None:
+            ops.run_layers(self._stack, x, cos, sin, kcs, vcs, bounds, starts, self.op_times)
+        else:
+            self._layers_per_op(x, cos, sin, kcs, vcs, bounds, starts)
+        if all_rows:
+            sel = x
+        else:
+            rows = [int(bounds[i + 1]) - 1 for i, wnt in enumerate(want) if wnt]
+            if not rows:
+                return np.empty((0, cfg.vocab_size), dtype=np.float32)
+            sel = np.ascontiguousarray(x[rows])
+        hn = ops.rmsnorm(sel, w.final_norm, cfg.rms_norm_eps)
+        return self._head.matmul(hn)
+
+    def _layers_per_op(
+        self,
+        x: npt.NDArray[np.float32],
+        cos: npt.NDArray[np.float32],
+        sin: npt.NDArray[np.float32],
+        kcs: list[Any],
+        vcs: list[Any],
+        bounds: npt.NDArray[np.int64],
+        starts: npt.NDArray[np.int64],
+    ) -> None:
+        """The decoder layers one op at a time (any layer kind); the compiled loop gives the same bits."""
+        cfg = self.config
+        heads = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
+        eps = cfg.rms_norm_eps
+        act = cfg.hidden_act
+        attn = np.empty((x.shape[0], cfg.num_heads * cfg.head_dim), dtype=np.float32)
+        layers = self.weights.layers
         h = ops.rmsnorm(x, layers[0].attn_norm, eps)
         for li, layer in enumerate(layers):
             qkv = _apply(layer.qkv, h)
@@ -620,12 +708,3 @@ class Model:
                 h = ops.add_rmsnorm(x, down, layers[li + 1].attn_norm, eps)
             else:
                 x += down
-        if all_rows:
-            sel = x
-        else:
-            rows = [int(bounds[i + 1]) - 1 for i, wnt in enumerate(want) if wnt]
-            if not rows:
-                return np.empty((0, cfg.vocab_size), dtype=np.float32)
-            sel = np.ascontiguousarray(x[rows])
-        hn = ops.rmsnorm(sel, w.final_norm, eps)
-        return self._head.matmul(hn)

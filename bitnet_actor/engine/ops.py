@@ -52,8 +52,10 @@ __all__ = [
     "get_num_threads",
     "glu",
     "glu_norm",
+    "layer_stack",
     "rmsnorm",
     "rope",
+    "run_layers",
     "set_num_threads",
     "ternary_linear",
 ]
@@ -308,6 +310,52 @@ def _q8_matmul(x: npt.NDArray[np.float32], m: DenseMatrix) -> npt.NDArray[np.flo
     xq = np.clip(np.rint(x * (np.float32(1) / xs)[:, None]), -127, 127).astype(np.int32)  # (M, K)
     acc = xq @ m.data[:, : m.cols].astype(np.int32).T  # (M, N) exact
     return (acc.astype(np.float32) * xs[:, None] * m.scales[None, :]).astype(np.float32)
+
+
+def layer_stack(specs: list[tuple[Any, ...]], heads: tuple[int, int, int], relu2: bool, eps: float) -> Any | None:
+    """The compiled layer loop over these layers, or None without the compiled kernels and ops.
+
+    Args:
+        specs: per layer ``(attn_norm, qkv, attn_sub_norm, o, ffn_norm, gate_up, down, ffn_sub_norm)`` (see
+            :class:`bitnet_actor.engine._ops.LayerStack`).
+        heads: ``(H, Hkv, D)``.
+        relu2: squared-ReLU gate (else SiLU).
+        eps: the RMSNorm epsilon.
+
+    Returns:
+        A ``LayerStack`` for :func:`run_layers`, or None.
+    """
+    if _fast is None or _kfast is None:
+        return None
+    nh, nkv, hd = heads
+    return _fast.LayerStack(specs, nh, nkv, hd, relu2, eps)
+
+
+def run_layers(
+    stack: Any,
+    x: npt.NDArray[np.float32],
+    cos: npt.NDArray[np.float32],
+    sin: npt.NDArray[np.float32],
+    kcaches: list[npt.NDArray[Any]],
+    vcaches: list[npt.NDArray[Any]],
+    bounds: npt.NDArray[np.int64],
+    starts: npt.NDArray[np.int64],
+    timings: npt.NDArray[np.float64] | None = None,
+) -> None:
+    """Every decoder layer on the residual stream ``x`` in place, in one compiled call (see :func:`layer_stack`).
+
+    Args:
+        stack: from :func:`layer_stack`.
+        x: float32 (M, hidden).
+        cos: float32 (M, D/2) per row's position.
+        sin: float32 (M, D/2).
+        kcaches: per sequence, its whole key cache (layers, Hkv, cap, D).
+        vcaches: per sequence, its whole value cache.
+        bounds: int64 (S + 1,): sequence ``s`` owns rows ``bounds[s] .. bounds[s+1]``.
+        starts: int64 (S,): position of each sequence's first row.
+        timings: float64 (3,): seconds in the ternary products, attention and other ops are added, or None.
+    """
+    stack.forward(x, cos, sin, kcaches, vcaches, bounds, starts, timings)
 
 
 def as_f32(a: Any) -> npt.NDArray[np.float32]:

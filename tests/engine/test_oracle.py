@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from bitnet_actor.engine import load_model
+from bitnet_actor.engine.model import Model
 from tests.engine.hf_models import load_oracle, oracle_greedy, oracle_logits
 
 if TYPE_CHECKING:
@@ -89,6 +90,7 @@ def test_the_bound_catches_one_wrong_code(checkpoints: dict[str, Path]) -> None:
     from kernels_cython.reference import TernaryMatrix
 
     lin.ternary = TernaryMatrix.from_codes(codes, lin.ternary.scale)
+    model = Model(model.weights)  # (a Model takes its compiled layer loop from the weights it is built on)
     assert np.percentile(row_errors(model.logits(ids), good), 90) > 10 * TYPICAL
 
 
