@@ -50,7 +50,7 @@ def add_subcommands(subparsers: Any) -> None:
     gen.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
     gen.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence tokens")
     gen.add_argument("--threads", type=int, default=None, metavar="N", help="kernel threads [all cores]")
-    gen.add_argument("--output-layer", choices=("exact", "q8"), default="exact", help="output matrix [exact]")
+    gen.add_argument("--output-layer", choices=("exact", "q8", "q6"), default="exact", help="output matrix [exact]")
     gen.add_argument(
         "--kv-cache", choices=("f32", "f16"), default="f32", help="KV cache type (f16: half its memory) [f32]"
     )

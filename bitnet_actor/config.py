@@ -52,6 +52,7 @@ class Settings:
     device: str = "cpu"
     opencl_device: str = "auto"
     kv_cache: str = "f32"
+    output_layer: str = "exact"
     max_batch: int = 8
     max_queue: int = 64
     request_timeout: float = 600.0
@@ -110,6 +111,10 @@ class Settings:
             raise ConfigError(f"BITNET_DEVICE must be cpu, opencl or auto, not {self.device!r}")
         if self.kv_cache not in {"f32", "f16"}:
             raise ConfigError(f"BITNET_KV_CACHE must be f32 or f16, not {self.kv_cache!r}")
+        if self.output_layer not in {"exact", "q8", "q6"}:
+            raise ConfigError(f"BITNET_OUTPUT_LAYER must be exact, q8 or q6, not {self.output_layer!r}")
+        if self.output_layer == "q6" and self.device == "opencl":
+            raise ConfigError("BITNET_OUTPUT_LAYER q6 runs on the CPU only; use exact or q8 with BITNET_DEVICE=opencl")
         if self.max_batch < 1 or self.max_queue < 1:
             raise ConfigError("BITNET_MAX_BATCH and BITNET_MAX_QUEUE must be at least 1")
         if self.request_timeout <= 0:
@@ -214,6 +219,7 @@ SETTINGS_DOC: dict[str, tuple[str, str, str]] = {
     "BITNET_DEVICE": ("--device", "cpu", "where models run: cpu, opencl, or auto (an OpenCL GPU if usable, else CPU)"),
     "BITNET_OPENCL_DEVICE": ("--opencl-device", "auto", "OpenCL device: auto (GPU first), P:D, or a name fragment"),
     "BITNET_KV_CACHE": ("--kv-cache", "f32", "KV cache type: f32, or f16 (half the memory, faster long contexts)"),
+    "BITNET_OUTPUT_LAYER": ("--output-layer", "exact", "output matrix: exact, q8 (int8) or q6 (6-bit): faster decode"),
     "BITNET_MAX_BATCH": ("--max-batch", "8", "sequences decoded together per model"),
     "BITNET_MAX_QUEUE": ("--max-queue", "64", "requests waiting per model before 429"),
     "BITNET_REQUEST_TIMEOUT": ("--request-timeout", "600", "seconds a generation may take"),

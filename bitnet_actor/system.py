@@ -100,7 +100,11 @@ def build_model_cache(settings: Settings, metrics: Metrics, models: dict[str, st
         return Scheduler(model, max_batch=settings.max_batch, max_queue=settings.max_queue, on_step=on_step)
 
     loader = partial(
-        load_model, device=settings.device, opencl_device=settings.opencl_device, kv_cache=settings.kv_cache
+        load_model,
+        device=settings.device,
+        opencl_device=settings.opencl_device,
+        kv_cache=settings.kv_cache,
+        output=settings.output_layer,
     )
     cache = ModelCache(budget_bytes=budget, loader=loader, scheduler_factory=scheduler)
     for name, path in models.items():

@@ -12,9 +12,9 @@ Usage: ``python ops/bench_engine.py [--quick] [--shapes 700m,2b4t] [--threads 1,
    embedding as in the published checkpoints.  For each thread count: prefill tokens/s of a 128-token
    prompt, decode tokens/s over 64 and 128 generated tokens, the time per decoded token outside the ternary
    and dense-product kernels and outside every compiled op ("python"), and the same decode with the int8
-   (q8) output layer, and that again after a 1024-token prompt with float32 and with float16 KV caches
-   ("q8 @1k", "f16kv"); then the logit difference the q8 output layer causes, bytes read per token (exact and
-   q8 output) and the bandwidth floor (bandwidth / bytes per token).  Figures are medians of ``--reps`` runs.
+   (q8) and 6-bit (q6) output layers, and with q8 again after a 1024-token prompt with float32 and with
+   float16 KV caches ("q8 @1k", "f16kv"); then the logit difference the quantized output layers cause, bytes
+   read per token and the bandwidth floor (bandwidth / bytes per token).  Figures are medians of ``--reps`` runs.
 
 The machine is shared: the load average is printed before and after; figures taken under load are noisy.
 """
@@ -296,6 +296,8 @@ def child(shape: str, threads: list[int], reps: int) -> dict[str, Any]:
         per = {k: statistics.median(r[1].get(k, 0.0) for r in runs) for k in (*REPORT, "total", "python")}
         outside = per["total"] - sum(per[k] for k in KERNELS)
         python = per["python"]
+        model.set_output_layer("q6")
+        dq6 = statistics.median(_decode(model, 64)[0] for _ in range(reps))
         model.set_output_layer("q8")
         dq8 = statistics.median(_decode(model, 64)[0] for _ in range(reps))
         # after a 1024-token prompt, with float32 and float16 KV caches (the cache is then ~1/3 of the bytes)
@@ -309,6 +311,7 @@ def child(shape: str, threads: list[int], reps: int) -> dict[str, Any]:
             "decode64": d64,
             "decode128": d128,
             "decode64_q8": dq8,
+            "decode64_q6": dq6,
             "decode64_q8_1k": long32,
             "decode64_q8_1k_f16kv": long16,
             "outside_kernels_ms": outside * 1e3,
@@ -324,6 +327,12 @@ def child(shape: str, threads: list[int], reps: int) -> dict[str, Any]:
     out["q8_rel_diff"] = float(np.linalg.norm(q8 - exact) / np.linalg.norm(exact))
     out["q8_top1_agree"] = float((np.argmax(q8, 1) == np.argmax(exact, 1)).mean())
     out["q8_max_abs"] = float(np.abs(q8 - exact).max())
+    model.set_output_layer("q6")
+    q6 = model.logits(ids)
+    out["bytes_per_token_q6"] = model.bytes_per_token
+    model.set_output_layer("exact")
+    out["q6_rel_diff"] = float(np.linalg.norm(q6 - exact) / np.linalg.norm(exact))
+    out["q6_top1_agree"] = float((np.argmax(q6, 1) == np.argmax(exact, 1)).mean())
     out["peak_rss"] = _proc_status("VmHWM")
     return out
 
@@ -422,7 +431,7 @@ def main() -> None:
     print("bandwidth (copy): " + ", ".join(f"{nt} thread(s) {b / 1e9:.1f} GB/s" for nt, b in bw.items()))
     print("\ntok/s (medians); floor = bandwidth / bytes per token; out-kern, python: ms per decoded token")
     print(
-        f"{'shape':6} {'thr':>3} {'prefill':>8} {'dec64':>7} {'dec128':>7} {'dec64 q8':>8} {'floor':>6} "
+        f"{'shape':6} {'thr':>3} {'prefill':>8} {'dec64':>7} {'dec128':>7} {'dec64 q8':>8} {'q6':>6} {'floor':>6} "
         f"{'floor q8':>8} {'%floor':>6} {'out-kern':>8} {'python':>7} {'MB/tok':>7} {'RSS MB':>7} "
         f"{'q8 @1k':>7} {'f16kv':>7}",
         flush=True,
@@ -440,7 +449,8 @@ def main() -> None:
             floor_q8 = bw[int(nt)] / r["bytes_per_token_q8"]
             print(
                 f"{r['shape']:6} {nt:>3} {f['prefill']:8.1f} {f['decode64']:7.1f} {f['decode128']:7.1f} "
-                f"{f['decode64_q8']:8.1f} {floor:6.1f} {floor_q8:8.1f} {100 * f['decode64'] / floor:5.0f}% "
+                f"{f['decode64_q8']:8.1f} {f['decode64_q6']:6.1f} {floor:6.1f} {floor_q8:8.1f} "
+                f"{100 * f['decode64'] / floor:5.0f}% "
                 f"{f['outside_kernels_ms']:8.2f} {f['python_ms']:7.2f} {r['bytes_per_token'] / 1e6:7.1f} "
                 f"{r['peak_rss'] / 1e6:7.0f} {f['decode64_q8_1k']:7.1f} {f['decode64_q8_1k_f16kv']:7.1f}",
                 flush=True,
@@ -454,7 +464,9 @@ def main() -> None:
             "bytes/token "
             f"{r['bytes_per_token'] / 1e6:.0f} MB exact / {r['bytes_per_token_q8'] / 1e6:.0f} MB q8; q8 output "
             f"layer: relative logit difference {r['q8_rel_diff']:.2e}, max abs {r['q8_max_abs']:.3f}, "
-            f"top-1 agreement {100 * r['q8_top1_agree']:.0f}%; ms/token at {max(threads)} threads: "
+            f"top-1 agreement {100 * r['q8_top1_agree']:.0f}%; q6 output layer ({r['bytes_per_token_q6'] / 1e6:.0f} "
+            f"MB/token): relative logit difference {r['q6_rel_diff']:.2e}, top-1 agreement "
+            f"{100 * r['q6_top1_agree']:.0f}%; ms/token at {max(threads)} threads: "
             + ", ".join(f"{k} {v:.2f}" for k, v in ops_ms.items())
         )
     if not args.no_load_test:

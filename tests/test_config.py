@@ -35,6 +35,8 @@ def test_from_env_reads_prefixed_variables() -> None:
         ({"BITNET_S3_ENDPOINT": "http://s3"}, "BITNET_S3_BUCKET is required"),
         ({"BITNET_S3_BUCKET": "b"}, "ACCESS_KEY_ID and BITNET_S3_SECRET_ACCESS_KEY are required"),
         ({"BITNET_LOG_LEVEL": "loud"}, "BITNET_LOG_LEVEL"),
+        ({"BITNET_OUTPUT_LAYER": "q4"}, "BITNET_OUTPUT_LAYER must be exact, q8 or q6, not 'q4'"),
+        ({"BITNET_OUTPUT_LAYER": "q6", "BITNET_DEVICE": "opencl"}, "q6 runs on the CPU only"),
     ],
 )
 def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:

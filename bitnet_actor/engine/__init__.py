@@ -21,8 +21,8 @@ Model
 * ``model.generate(prompt_ids, *, max_tokens, **sampling)`` yields token ids (greedy at ``temperature=0``);
 * ``model.tokenizer`` (encode, decode, apply_chat_template, incremental_decoder), ``model.info`` (a frozen
   :class:`ModelInfo`: architecture, parameter count, bytes, formats), ``model.nbytes``,
-  ``model.context_length``, ``model.set_output_layer("exact" | "q8")`` (int8 output matrix: fewer bytes per
-  token, slightly different logits), ``model.set_kv_cache("f32" | "f16")`` (float16 KV caches for new
+  ``model.context_length``, ``model.set_output_layer("exact" | "q8" | "q6")`` (int8 or 6-bit output matrix:
+  fewer bytes per token, slightly different logits), ``model.set_kv_cache("f32" | "f16")`` (float16 KV caches for new
   sequences: half their memory and attention's bytes, logits within float16 precision).
 
 Step-wise, batched API (for the scheduler)

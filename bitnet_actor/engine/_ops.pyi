@@ -24,7 +24,12 @@ def attention(
 DENSE_PATHS: tuple[str, ...]
 
 def dense_matmul(
-    x: npt.NDArray[np.float32], data: npt.NDArray[Any], kind: str, scales: Any, path: str | None = None
+    x: npt.NDArray[np.float32],
+    data: npt.NDArray[Any],
+    kind: str,
+    scales: Any,
+    path: str | None = None,
+    offsets: Any = None,
 ) -> npt.NDArray[np.float32]: ...
 def add_rmsnorm(
     x: npt.NDArray[np.float32], y: npt.NDArray[np.float32], w: npt.NDArray[np.float32], eps: float

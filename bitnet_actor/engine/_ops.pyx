@@ -47,6 +47,12 @@ cdef extern from "engine_simd.h" nogil:
     void be_q8_vnni(const int8_t *xq, const float *xs, const int32_t *xsum, int64_t M, int64_t Kp,
                     const int8_t *W, const float *ws, int64_t n0, int64_t n1, float *y, int64_t N)
     int be_has_vnni512()
+    void be_q6_portable(const int8_t *xq, const float *xs, int64_t M, int64_t Kp, const uint8_t *W,
+                        const float *ws, int64_t n0, int64_t n1, float *y, int64_t N)
+    void be_q6_simd(const uint8_t *xu, const float *xs, const int64_t *off, int64_t M, int64_t Kp,
+                    const uint8_t *W, const float *ws, int64_t n0, int64_t n1, float *y, int64_t N)
+    void be_q6_avx512(const uint8_t *xu, const float *xs, const int64_t *off, int64_t M, int64_t Kp,
+                      const uint8_t *W, const float *ws, int64_t n0, int64_t n1, float *y, int64_t N)
 
 
 cdef int _simd = be_has_simd()
@@ -163,11 +169,12 @@ def attention(const float[:, :, ::1] q, const float[:, :, ::1] k, const float[:,
                   &out[i, h * D])
 
 
-def dense_matmul(x, data, str kind, scales, path=None):
-    """x (M, K) float32 @ W.T for W (N, K) stored as f32 / f16 / bf16 (uint16) / q8 (int8 + scales).
+def dense_matmul(x, data, str kind, scales, path=None, offsets=None):
+    """x (M, K) float32 @ W.T for W (N, K) stored as f32 / f16 / bf16 (uint16) / q8 (int8 + scales) / q6
+    (52-byte groups of 64 weights + scales + offsets, see engine_simd.h).
 
-    ``path``: one of :data:`DENSE_PATHS` (default the last, the fastest).  For q8 every path gives the same
-    bits; the float kinds differ between paths in summation order only.
+    ``path``: one of :data:`DENSE_PATHS` (default the last, the fastest).  For q8 and q6 every path gives the
+    same bits; the float kinds differ between paths in summation order only.
     """
     cdef const float[:, ::1] xv = x
     cdef int64_t M = xv.shape[0], K = xv.shape[1], N = data.shape[0]
@@ -185,6 +192,8 @@ def dense_matmul(x, data, str kind, scales, path=None):
     cdef int code = _BEST_PATH if path is None else _PATH_CODES[path]
     if kind == "q8":
         return _q8(xv, wa, scales, out, code)
+    if kind == "q6":
+        return _q6(xv, wa, scales, offsets, out, code)
     kd = {"f32": 0, "f16": 1, "bf16": 2}[kind]
     if nblk < nt:
         nt = 1
@@ -276,6 +285,57 @@ cdef void _glu_norm_rows(const float *gu, float *y, int64_t M, int64_t F, bint r
         be_glu_row(gu + m * 2 * F, y + m * F, F, relu2)
         if w != NULL:
             be_rmsnorm_row(y + m * F, w, y + m * F, F, eps)
+
+
+cdef object _q6(const float[:, ::1] x, cnp.ndarray wa, scales, offsets, out, int path):
+    """int8 activations (per-row absmax) times q6 weights; the SIMD paths read them offset to unsigned."""
+    cdef int64_t M = x.shape[0], K = x.shape[1], N = wa.shape[0], m, k, b, n0, n1
+    cdef int64_t Kp = wa.shape[1] // 52 * 64
+    if wa.dtype != np.uint8 or wa.shape[1] % 52 or Kp < K:
+        raise ValueError("dense_matmul: bad q6 data")
+    cdef float[:, ::1] y = out
+    cdef const float[::1] ws = scales
+    cdef const int64_t[::1] off = offsets
+    if ws.shape[0] != N or off.shape[0] != N:
+        raise ValueError("dense_matmul: q6 needs scales and offsets (N,)")
+    cdef const uint8_t *wp = <const uint8_t *>cnp.PyArray_DATA(wa)
+    xs_arr = np.empty(M, dtype=np.float32)
+    cdef float[::1] xs = xs_arr
+    xq_arr = np.zeros((M, Kp), dtype=np.int8)  # zero-padded
+    cdef int8_t[:, ::1] xq = xq_arr
+    cdef float amax, inv, v
+    for m in range(M):
+        amax = 0.0
+        for k in range(K):
+            if fabsf(x[m, k]) > amax:
+                amax = fabsf(x[m, k])
+        xs[m] = amax / 127.0 if amax > 0 else 1.0
+        inv = 1.0 / xs[m]
+        for k in range(K):
+            v = rintf(x[m, k] * inv)
+            if v > 127.0:
+                v = 127.0
+            elif v < -127.0:
+                v = -127.0
+            xq[m, k] = <int8_t>v
+    xu_arr = (xq_arr.view(np.uint8) ^ np.uint8(0x80)) if path else xq_arr  # xq + 128 as unsigned bytes
+    cdef const uint8_t *xu = <const uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>xu_arr)
+    cdef int nt = _n_threads
+    cdef int64_t nblk = (N + NB - 1) // NB
+    if nblk < nt:
+        nt = 1
+    for b in prange(nblk, nogil=True, num_threads=nt, schedule="static"):
+        n0 = b * NB
+        n1 = n0 + NB
+        if n1 > N:
+            n1 = N
+        if path == 2:
+            be_q6_avx512(xu, &xs[0], &off[0], M, Kp, wp, &ws[0], n0, n1, &y[0, 0], N)
+        elif path == 1:
+            be_q6_simd(xu, &xs[0], &off[0], M, Kp, wp, &ws[0], n0, n1, &y[0, 0], N)
+        else:
+            be_q6_portable(&xq[0, 0], &xs[0], M, Kp, wp, &ws[0], n0, n1, &y[0, 0], N)
+    return out
 
 
 def add_rmsnorm(float[:, ::1] x, const float[:, ::1] y, const float[::1] w, float eps):

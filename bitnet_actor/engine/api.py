@@ -41,7 +41,7 @@ def load_model(
             none); or ``"auto"`` (an OpenCL GPU or accelerator when one opens and its kernels build, else the
             CPU, with a line in the log saying why: an OpenCL *CPU* device such as PoCL is never chosen by
             ``auto``, the Cython kernels are several times faster on the same cores).
-        output: ``"exact"`` or ``"q8"`` output layer.
+        output: ``"exact"``, ``"q8"`` or ``"q6"`` output layer (see :meth:`Model.set_output_layer`).
         threads: kernel threads (default: the kernels' default, ``$BITNET_THREADS`` or all cores).
         progress: called as ``progress(done, total)`` while tensors load (and again while they upload to
             an OpenCL device).

@@ -236,6 +236,40 @@ static void be_q8_portable(const int8_t *xq, const float *xs, int64_t M, int64_t
     }
 }
 
+/* q6 (kind "q6" of DenseMatrix, a Q6_K-like output layer): each row is Kp / 64 groups of 52 bytes for 64
+ * weights w = ws[n] * d * (u - 32): lo[32] (weight j: low nibble of lo[j]; weight j + 32: its high nibble),
+ * hi[16] (weight j + 16 i: bits 2i, 2i + 1 of hi[j]), d[4] (the 0..127 scale of weights 16 i .. 16 i + 15),
+ * u = lo | hi << 4 in 1..63.  y = float(sum_k d * (u - 32) * xq[k]) * xs[m] * ws[n], the sum exact in int64
+ * (every path gives the same bits).  The SIMD paths read xu = xq + 128 as unsigned bytes and take off
+ * off[n] = 128 * sum_k d * (u - 32), computed when the matrix was quantized. */
+#define BE_Q6_GROUP 52
+
+static inline int be_q6_code(const uint8_t *g, int k) {
+    const int lo = k < 32 ? g[k] & 15 : g[k - 32] >> 4;
+    const int hi = (g[32 + (k & 15)] >> (2 * (k >> 4))) & 3;
+    return (lo | (hi << 4)) - 32;
+}
+
+static void be_q6_portable(const int8_t *xq, const float *xs, int64_t M, int64_t Kp, const uint8_t *W,
+                           const float *ws, int64_t n0, int64_t n1, float *y, int64_t N) {
+    const int64_t G = Kp / 64;
+    for (int64_t n = n0; n < n1; n++) {
+        for (int64_t m = 0; m < M; m++) {
+            const int8_t *xr = xq + m * Kp;
+            int64_t acc = 0;
+            for (int64_t g = 0; g < G; g++) {
+                const uint8_t *grp = W + (n * G + g) * BE_Q6_GROUP;
+                for (int j = 0; j < 4; j++) {
+                    int32_t s = 0;
+                    for (int t = 0; t < 16; t++) s += be_q6_code(grp, 16 * j + t) * (int32_t)xr[g * 64 + 16 * j + t];
+                    acc += (int64_t)grp[48 + j] * s;
+                }
+            }
+            y[m * N + n] = (float)acc * xs[m] * ws[n];
+        }
+    }
+}
+
 #if BE_X86 && defined(__GNUC__)
 
 /* 8 weights of row n at column k as float32 (kind 0 f32, 1 f16, 2 bf16); k + 8 <= K. */
@@ -394,6 +428,90 @@ BE_AVX512 static void be_q8_vnni(const int8_t *xq, const float *xs, const int32_
         }
     }
 }
+/* q6 with AVX2: a 64-weight group as two 32-byte halves.  Codes: the nibbles of lo, and hi's 2-bit fields
+ * shifted into place per 128-bit lane (a 32-bit shift by 2i leaves bits 2i, 2i + 1 of each byte at bits 0, 1:
+ * the shift never reaches 8).  maddubs(xu, code - 32) pairs stay within int16 (2 * 255 * 31), madd by the
+ * sub-block scales (as 16-bit words, one per 128-bit lane) gives int32 lanes; 8 lanes x 8.0M per group hold
+ * K <= 16384 (DenseMatrix.quantize_q6 refuses more).  Lanes are summed in int64. */
+BE_AVX2 static inline int64_t be_hsum8_i64(__m256i v) {
+    const __m256i w = _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(v)),
+                                       _mm256_cvtepi32_epi64(_mm256_extracti128_si256(v, 1)));
+    const __m128i t = _mm_add_epi64(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+    return _mm_cvtsi128_si64(t) + _mm_extract_epi64(t, 1);
+}
+
+BE_AVX2 static void be_q6_simd(const uint8_t *xu, const float *xs, const int64_t *off, int64_t M, int64_t Kp,
+                               const uint8_t *W, const float *ws, int64_t n0, int64_t n1, float *y, int64_t N) {
+    const int64_t G = Kp / 64;
+    const __m256i m15 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3), c32 = _mm256_set1_epi8(32);
+    const __m256i sh01 = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2), sh23 = _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6);
+    const __m256i d01 = _mm256_setr_epi8(0, -1, 0, -1, 0, -1, 0, -1, 0, -1, 0, -1, 0, -1, 0, -1,
+                                         1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1);
+    const __m256i d23 = _mm256_add_epi8(d01, _mm256_setr_epi8(2, 0, 2, 0, 2, 0, 2, 0, 2, 0, 2, 0, 2, 0, 2, 0,
+                                                                2, 0, 2, 0, 2, 0, 2, 0, 2, 0, 2, 0, 2, 0, 2, 0));
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t *row = W + n * G * BE_Q6_GROUP;
+        for (int64_t k = 0; k < G * BE_Q6_GROUP; k += 64) _mm_prefetch((const char *)row + BE_Q8_PF + k, _MM_HINT_T0);
+        for (int64_t m = 0; m < M; m++) {
+            const uint8_t *xr = xu + m * Kp;
+            __m256i acc = _mm256_setzero_si256();
+            for (int64_t g = 0; g < G; g++) {
+                const uint8_t *grp = row + g * BE_Q6_GROUP;
+                const __m256i L = _mm256_loadu_si256((const __m256i *)grp);
+                const __m256i H = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(grp + 32)));
+                int32_t d4;
+                memcpy(&d4, grp + 48, 4);
+                const __m256i D = _mm256_set1_epi32(d4);
+                const __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srlv_epi32(H, sh01), m3), 4);
+                const __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srlv_epi32(H, sh23), m3), 4);
+                const __m256i q0 = _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(L, m15), h0), c32);
+                const __m256i q1 =
+                    _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L, 4), m15), h1), c32);
+                const __m256i p0 = _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)(xr + g * 64)), q0);
+                const __m256i p1 = _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)(xr + g * 64 + 32)), q1);
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p0, _mm256_shuffle_epi8(D, d01)));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p1, _mm256_shuffle_epi8(D, d23)));
+            }
+            y[m * N + n] = (float)(be_hsum8_i64(acc) - off[n]) * xs[m] * ws[n];
+        }
+    }
+}
+
+/* q6 with AVX-512 BW: a whole 64-weight group per vector (16 int32 lanes x 4.0M per group). */
+BE_AVX512 static void be_q6_avx512(const uint8_t *xu, const float *xs, const int64_t *off, int64_t M, int64_t Kp,
+                                   const uint8_t *W, const float *ws, int64_t n0, int64_t n1, float *y, int64_t N) {
+    const int64_t G = Kp / 64;
+    const __m512i m15 = _mm512_set1_epi8(15), m3 = _mm512_set1_epi8(3), c32 = _mm512_set1_epi8(32);
+    const __m512i sh = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
+    /* word w of 128-bit lane i takes d[i] (byte i of the broadcast scales), its high byte zero */
+    const __m512i dsel = _mm512_set_epi64(0xff03ff03ff03ff03LL, 0xff03ff03ff03ff03LL, 0xff02ff02ff02ff02LL,
+                                          0xff02ff02ff02ff02LL, 0xff01ff01ff01ff01LL, 0xff01ff01ff01ff01LL,
+                                          0xff00ff00ff00ff00LL, 0xff00ff00ff00ff00LL);
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t *row = W + n * G * BE_Q6_GROUP;
+        for (int64_t k = 0; k < G * BE_Q6_GROUP; k += 64) _mm_prefetch((const char *)row + BE_Q8_PF + k, _MM_HINT_T0);
+        for (int64_t m = 0; m < M; m++) {
+            const uint8_t *xr = xu + m * Kp;
+            __m512i acc = _mm512_setzero_si512();
+            for (int64_t g = 0; g < G; g++) {
+                const uint8_t *grp = row + g * BE_Q6_GROUP;
+                const __m256i L = _mm256_loadu_si256((const __m256i *)grp);
+                const __m512i lo = _mm512_and_si512(
+                    _mm512_inserti64x4(_mm512_castsi256_si512(L), _mm256_srli_epi16(L, 4), 1), m15);
+                const __m512i H = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(grp + 32)));
+                const __m512i hi = _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi32(H, sh), m3), 4);
+                int32_t d4;
+                memcpy(&d4, grp + 48, 4);
+                const __m512i q = _mm512_sub_epi8(_mm512_or_si512(lo, hi), c32);
+                const __m512i p = _mm512_maddubs_epi16(_mm512_loadu_si512(xr + g * 64), q);
+                acc = _mm512_add_epi32(acc, _mm512_madd_epi16(p, _mm512_shuffle_epi8(_mm512_set1_epi32(d4), dsel)));
+            }
+            const __m512i w = _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(acc)),
+                                               _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(acc, 1)));
+            y[m * N + n] = (float)(_mm512_reduce_add_epi64(w) - off[n]) * xs[m] * ws[n];
+        }
+    }
+}
 #else
 static void be_dense_avx512(const float *x, int64_t M, int64_t K, const void *W, int kind, int64_t n0,
                             int64_t n1, float *y, int64_t N) {
@@ -411,6 +529,15 @@ static void be_dense_simd(const float *x, int64_t M, int64_t K, const void *W, i
 static void be_q8_simd(const int8_t *xq, const float *xs, int64_t M, int64_t Kp, const int8_t *W,
                        const float *ws, int64_t n0, int64_t n1, float *y, int64_t N) {
     be_q8_portable(xq, xs, M, Kp, W, ws, n0, n1, y, N);
+}
+/* never called: DENSE_PATHS offers only "portable" without x86 SIMD */
+static void be_q6_simd(const uint8_t *xu, const float *xs, const int64_t *off, int64_t M, int64_t Kp,
+                       const uint8_t *W, const float *ws, int64_t n0, int64_t n1, float *y, int64_t N) {
+    (void)xu, (void)xs, (void)off, (void)M, (void)Kp, (void)W, (void)ws, (void)n0, (void)n1, (void)y, (void)N;
+}
+static void be_q6_avx512(const uint8_t *xu, const float *xs, const int64_t *off, int64_t M, int64_t Kp,
+                         const uint8_t *W, const float *ws, int64_t n0, int64_t n1, float *y, int64_t N) {
+    (void)xu, (void)xs, (void)off, (void)M, (void)Kp, (void)W, (void)ws, (void)n0, (void)n1, (void)y, (void)N;
 }
 #endif
 

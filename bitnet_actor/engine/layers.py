@@ -5,7 +5,8 @@
   :class:`DenseMatrix` (``modules_to_not_convert``), with an optional bias and an optional input RMSNorm
   (``quantization_config.use_rms_norm``).
 * :class:`DenseMatrix` keeps a float matrix as stored (float32, float16 or bfloat16, often a memory map: no
-  copy) or quantized to int8 with one float32 scale per row (the optional quantized output layer).  Its
+  copy) or quantized for the optional quantized output layer: int8 with one float32 scale per row ("q8"), or
+  6-bit with a 0..127 scale per 16 weights and a float32 scale per row ("q6", like llama.cpp's Q6_K).  Its
   :meth:`~DenseMatrix.matmul` converts to float32 on the fly, so ``x @ W.T`` equals the float32 product of
   the stored values up to summation order.
 
@@ -34,16 +35,23 @@ _CHUNK_ROWS = 4096
 
 
 class DenseMatrix:
-    """A float matrix (N, K) kept as stored, or int8 with per-row scales.
+    """A float matrix (N, K) kept as stored, or quantized (int8 or 6-bit) with per-row scales.
 
     Attributes:
-        kind: ``"f32"``, ``"f16"``, ``"bf16"`` (uint16 storage) or ``"q8"`` (int8 + scales).
-        data: the stored array (N, K); for ``"q8"`` (N, Kp) with K zero-padded to a multiple of 64.
-        scales: float32 (N,) for ``"q8"``, else None.
+        kind: ``"f32"``, ``"f16"``, ``"bf16"`` (uint16 storage), ``"q8"`` (int8 + scales) or ``"q6"``.
+        data: the stored array (N, K); for ``"q8"`` (N, Kp) with K zero-padded to a multiple of 64; for ``"q6"``
+            uint8 (N, Kp / 64 * 52): per 64 weights, 32 bytes of low nibbles, 16 of high 2-bit fields and four
+            0..127 scales of 16 weights each (``bitnet_actor/engine/engine_simd.h`` has the layout).
+        scales: float32 (N,) for ``"q8"`` and ``"q6"``, else None.
+        offsets: int64 (N,) for ``"q6"``: ``128 * sum_k d_k * q_k`` of each row (the SIMD kernels' correction
+            for reading the activations as unsigned bytes), else None.
         cols: K.
     """
 
-    __slots__ = ("cols", "data", "kind", "scales")
+    __slots__ = ("cols", "data", "kind", "offsets", "scales")
+
+    # the most columns of a q6 matrix: the SIMD kernels' int32 lanes hold K <= 16384
+    Q6_MAX_COLS = 16384
 
     def __init__(
         self,
@@ -51,23 +59,31 @@ class DenseMatrix:
         data: npt.NDArray[Any],
         scales: npt.NDArray[np.float32] | None = None,
         cols: int | None = None,
+        offsets: npt.NDArray[np.int64] | None = None,
     ) -> None:
         """Wrap a stored matrix.
 
         Args:
             kind: see the class attributes.
-            data: (N, K) of the matching dtype ((N, Kp) for ``"q8"``).
-            scales: float32 (N,) for ``"q8"``.
-            cols: K for ``"q8"`` (default: all columns).
+            data: (N, K) of the matching dtype ((N, Kp) for ``"q8"``, (N, Kp / 64 * 52) for ``"q6"``).
+            scales: float32 (N,) for ``"q8"`` and ``"q6"``.
+            cols: K for ``"q8"`` and ``"q6"`` (default: all columns; required for ``"q6"``).
+            offsets: int64 (N,) for ``"q6"``.
         """
-        expected = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16, "q8": np.int8}[kind]
+        expected = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16, "q8": np.int8, "q6": np.uint8}[kind]
         if data.dtype != expected or data.ndim != 2:
             raise ValueError(f"DenseMatrix {kind} needs a 2-D {np.dtype(expected).name} array, got {data.dtype}")
-        if kind == "q8" and (scales is None or scales.shape != (data.shape[0],)):
-            raise ValueError("DenseMatrix q8 needs float32 scales (N,)")
+        if kind in ("q8", "q6") and (scales is None or scales.dtype != np.float32 or scales.shape != (data.shape[0],)):
+            raise ValueError(f"DenseMatrix {kind} needs float32 scales (N,)")
+        if kind == "q6":
+            if offsets is None or offsets.dtype != np.int64 or offsets.shape != (data.shape[0],):
+                raise ValueError("DenseMatrix q6 needs int64 offsets (N,)")
+            if cols is None or data.shape[1] % 52 or not 0 < cols <= data.shape[1] // 52 * 64:
+                raise ValueError("DenseMatrix q6 needs cols and 52 bytes per 64 columns")
         self.kind = kind
         self.data = data
         self.scales = scales
+        self.offsets = offsets
         self.cols = int(data.shape[1]) if cols is None else cols
 
     @classmethod
@@ -91,6 +107,64 @@ class DenseMatrix:
             scales[r0 : r0 + rows.shape[0]] = sc
         return cls("q8", q, scales, k)
 
+    @classmethod
+    def quantize_q6(cls, m: DenseMatrix) -> DenseMatrix:
+        """Quantize to 6 bits with a 0..127 scale per 16 weights and a float32 scale per row (as llama.cpp's
+        Q6_K, whose super-block scale is per 256 weights): for each 16 weights the ideal step is
+        ``max|w| / 31``; the row scale is the largest step / 127, each block's scale its step in those units
+        (rounded), and ``q = round(w / (row scale * block scale))`` in -31..31.
+
+        Args:
+            m: a float matrix with at most :data:`Q6_MAX_COLS` columns.
+
+        Returns:
+            The q6 matrix (6.5 bits per weight, plus 12 bytes per row).
+
+        Raises:
+            ValueError: more than :data:`Q6_MAX_COLS` columns.
+        """
+        n, k = m.shape
+        if k > cls.Q6_MAX_COLS:
+            raise ValueError(f"q6 takes at most {cls.Q6_MAX_COLS} columns, got {k}")
+        kp = -(-k // 64) * 64
+        g = kp // 64
+        data = np.empty((n, g * 52), dtype=np.uint8)
+        scales = np.empty(n, dtype=np.float32)
+        offsets = np.empty(n, dtype=np.int64)
+        for r0 in range(0, n, _CHUNK_ROWS):
+            rows = np.zeros((min(n, r0 + _CHUNK_ROWS) - r0, kp), dtype=np.float32)
+            rows[:, :k] = m.rows_f32(r0, r0 + rows.shape[0])
+            r = rows.shape[0]
+            blocks = rows.reshape(r, kp // 16, 16)
+            step = np.abs(blocks).max(axis=2) / np.float32(31)  # (r, Kp/16)
+            top = step.max(axis=1)
+            sc = np.where(top > 0, top / np.float32(127), np.float32(1)).astype(np.float32)
+            d = np.clip(np.rint(step / sc[:, None]), 0, 127).astype(np.uint8)  # (r, Kp/16)
+            eff = sc[:, None] * d.astype(np.float32)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                q = np.where(eff[:, :, None] > 0, np.rint(blocks / eff[:, :, None]), 0)
+            q = np.clip(q, -31, 31).astype(np.int8).reshape(r, g, 64)
+            u = (q + 32).astype(np.uint8)
+            lo = (u[:, :, :32] & 15) | ((u[:, :, 32:] & 15) << 4)
+            hi = u >> 4
+            hb = hi[:, :, 0:16] | (hi[:, :, 16:32] << 2) | (hi[:, :, 32:48] << 4) | (hi[:, :, 48:64] << 6)
+            data[r0 : r0 + r] = np.concatenate([lo, hb, d.reshape(r, g, 4)], axis=2).reshape(r, g * 52)
+            scales[r0 : r0 + r] = sc
+            qd = q.reshape(r, kp // 16, 16).astype(np.int64).sum(axis=2) * d.astype(np.int64)
+            offsets[r0 : r0 + r] = 128 * qd.sum(axis=1)
+        return cls("q6", data, scales, k, offsets)
+
+    def q6_codes(self, r0: int, r1: int) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.uint8]]:
+        """Rows ``[r0, r1)`` of a q6 matrix unpacked: codes int8 (r, Kp) in -31..31 and block scales uint8
+        (r, Kp / 16)."""
+        g = self.data.shape[1] // 52
+        grp = self.data[r0:r1].reshape(r1 - r0, g, 52)
+        lo, hb, d = grp[:, :, :32], grp[:, :, 32:48], grp[:, :, 48:]
+        low = np.concatenate([lo & 15, lo >> 4], axis=2)  # (r, g, 64)
+        high = np.concatenate([(hb >> s) & 3 for s in (0, 2, 4, 6)], axis=2)
+        codes = ((low | (high << 4)).astype(np.int16) - 32).astype(np.int8)
+        return codes.reshape(r1 - r0, g * 64), np.ascontiguousarray(d.reshape(r1 - r0, g * 4))
+
     @property
     def shape(self) -> tuple[int, int]:
         """``(N, K)``."""
@@ -98,8 +172,9 @@ class DenseMatrix:
 
     @property
     def nbytes(self) -> int:
-        """Stored bytes (scales included)."""
-        return int(self.data.nbytes) + (int(self.scales.nbytes) if self.scales is not None else 0)
+        """Stored bytes (scales and offsets included)."""
+        n = int(self.data.nbytes) + (int(self.scales.nbytes) if self.scales is not None else 0)
+        return n + (int(self.offsets.nbytes) if self.offsets is not None else 0)
 
     def rows_f32(self, r0: int, r1: int) -> npt.NDArray[np.float32]:
         """Rows ``[r0, r1)`` as a new float32 array.
@@ -119,6 +194,10 @@ class DenseMatrix:
         if self.kind == "bf16":
             return (d.astype(np.uint32) << np.uint32(16)).view(np.float32)
         assert self.scales is not None
+        if self.kind == "q6":
+            codes, blk = self.q6_codes(r0, r1)
+            w = codes.astype(np.float32) * np.repeat(blk, 16, axis=1).astype(np.float32)
+            return np.ascontiguousarray(w[:, : self.cols] * self.scales[r0:r1, None])
         return d[:, : self.cols].astype(np.float32) * self.scales[r0:r1, None]
 
     def gather(self, ids: npt.NDArray[np.int64], out: npt.NDArray[np.float32]) -> None:
@@ -135,6 +214,9 @@ class DenseMatrix:
             out[...] = d.astype(np.float32)
         elif self.kind == "bf16":
             out[...] = (d.astype(np.uint32) << np.uint32(16)).view(np.float32)
+        elif self.kind == "q6":
+            for i, r in enumerate(ids.tolist()):
+                out[i] = self.rows_f32(r, r + 1)[0]
         else:
             assert self.scales is not None
             out[...] = d[:, : self.cols].astype(np.float32) * self.scales[ids, None]

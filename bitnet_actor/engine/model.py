@@ -54,7 +54,7 @@ class ModelInfo:
         formats: stored format -> number of tensors.
         context_length: the longest sequence.
         vocab_size: the output width.
-        output_layer: ``exact`` or ``q8`` (int8 per row).
+        output_layer: ``exact``, ``q8`` (int8 per row) or ``q6`` (6-bit, Q6_K-like).
         fast_kernels: the compiled ternary kernels are in use.
         fast_ops: the compiled engine ops are in use.
         device: ``"cpu"``, or ``"opencl:<platform> / <device>"``.
@@ -278,8 +278,8 @@ class Model:
         Args:
             weights: the weights.
             tokenizer: a :class:`~bitnet_actor.engine.tokenizer.Tokenizer`, or None.
-            output: ``"exact"`` (the output matrix as stored) or ``"q8"`` (int8 per row: fewer bytes per
-                token, logits change slightly).
+            output: ``"exact"`` (the output matrix as stored), ``"q8"`` or ``"q6"`` (quantized: fewer bytes per
+                token, logits change slightly; see :meth:`set_output_layer`).
             opencl: a :class:`kernels_opencl.Context` to run on (weights uploaded now), or None for the CPU.
             progress: called as ``progress(done, total)`` while weights upload to the device.
             kv_cache: ``"f32"`` or ``"f16"`` (see :meth:`set_kv_cache`).
@@ -296,12 +296,16 @@ class Model:
         self._sin = np.sin(freqs).astype(np.float32)
         self._exact_head = weights.lm_head
         self._q8_head: DenseMatrix | None = None
+        self._q6_head: DenseMatrix | None = None
         self._head = weights.lm_head
         self._runner: OpenCLRunner | None = None
         if opencl is not None:
             from bitnet_actor.engine.opencl import OpenCLRunner
 
             self._runner = OpenCLRunner(weights, opencl, self._cos, self._sin, progress)
+        if output == "q6" and self._runner is not None:
+            log.warning("output layer q6: the OpenCL path takes q8 instead")
+            output = "q8"
         self.set_output_layer(output)
         self._kv_cache = "f32"
         self.set_kv_cache(kv_cache)
@@ -392,8 +396,9 @@ class Model:
         n = w.embed.nbytes + int(w.final_norm.nbytes)
         if w.lm_head is not w.embed:
             n += w.lm_head.nbytes
-        if self._q8_head is not None:
-            n += self._q8_head.nbytes
+        for q in (self._q8_head, self._q6_head):
+            if q is not None:
+                n += q.nbytes
         for layer in w.layers:
             n += sum(lin.nbytes for lin in (*layer.qkv, layer.o, *layer.gate_up, layer.down))
             n += sum(int(a.nbytes) for a in (layer.attn_norm, layer.ffn_norm) if a is not None)
@@ -422,7 +427,7 @@ class Model:
             formats=tuple(sorted(self.weights.formats.items())),
             context_length=cfg.context_length,
             vocab_size=cfg.vocab_size,
-            output_layer="q8" if self._head is self._q8_head else "exact",
+            output_layer=self.output_layer,
             fast_kernels=ops.FAST_KERNELS,
             fast_ops=ops.FAST_OPS,
             device=self.device,
@@ -436,14 +441,28 @@ class Model:
         info = self._runner.ctx.info
         return f"opencl:{info.platform} / {info.name}"
 
+    @property
+    def output_layer(self) -> str:
+        """The output layer in use: ``"exact"``, ``"q8"`` or ``"q6"`` (see :meth:`set_output_layer`)."""
+        if self._head is self._q8_head:
+            return "q8"
+        if self._head is self._q6_head:
+            return "q6"
+        return "exact"
+
     def set_output_layer(self, kind: str) -> None:
         """Choose the output layer.
 
+        The output matrix is the largest one a decode step reads (a third of the bytes of BitNet-b1.58-2B-4T);
+        the quantized copies read fewer bytes for logits that move a little.
+
         Args:
-            kind: ``"exact"`` or ``"q8"`` (int8 weights with a float32 scale per row).
+            kind: ``"exact"`` (as stored), ``"q8"`` (int8 weights with a float32 scale per row: 8 bits a weight)
+                or ``"q6"`` (6-bit weights with a scale per 16 and a float32 scale per row, as llama.cpp's Q6_K:
+                6.5 bits a weight).  A quantized copy is made on first use and kept.
 
         Raises:
-            ValueError: another kind.
+            ValueError: another kind, or ``"q6"`` on OpenCL.
         """
         if kind == "exact":
             self._head = self._exact_head
@@ -451,8 +470,14 @@ class Model:
             if self._q8_head is None:
                 self._q8_head = DenseMatrix.quantize_q8(self._exact_head)
             self._head = self._q8_head
+        elif kind == "q6":
+            if self._runner is not None:
+                raise ValueError("the q6 output layer runs on the CPU only; use 'exact' or 'q8' on OpenCL")
+            if self._q6_head is None:
+                self._q6_head = DenseMatrix.quantize_q6(self._exact_head)
+            self._head = self._q6_head
         else:
-            raise ValueError(f"output must be 'exact' or 'q8', got {kind!r}")
+            raise ValueError(f"output must be 'exact', 'q8' or 'q6', got {kind!r}")
         if self._runner is not None:
             self._runner.set_head(self._head)
 

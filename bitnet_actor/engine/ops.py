@@ -289,9 +289,11 @@ def dense_matmul(x: npt.NDArray[np.float32], m: DenseMatrix) -> npt.NDArray[np.f
         float32 (M, N).
     """
     if _fast is not None:
-        return _fast.dense_matmul(x, m.data, m.kind, m.scales)
+        return _fast.dense_matmul(x, m.data, m.kind, m.scales, None, m.offsets)
     if m.kind == "q8":
         return _q8_matmul(x, m)
+    if m.kind == "q6":
+        return _q6_matmul(x, m)
     if m.kind == "f32":
         return np.matmul(x, m.data.T)
     n = m.shape[0]
@@ -356,6 +358,24 @@ def run_layers(
         timings: float64 (3,): seconds in the ternary products, attention and other ops are added, or None.
     """
     stack.forward(x, cos, sin, kcaches, vcaches, bounds, starts, timings)
+
+
+def _q6_matmul(x: npt.NDArray[np.float32], m: DenseMatrix) -> npt.NDArray[np.float32]:
+    """int8 activations (per-row absmax / 127) times the q6 rows' integer weights (block scale x code), exact in
+    int64, then the scales: the compiled op's definition."""
+    assert m.scales is not None
+    amax = np.abs(x).max(axis=1)
+    xs = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)  # (M,)
+    xq = np.clip(np.rint(x * (np.float32(1) / xs)[:, None]), -127, 127).astype(np.int64)  # (M, K)
+    n, k = m.shape
+    out = np.empty((x.shape[0], n), dtype=np.float32)
+    for r0 in range(0, n, _CHUNK):
+        r1 = min(n, r0 + _CHUNK)
+        codes, blk = m.q6_codes(r0, r1)
+        w = codes[:, :k].astype(np.int64) * np.repeat(blk, 16, axis=1)[:, :k].astype(np.int64)  # (r, K)
+        acc = xq @ w.T  # (M, r) exact
+        out[:, r0:r1] = acc.astype(np.float32) * xs[:, None] * m.scales[None, r0:r1]
+    return out
 
 
 def as_f32(a: Any) -> npt.NDArray[np.float32]:

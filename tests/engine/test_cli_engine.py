@@ -87,3 +87,14 @@ def test_generate_with_f16_kv_cache(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.strip()
     with pytest.raises(SystemExit):
         _parse([*argv, "--kv-cache", "int4"])
+
+
+def test_generate_with_q6_output_layer(capsys: pytest.CaptureFixture[str]) -> None:
+    from bitnet_actor.system import DEMO_MODEL_DIR
+
+    argv = ["generate", "--model", str(DEMO_MODEL_DIR), "--prompt", "Return a list of", "--max-tokens", "12"]
+    assert cli_engine.run(_parse([*argv, "--output-layer", "q6"])) == 0
+    out, _ = capsys.readouterr()
+    assert out.strip()
+    with pytest.raises(SystemExit):
+        _parse([*argv, "--output-layer", "q4"])

@@ -84,3 +84,66 @@ def test_float_products(path: str | None, kind: str, n: int, k: int) -> None:
         np.testing.assert_array_equal(
             _ops.dense_matmul(x[m : m + 1].copy(), data, kind, None, path=path), got[m : m + 1]
         )
+
+
+# ---------------------------------------------------------------------------------------------------------- q6
+
+
+def _q6(rng: np.random.Generator, n: int, k: int) -> tuple[np.ndarray, DenseMatrix]:
+    w = (rng.standard_normal((n, k)) * rng.uniform(0.01, 3.0, size=(n, 1))).astype(np.float32)
+    return w, DenseMatrix.quantize_q6(DenseMatrix("f32", w))
+
+
+@pytest.mark.parametrize("path", [None, "portable", "avx2", "avx512"])
+@pytest.mark.parametrize(
+    ("m", "n", "k"), [(1, 1, 1), (1, 7, 100), (1, 130, 2560), (2, 33, 64), (3, 9, 1000), (5, 64, 300)]
+)
+def test_q6_product_equals_reference(path: str | None, m: int, n: int, k: int) -> None:
+    if path is not None and path not in _ops.DENSE_PATHS:
+        pytest.skip(f"this CPU cannot run the {path} path")
+    rng = np.random.default_rng(m * 1000 + n + k + 1)
+    _, w = _q6(rng, n, k)
+    x = (rng.standard_normal((m, k)) * 4).astype(np.float32)
+    got = _ops.dense_matmul(x, w.data, "q6", w.scales, path=path, offsets=w.offsets)
+    np.testing.assert_array_equal(got, ops._q6_matmul(x, w))
+    for i in range(m):  # alone == in the batch
+        alone = _ops.dense_matmul(x[i : i + 1].copy(), w.data, "q6", w.scales, path=path, offsets=w.offsets)
+        np.testing.assert_array_equal(alone, got[i : i + 1])
+
+
+@pytest.mark.parametrize("path", ["portable", "avx2", "avx512"])
+def test_q6_product_extremes(path: str) -> None:
+    # the widest row q6 takes, every code at +-31 with block scale 127 and activations at +-127: the int32 lanes
+    # (and the SIMD paths' +128 offset) stay exact
+    if path not in _ops.DENSE_PATHS:
+        pytest.skip(f"this CPU cannot run the {path} path")
+    k = DenseMatrix.Q6_MAX_COLS
+    rows = np.stack([np.full(k, 1.0), np.full(k, -1.0), np.where(np.arange(k) % 2 == 0, 1.0, -1.0)]).astype(np.float32)
+    w = DenseMatrix.quantize_q6(DenseMatrix("f32", rows))
+    for x in (np.full((1, k), -2.0, dtype=np.float32), np.full((2, k), 3.0, dtype=np.float32)):
+        got = _ops.dense_matmul(x, w.data, "q6", w.scales, path=path, offsets=w.offsets)
+        np.testing.assert_array_equal(got, ops._q6_matmul(x, w))
+        np.testing.assert_allclose(got, x @ rows.T, rtol=1e-6)
+
+
+def test_q6_quantization() -> None:
+    rng = np.random.default_rng(5)
+    w, q = _q6(rng, 50, 300)
+    back = q.rows_f32(0, 50)
+    # 6 bits with a scale per 16 weights: each weight within half a step of its block's scale
+    codes, blk = q.q6_codes(0, 50)
+    step = (np.repeat(blk, 16, axis=1)[:, :300] * q.scales[:, None]).astype(np.float64)
+    assert (np.abs(back - w) <= 0.5 * step + 1e-6 * np.abs(w).max()).all()
+    assert np.abs(codes).max() == 31 and blk.max() == 127
+    rel = np.linalg.norm(back - w) / np.linalg.norm(w)
+    assert rel < 0.03  # ~2% for Gaussian rows (q8: ~1%)
+    assert q.nbytes == 50 * (320 // 64 * 52 + 4 + 8)  # 6.5 bits a weight, a scale and an offset a row
+    np.testing.assert_array_equal(q.offsets, 128 * (codes.astype(np.int64) * np.repeat(blk, 16, axis=1)).sum(1))
+    ids = np.array([3, 0, 49])
+    out = np.empty((3, 300), dtype=np.float32)
+    q.gather(ids, out)
+    np.testing.assert_array_equal(out, back[ids])
+    with pytest.raises(ValueError, match="at most"):
+        DenseMatrix.quantize_q6(DenseMatrix("f32", np.ones((1, DenseMatrix.Q6_MAX_COLS + 1), np.float32)))
+    zero = DenseMatrix.quantize_q6(DenseMatrix("f32", np.zeros((2, 70), np.float32)))
+    assert not zero.rows_f32(0, 2).any()

@@ -200,6 +200,25 @@ def test_q8_output_layer_is_close(bitnet_dir: Path) -> None:
     assert 0 < rel < 1e-2
 
 
+def test_q6_output_layer_is_close(bitnet_dir: Path) -> None:
+    m = load_model(bitnet_dir, output="q6")
+    assert m.info.output_layer == "q6"
+    ids = list(range(40))
+    q6 = m.logits(ids)
+    per_token = m.bytes_per_token
+    m.set_output_layer("q8")
+    q8_bytes = m.bytes_per_token
+    m.set_output_layer("exact")
+    exact = m.logits(ids)
+    rel = np.linalg.norm(q6 - exact) / np.linalg.norm(exact)
+    assert 0 < rel < 4e-2  # ~2% (6 bits a weight, a scale per 16); q8 ~1%
+    assert (np.argmax(q6, 1) == np.argmax(exact, 1)).mean() >= 0.9
+    assert per_token < q8_bytes < m.bytes_per_token
+    with pytest.raises(ValueError, match="'exact', 'q8' or 'q6'"):
+        m.set_output_layer("q4")
+    assert m.output_layer == "exact"  # unchanged by the refused call
+
+
 @pytest.mark.parametrize(
     ("kw", "field"),
     [
