@@ -340,8 +340,13 @@ def child(shape: str, threads: list[int], reps: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ main
 
 
-def write_gguf_of(shape: str, path: Path) -> None:
-    """Write a random model of ``shape`` as a GGUF file (TQ2_0 ternary, BF16 embedding)."""
+def write_gguf_of(shape: str, path: Path, *, for_llama_cpp: bool = False) -> None:
+    """Write a random model of ``shape`` as a GGUF file (TQ2_0 ternary, BF16 embedding).
+
+    ``for_llama_cpp``: metadata upstream llama.cpp loads as well: architecture "bitnet" (it has no
+    "bitnet-b1.58"; its bitnet graph gates with SiLU whatever the file says) and ``tokenizer.ggml.model =
+    "no_vocab"`` (it then makes dummy tokens for the vocabulary size; this engine ignores the key).
+    """
     from bitnet_actor.engine.gguf_io import write_gguf
     from kernels_cython.reference import to_tq2_0
 
@@ -380,7 +385,13 @@ def write_gguf_of(shape: str, path: Path) -> None:
         if layer.attn_sub_norm is not None and layer.ffn_sub_norm is not None:
             tensors[f"blk.{i}.attn_sub_norm.weight"] = ("F32", (qd,), layer.attn_sub_norm)
             tensors[f"blk.{i}.ffn_sub_norm.weight"] = ("F32", (cfg.intermediate_size,), layer.ffn_sub_norm)
-    write_gguf(path, cfg.to_gguf_metadata(), tensors)
+    meta = cfg.to_gguf_metadata()
+    if for_llama_cpp:
+        arch = meta["general.architecture"]
+        meta = {(f"bitnet.{k[len(arch) + 1 :]}" if k.startswith(arch + ".") else k): v for k, v in meta.items()}
+        meta["general.architecture"] = "bitnet"
+        meta["tokenizer.ggml.model"] = "no_vocab"
+    write_gguf(path, meta, tensors)
 
 
 def load_child(path: Path) -> dict[str, Any]:
