@@ -25,3 +25,4 @@ cdef void tl_scratch_free(tl_scratch *sc) noexcept nogil
 cdef int tl_linear(const float *x, int64_t M, int64_t K, const uint8_t *W, int64_t N, int64_t rb,
                    const float *rscale, float scale, float *out, tl_scratch *sc) noexcept nogil
 cdef int tl_default_isa() noexcept nogil
+cdef int tl_default_threads() noexcept nogil

@@ -478,6 +478,11 @@ cdef int tl_default_isa() noexcept nogil:
     return _DEFAULT_ISA_CODE
 
 
+cdef int tl_default_threads() noexcept nogil:
+    """The thread count a call with ``threads=None`` uses (see :func:`set_num_threads`)."""
+    return _n_threads
+
+
 cdef object _packed_for(object w, int64_t K):
     """Validate w against K columns and return its packed codes (N, Kp / 4)."""
     if not isinstance(w, TernaryMatrix):

@@ -16,7 +16,14 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 cimport numpy as cnp
 cimport openmp
 
-from kernels_cython._ternary cimport tl_default_isa, tl_linear, tl_scratch, tl_scratch_free, tl_scratch_init
+from kernels_cython._ternary cimport (
+    tl_default_isa,
+    tl_default_threads,
+    tl_linear,
+    tl_scratch,
+    tl_scratch_free,
+    tl_scratch_init,
+)
 
 import numpy as np
 
@@ -215,8 +222,12 @@ cdef object _q8(const float[:, ::1] x, cnp.ndarray wa, scales, out, int path):
     """int8 activations (per-row absmax) times int8 weights (per-row scales)."""
     cdef int64_t M = x.shape[0], K = x.shape[1], N = wa.shape[0], m, k, b, n0, n1
     cdef int64_t Kp = wa.shape[1]
+    if wa.dtype != np.int8 or wa.ndim != 2 or Kp < K or Kp % 64 or not cnp.PyArray_IS_C_CONTIGUOUS(wa):
+        raise ValueError("dense_matmul: bad q8 data")
     cdef float[:, ::1] y = out
     cdef const float[::1] ws = scales
+    if ws.shape[0] != N:
+        raise ValueError("dense_matmul: q8 needs scales (N,)")
     cdef const int8_t *wp = <const int8_t *>cnp.PyArray_DATA(wa)
     xs_arr = np.empty(M, dtype=np.float32)
     cdef float[::1] xs = xs_arr
@@ -291,7 +302,7 @@ cdef object _q6(const float[:, ::1] x, cnp.ndarray wa, scales, offsets, out, int
     """int8 activations (per-row absmax) times q6 weights; the SIMD paths read them offset to unsigned."""
     cdef int64_t M = x.shape[0], K = x.shape[1], N = wa.shape[0], m, k, b, n0, n1
     cdef int64_t Kp = wa.shape[1] // 52 * 64
-    if wa.dtype != np.uint8 or wa.shape[1] % 52 or Kp < K:
+    if wa.dtype != np.uint8 or wa.ndim != 2 or wa.shape[1] % 52 or Kp < K or not cnp.PyArray_IS_C_CONTIGUOUS(wa):
         raise ValueError("dense_matmul: bad q6 data")
     cdef float[:, ::1] y = out
     cdef const float[::1] ws = scales
@@ -444,6 +455,9 @@ cdef int64_t _seq_rows(list kcaches, list vcaches, const int64_t[::1] bounds, co
     cdef cnp.ndarray kc, vc
     if len(vcaches) != S or bounds.shape[0] != S + 1 or starts.shape[0] != S or bounds[S] != M or bounds[0] != 0:
         raise ValueError("attn_block: inconsistent sequences")
+    for s in range(S):  # before any row is written: every bound then lies in [0, M]
+        if bounds[s + 1] < bounds[s]:
+            raise ValueError("attn_block: inconsistent sequences")
     f16[0] = S > 0 and isinstance(kcaches[0], np.ndarray) and kcaches[0].dtype == np.float16
     cdef int dtype = cnp.NPY_FLOAT16 if f16[0] else cnp.NPY_FLOAT32
     if f16[0] and not BE_HAS_F16_KV:
@@ -462,7 +476,7 @@ cdef int64_t _seq_rows(list kcaches, list vcaches, const int64_t[::1] bounds, co
         kp[s] = <char *>cnp.PyArray_DATA(kc)
         vp[s] = <char *>cnp.PyArray_DATA(vc)
         cap[s] = cnp.PyArray_DIM(kc, d0 + 1)
-        if starts[s] < 0 or bounds[s + 1] < bounds[s] or starts[s] + bounds[s + 1] - bounds[s] > cap[s]:
+        if starts[s] < 0 or starts[s] > cap[s] - (bounds[s + 1] - bounds[s]):
             raise ValueError("attn_block: sequence overflows its cache")
         if starts[s] + bounds[s + 1] - bounds[s] > tmax:
             tmax = starts[s] + bounds[s + 1] - bounds[s]
@@ -566,6 +580,7 @@ cdef class LayerStack:
 
     def __cinit__(self):
         self.layers = NULL
+        self.L = 0
 
     def __init__(self, list specs, int nh, int nkv, int hd, bint relu2, float eps):
         """Args:
@@ -584,7 +599,6 @@ cdef class LayerStack:
             raise ValueError("LayerStack: bad shape")
         if self.layers != NULL:
             raise ValueError("LayerStack: already initialized")
-        self.L = L
         self.nh = nh
         self.nkv = nkv
         self.hd = hd
@@ -608,6 +622,7 @@ cdef class LayerStack:
             self._lin(&self.layers[li].o, o, self.H, qd)
             self._lin(&self.layers[li].gu, gu, 2 * self.F, self.H)
             self._lin(&self.layers[li].down, down, self.H, self.F)
+        self.L = L  # only now: a stack whose construction failed has no layers to run
 
     def __dealloc__(self):
         free(self.layers)
@@ -671,6 +686,8 @@ cdef class LayerStack:
         cdef int64_t M = x.shape[0], S = len(kcaches), H = self.H, F = self.F, L = self.L
         cdef int64_t nh = self.nh, nkv = self.nkv, hd = self.hd, qd = nh * hd, kvd = nkv * hd
         cdef int64_t tmax, li, s, esz
+        if self.layers == NULL or L == 0:
+            raise ValueError("LayerStack.forward: the stack was not initialized")
         if M == 0:
             return
         if x.shape[1] != H:
@@ -717,7 +734,8 @@ cdef class LayerStack:
             sc = <float *>malloc(nta * tmax * sizeof(float))
             if sc == NULL:
                 raise MemoryError()
-            if tl_scratch_init(&ts, M, self.max_kp, nt, True, tl_default_isa()):
+            # the ternary products take the kernels' thread count ($BITNET_THREADS), as in the per-op path
+            if tl_scratch_init(&ts, M, self.max_kp, tl_default_threads(), True, tl_default_isa()):
                 raise MemoryError("cannot allocate activation scratch")
             h = buf
             wide_buf = h + M * H

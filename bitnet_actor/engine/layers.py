@@ -80,6 +80,12 @@ class DenseMatrix:
                 raise ValueError("DenseMatrix q6 needs int64 offsets (N,)")
             if cols is None or data.shape[1] % 52 or not 0 < cols <= data.shape[1] // 52 * 64:
                 raise ValueError("DenseMatrix q6 needs cols and 52 bytes per 64 columns")
+            if cols > self.Q6_MAX_COLS or not data.flags.c_contiguous:
+                raise ValueError(f"DenseMatrix q6 needs C-contiguous data of at most {self.Q6_MAX_COLS} columns")
+            # the SIMD kernels' int32 lanes hold block scales up to 127 (the offsets are trusted: they come from
+            # quantize_q6 with the data)
+            if data.size and int(data.reshape(data.shape[0], -1, 52)[:, :, 48:].max()) > 127:
+                raise ValueError("DenseMatrix q6 block scales must be 0..127")
         self.kind = kind
         self.data = data
         self.scales = scales

@@ -279,7 +279,8 @@ class Model:
             weights: the weights.
             tokenizer: a :class:`~bitnet_actor.engine.tokenizer.Tokenizer`, or None.
             output: ``"exact"`` (the output matrix as stored), ``"q8"`` or ``"q6"`` (quantized: fewer bytes per
-                token, logits change slightly; see :meth:`set_output_layer`).
+                token, logits change slightly; see :meth:`set_output_layer`).  On OpenCL ``"q6"`` becomes
+                ``"q8"`` (with a warning in the log).
             opencl: a :class:`kernels_opencl.Context` to run on (weights uploaded now), or None for the CPU.
             progress: called as ``progress(done, total)`` while weights upload to the device.
             kv_cache: ``"f32"`` or ``"f16"`` (see :meth:`set_kv_cache`).

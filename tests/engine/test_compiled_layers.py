@@ -145,6 +145,12 @@ def test_run_layers_rejects_bad_caches() -> None:
         ops.run_layers(stack, x, cs, cs, [good], [good], bounds, np.array([7], dtype=np.int64))
     with pytest.raises(ValueError, match="inconsistent"):
         ops.run_layers(stack, x, cs, cs, [good], [good], np.array([0, 1], dtype=np.int64), starts)
+    with pytest.raises(ValueError, match="inconsistent"):  # bounds that go back: refused before any row is written
+        ops.run_layers(stack, x[:1].copy(), cs, cs, [good, good], [good, good], np.array([0, 8, 1]), starts[[0, 0]])
+    with pytest.raises(ValueError, match="overflows"):
+        ops.run_layers(stack, x, cs, cs, [good], [good], bounds, np.array([2**62], dtype=np.int64))
+    with pytest.raises(ValueError, match="not initialized"):
+        type(stack).__new__(type(stack)).forward(x, cs, cs, [good], [good], bounds, starts)
     with pytest.raises(ValueError, match="columns"):
         ops.run_layers(stack, x[:, :-1].copy(), cs, cs, [good], [good], bounds, starts)
     ops.run_layers(stack, x, cs, cs, [good], [good], bounds, starts)  # the same call with good arguments runs

@@ -147,3 +147,17 @@ def test_q6_quantization() -> None:
         DenseMatrix.quantize_q6(DenseMatrix("f32", np.ones((1, DenseMatrix.Q6_MAX_COLS + 1), np.float32)))
     zero = DenseMatrix.quantize_q6(DenseMatrix("f32", np.zeros((2, 70), np.float32)))
     assert not zero.rows_f32(0, 2).any()
+
+
+def test_q6_matrices_are_checked() -> None:
+    _, q = _q6(np.random.default_rng(9), 4, 100)
+    bad_scale = q.data.copy()
+    bad_scale[0, 48] = 200  # a block scale the SIMD lanes do not hold
+    with pytest.raises(ValueError, match=r"0\.\.127"):
+        DenseMatrix("q6", bad_scale, q.scales, 100, q.offsets)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        DenseMatrix("q6", np.asfortranarray(q.data), q.scales, 100, q.offsets)
+    with pytest.raises(ValueError, match="offsets"):
+        DenseMatrix("q6", q.data, q.scales, 100, None)
+    with pytest.raises(ValueError, match="bad q6 data"):
+        _ops.dense_matmul(np.ones((1, 100), np.float32), q.data[:, :-1], "q6", q.scales, offsets=q.offsets)
