@@ -5,6 +5,10 @@ single decode tokens together): every linear layer runs once on all rows (the te
 integer products per row, so a row's result does not depend on the other rows), attention runs per
 sequence over that sequence's own cache, and the output layer runs only on the rows whose next token is
 needed.  A sequence's greedy output is therefore the same alone and inside any batch.
+
+On the CPU the decoder layers of a forward run in one compiled call (``LayerStack`` in the engine ops) when
+every linear layer is a plain ternary product, else one op at a time from Python; both give the same bits (see
+:meth:`Model.set_compiled_layers`).
 """
 
 from __future__ import annotations
