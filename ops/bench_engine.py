@@ -320,19 +320,14 @@ def child(shape: str, threads: list[int], reps: int) -> dict[str, Any]:
         }
     ids = prompt[:32]
     exact = model.logits(ids)
-    model.set_output_layer("q8")
-    q8 = model.logits(ids)
-    out["bytes_per_token_q8"] = model.bytes_per_token
+    for head in ("q8", "q6"):
+        model.set_output_layer(head)
+        got = model.logits(ids)
+        out[f"bytes_per_token_{head}"] = model.bytes_per_token
+        out[f"{head}_rel_diff"] = float(np.linalg.norm(got - exact) / np.linalg.norm(exact))
+        out[f"{head}_top1_agree"] = float((np.argmax(got, 1) == np.argmax(exact, 1)).mean())
+        out[f"{head}_max_abs"] = float(np.abs(got - exact).max())
     model.set_output_layer("exact")
-    out["q8_rel_diff"] = float(np.linalg.norm(q8 - exact) / np.linalg.norm(exact))
-    out["q8_top1_agree"] = float((np.argmax(q8, 1) == np.argmax(exact, 1)).mean())
-    out["q8_max_abs"] = float(np.abs(q8 - exact).max())
-    model.set_output_layer("q6")
-    q6 = model.logits(ids)
-    out["bytes_per_token_q6"] = model.bytes_per_token
-    model.set_output_layer("exact")
-    out["q6_rel_diff"] = float(np.linalg.norm(q6 - exact) / np.linalg.norm(exact))
-    out["q6_top1_agree"] = float((np.argmax(q6, 1) == np.argmax(exact, 1)).mean())
     out["peak_rss"] = _proc_status("VmHWM")
     return out
 

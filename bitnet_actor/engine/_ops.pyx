@@ -218,25 +218,12 @@ def dense_matmul(x, data, str kind, scales, path=None, offsets=None):
     return out
 
 
-cdef object _q8(const float[:, ::1] x, cnp.ndarray wa, scales, out, int path):
-    """int8 activations (per-row absmax) times int8 weights (per-row scales)."""
-    cdef int64_t M = x.shape[0], K = x.shape[1], N = wa.shape[0], m, k, b, n0, n1
-    cdef int64_t Kp = wa.shape[1]
-    if wa.dtype != np.int8 or wa.ndim != 2 or Kp < K or Kp % 64 or not cnp.PyArray_IS_C_CONTIGUOUS(wa):
-        raise ValueError("dense_matmul: bad q8 data")
-    cdef float[:, ::1] y = out
-    cdef const float[::1] ws = scales
-    if ws.shape[0] != N:
-        raise ValueError("dense_matmul: q8 needs scales (N,)")
-    cdef const int8_t *wp = <const int8_t *>cnp.PyArray_DATA(wa)
-    xs_arr = np.empty(M, dtype=np.float32)
-    cdef float[::1] xs = xs_arr
-    xsum_arr = np.empty(M, dtype=np.int32)
-    cdef int32_t[::1] xsum = xsum_arr
-    cdef int32_t acc
-    xq_arr = np.zeros((M, Kp), dtype=np.int8)  # zero-padded
-    cdef int8_t[:, ::1] xq = xq_arr
+cdef void _quantize_rows_i8(const float[:, ::1] x, int8_t[:, ::1] xq, float[::1] xs, int32_t[::1] xsum):
+    """Per-row absmax int8 quantization of x (M, K) into the first K columns of xq, scales xs (M,) and row
+    sums xsum (M,), as ops._q8_matmul / ops._q6_matmul define it."""
+    cdef int64_t M = x.shape[0], K = x.shape[1], m, k
     cdef float amax, inv, v
+    cdef int32_t acc
     for m in range(M):
         amax = 0.0
         for k in range(K):
@@ -254,6 +241,26 @@ cdef object _q8(const float[:, ::1] x, cnp.ndarray wa, scales, out, int path):
             xq[m, k] = <int8_t>v
             acc = acc + <int32_t>v
         xsum[m] = acc
+
+
+cdef object _q8(const float[:, ::1] x, cnp.ndarray wa, scales, out, int path):
+    """int8 activations (per-row absmax) times int8 weights (per-row scales)."""
+    cdef int64_t M = x.shape[0], K = x.shape[1], N = wa.shape[0], b, n0, n1
+    cdef int64_t Kp = wa.shape[1]
+    if wa.dtype != np.int8 or wa.ndim != 2 or Kp < K or Kp % 64 or not cnp.PyArray_IS_C_CONTIGUOUS(wa):
+        raise ValueError("dense_matmul: bad q8 data")
+    cdef float[:, ::1] y = out
+    cdef const float[::1] ws = scales
+    if ws.shape[0] != N:
+        raise ValueError("dense_matmul: q8 needs scales (N,)")
+    cdef const int8_t *wp = <const int8_t *>cnp.PyArray_DATA(wa)
+    xs_arr = np.empty(M, dtype=np.float32)
+    cdef float[::1] xs = xs_arr
+    xsum_arr = np.empty(M, dtype=np.int32)
+    cdef int32_t[::1] xsum = xsum_arr
+    xq_arr = np.zeros((M, Kp), dtype=np.int8)  # zero-padded
+    cdef int8_t[:, ::1] xq = xq_arr
+    _quantize_rows_i8(x, xq, xs, xsum)
     cdef int nt = _n_threads
     cdef int64_t nblk = (N + NB - 1) // NB
     if nblk < nt:
@@ -300,7 +307,7 @@ cdef void _glu_norm_rows(const float *gu, float *y, int64_t M, int64_t F, bint r
 
 cdef object _q6(const float[:, ::1] x, cnp.ndarray wa, scales, offsets, out, int path):
     """int8 activations (per-row absmax) times q6 weights; the SIMD paths read them offset to unsigned."""
-    cdef int64_t M = x.shape[0], K = x.shape[1], N = wa.shape[0], m, k, b, n0, n1
+    cdef int64_t M = x.shape[0], K = x.shape[1], N = wa.shape[0], b, n0, n1
     cdef int64_t Kp = wa.shape[1] // 52 * 64
     if wa.dtype != np.uint8 or wa.ndim != 2 or wa.shape[1] % 52 or Kp < K or not cnp.PyArray_IS_C_CONTIGUOUS(wa):
         raise ValueError("dense_matmul: bad q6 data")
@@ -312,23 +319,10 @@ cdef object _q6(const float[:, ::1] x, cnp.ndarray wa, scales, offsets, out, int
     cdef const uint8_t *wp = <const uint8_t *>cnp.PyArray_DATA(wa)
     xs_arr = np.empty(M, dtype=np.float32)
     cdef float[::1] xs = xs_arr
+    xsum_arr = np.empty(M, dtype=np.int32)
     xq_arr = np.zeros((M, Kp), dtype=np.int8)  # zero-padded
     cdef int8_t[:, ::1] xq = xq_arr
-    cdef float amax, inv, v
-    for m in range(M):
-        amax = 0.0
-        for k in range(K):
-            if fabsf(x[m, k]) > amax:
-                amax = fabsf(x[m, k])
-        xs[m] = amax / 127.0 if amax > 0 else 1.0
-        inv = 1.0 / xs[m]
-        for k in range(K):
-            v = rintf(x[m, k] * inv)
-            if v > 127.0:
-                v = 127.0
-            elif v < -127.0:
-                v = -127.0
-            xq[m, k] = <int8_t>v
+    _quantize_rows_i8(x, xq, xs, xsum_arr)
     xu_arr = (xq_arr.view(np.uint8) ^ np.uint8(0x80)) if path else xq_arr  # xq + 128 as unsigned bytes
     cdef const uint8_t *xu = <const uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>xu_arr)
     cdef int nt = _n_threads
@@ -564,6 +558,20 @@ cdef inline double _now() noexcept nogil:
     return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
+cdef inline void _lap(double *tp, int k, double *t0) noexcept nogil:
+    """Add the time since t0 to tp[k] and restart the clock there (nothing when tp is NULL)."""
+    cdef double t1
+    if tp != NULL:
+        t1 = _now()
+        tp[k] += t1 - t0[0]
+        t0[0] = t1
+
+
+cdef inline int _linear(const float *x, int64_t M, const _lin_t *lin, float *out, tl_scratch *ts) noexcept nogil:
+    """One of a layer's ternary products; returns tl_linear's count of non-finite rows."""
+    return tl_linear(x, M, lin.K, lin.W, lin.N, lin.rb, lin.rscale, lin.scale, out, ts)
+
+
 cdef class LayerStack:
     """Every decoder layer of a model whose linear layers are all plain ternary products, run by one call.
 
@@ -719,7 +727,7 @@ cdef class LayerStack:
         cdef char **kl
         cdef char **vl
         cdef const _layer_t *ly
-        cdef double t0 = 0, t1 = 0
+        cdef double t0 = 0
         try:
             if buf == NULL or kb == NULL or cap == NULL or seq_of == NULL:
                 raise MemoryError()
@@ -748,65 +756,38 @@ cdef class LayerStack:
                 _rmsnorm_rows(&x[0, 0], self.layers[0].attn_norm, h, M, H, self.eps, nt)
                 for li in range(L):
                     ly = &self.layers[li]
-                    if tp != NULL:
-                        t1 = _now()
-                        tp[2] += t1 - t0
-                        t0 = t1
-                    bad = tl_linear(h, M, H, ly.qkv.W, ly.qkv.N, ly.qkv.rb, ly.qkv.rscale, ly.qkv.scale, wide_buf,
-                                    &ts)
+                    _lap(tp, 2, &t0)
+                    bad = _linear(h, M, &ly.qkv, wide_buf, &ts)
                     if bad:
                         break
-                    if tp != NULL:
-                        t1 = _now()
-                        tp[0] += t1 - t0
-                        t0 = t1
+                    _lap(tp, 0, &t0)
                     for s in range(S):
                         kl[s] = kp[s] + li * nkv * cap[s] * hd * esz
                         vl[s] = vp[s] + li * nkv * cap[s] * hd * esz
                     _attn_rows(wide_buf, M, nh, nkv, hd, &cos[0, 0], &sin[0, 0], kl, vl, cap, seq_of, seq_of + M,
                                attn, ly.attn_sub, self.eps, f16, sc, tmax, nta)
-                    if tp != NULL:
-                        t1 = _now()
-                        tp[1] += t1 - t0
-                        t0 = t1
-                    bad = tl_linear(attn, M, qd, ly.o.W, ly.o.N, ly.o.rb, ly.o.rscale, ly.o.scale, tmp, &ts)
+                    _lap(tp, 1, &t0)
+                    bad = _linear(attn, M, &ly.o, tmp, &ts)
                     if bad:
                         break
-                    if tp != NULL:
-                        t1 = _now()
-                        tp[0] += t1 - t0
-                        t0 = t1
+                    _lap(tp, 0, &t0)
                     _add_rmsnorm_rows(&x[0, 0], tmp, ly.ffn_norm, h, M, H, self.eps)
-                    if tp != NULL:
-                        t1 = _now()
-                        tp[2] += t1 - t0
-                        t0 = t1
-                    bad = tl_linear(h, M, H, ly.gu.W, ly.gu.N, ly.gu.rb, ly.gu.rscale, ly.gu.scale, wide_buf, &ts)
+                    _lap(tp, 2, &t0)
+                    bad = _linear(h, M, &ly.gu, wide_buf, &ts)
                     if bad:
                         break
-                    if tp != NULL:
-                        t1 = _now()
-                        tp[0] += t1 - t0
-                        t0 = t1
+                    _lap(tp, 0, &t0)
                     _glu_norm_rows(wide_buf, act, M, F, self.relu2, ly.ffn_sub, self.eps, nt)
-                    if tp != NULL:
-                        t1 = _now()
-                        tp[2] += t1 - t0
-                        t0 = t1
-                    bad = tl_linear(act, M, F, ly.down.W, ly.down.N, ly.down.rb, ly.down.rscale, ly.down.scale,
-                                    tmp, &ts)
+                    _lap(tp, 2, &t0)
+                    bad = _linear(act, M, &ly.down, tmp, &ts)
                     if bad:
                         break
-                    if tp != NULL:
-                        t1 = _now()
-                        tp[0] += t1 - t0
-                        t0 = t1
+                    _lap(tp, 0, &t0)
                     if li + 1 < L:
                         _add_rmsnorm_rows(&x[0, 0], tmp, self.layers[li + 1].attn_norm, h, M, H, self.eps)
                     else:
                         _add_rows(&x[0, 0], tmp, M * H)
-                if tp != NULL:
-                    tp[2] += _now() - t0
+                _lap(tp, 2, &t0)
             if bad:
                 raise ValueError("x contains NaN or inf")
         finally:
