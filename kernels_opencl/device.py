@@ -57,7 +57,30 @@ class OpenCLUnavailableError(OpenCLError):
 
 
 class KernelBuildError(OpenCLError):
-    """A kernel failed to compile; the message names the file and device and carries the build log."""
+    """A kernel failed to compile; the message names the file and device and carries the build log.
+
+    Attributes:
+        source: the ``.cl`` file's name (or the name a program was built under).
+        device: the device, as :class:`DeviceInfo` prints it.
+        log: the compiler's log (or the OpenCL error when the log is empty).
+    """
+
+    def __init__(self, source: str, device: str, log: str) -> None:
+        super().__init__(f"OpenCL kernel {source} failed to build on {device}; compiler log:\n{log}")
+        self.source = source
+        self.device = device
+        self.log = log
+
+    def one_line(self, limit: int = 400) -> str:
+        """The error on one line, for a log: the device, the file and the compiler's first words.
+
+        Args:
+            limit: the most characters of the compiler log kept.
+        """
+        words = " ".join(self.log.split())
+        if len(words) > limit:
+            words = words[: limit - 3] + "..."
+        return f"kernel {self.source} does not build on {self.device}: {words}"
 
 
 @dataclass(frozen=True)
@@ -89,8 +112,8 @@ def _cl() -> Any:
         import pyopencl
     except ImportError as exc:
         raise OpenCLUnavailableError(
-            "pyopencl is not installed (pip install 'bitnet-actor[opencl]'; add pocl-binary-distribution "
-            "for a CPU OpenCL device)"
+            "pyopencl is not installed (pip install pyopencl, and an OpenCL driver: a GPU vendor's, or PoCL "
+            "for the CPU via bash ops/pocl.sh install)"
         ) from exc
     return pyopencl
 
@@ -240,13 +263,30 @@ class Context:
                 self._kernels[name] = k
         return k
 
-    def _build(self, name: str) -> Any:
+    def build_all(self) -> None:
+        """Build every kernel of :file:`kernels_opencl/cl` now, so a compiler that cannot fails here.
+
+        Raises:
+            KernelBuildError: the first kernel that does not build.
+        """
+        for src in sorted(CL_DIR.glob("*.cl")):
+            self.kernel(src.stem)
+
+    def build_program(self, name: str, source: str) -> Any:
+        """Compile OpenCL C for this device, with the shared prelude and this context's options.
+
+        Args:
+            name: what the error names the program by (a file name).
+            source: the program's OpenCL C, without the prelude.
+
+        Returns:
+            The built ``pyopencl.Program``.
+
+        Raises:
+            KernelBuildError: the compiler failed; its log is in the message.
+        """
         cl = self.cl
-        path = CL_DIR / f"{name}.cl"
-        if not path.is_file():
-            raise KernelBuildError(f"no OpenCL source {path}")
-        src = self._prelude + "\n" + path.read_text()
-        prg = cl.Program(self.ctx, src)
+        prg = cl.Program(self.ctx, self._prelude + "\n" + source)
         try:
             with warnings.catch_warnings():  # a compiler's remarks are not errors (pyopencl warns on any log)
                 warnings.simplefilter("ignore", cl.CompilerWarning)
@@ -256,11 +296,14 @@ class Context:
                 log = prg.get_build_info(self.device, cl.program_build_info.LOG)
             except cl.Error:
                 log = ""
-            detail = (log or "").strip() or str(exc).strip()
-            raise KernelBuildError(
-                f"OpenCL kernel {path.name} failed to build on {self.info}; compiler log:\n{detail}"
-            ) from exc
-        return cl.Kernel(prg, name)
+            raise KernelBuildError(name, str(self.info), (log or "").strip() or str(exc).strip()) from exc
+        return prg
+
+    def _build(self, name: str) -> Any:
+        path = CL_DIR / f"{name}.cl"
+        if not path.is_file():
+            raise KernelBuildError(path.name, str(self.info), f"no OpenCL source {path}")
+        return self.cl.Kernel(self.build_program(path.name, path.read_text()), name)
 
     def work_group(self, name: str, want: int) -> int:
         """A work-group size for kernel ``name``: a power of two <= ``want`` the device and kernel allow.

@@ -251,7 +251,7 @@ def main() -> None:
         sys.exit(f"bench_opencl: {exc}")
     sels = [i.index for i in infos] if args.devices == "all" else args.devices.split(",")
     if not sels:
-        sys.exit("bench_opencl: no OpenCL device found (pip install pocl-binary-distribution for the CPU one)")
+        sys.exit("bench_opencl: no OpenCL device found (bash ops/pocl.sh install builds PoCL, a CPU one)")
     try:
         ctxs = [kernels_opencl.Context(s) for s in sels]
     except kernels_opencl.OpenCLError as exc:

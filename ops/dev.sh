@@ -39,6 +39,29 @@ setup() {
     "$PY" -m pip install --quiet --disable-pip-version-check --no-build-isolation -e "$spec"
     # Editable installs do not rebuild extensions when a .pyx changes: build in place (a no-op when current).
     "$PY" setup.py --quiet build_ext --inplace >/dev/null
+    if [[ ",$extras," == *",test,"* ]]; then
+        opencl_cpu
+    fi
+}
+
+# The CPU OpenCL driver the OpenCL tests run on: PoCL built by ops/pocl.sh (BITNET_POCL=skip: none, and
+# those tests skip saying so).  pocl-binary-distribution, which earlier versions installed, cannot build a
+# kernel on CPUs newer than its LLVM: it goes, or every OpenCL test would also run on a broken platform.
+opencl_cpu() {
+    if "$PY" -m pip show -q pocl-binary-distribution >/dev/null 2>&1; then
+        say "removing pocl-binary-distribution (replaced by the PoCL that ops/pocl.sh builds)"
+        "$PY" -m pip uninstall --quiet -y pocl-binary-distribution
+    fi
+    if [ "${BITNET_POCL:-}" = "skip" ]; then
+        say "BITNET_POCL=skip: no CPU OpenCL driver; the OpenCL tests run only on drivers already installed"
+        return 0
+    fi
+    bash "$ROOT/ops/pocl.sh" install
+    local vendors
+    vendors="$(bash "$ROOT/ops/pocl.sh" env)"
+    if [ -n "$vendors" ]; then
+        export "${vendors?}"
+    fi
 }
 
 cmd="${1:-}"

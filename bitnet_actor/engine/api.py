@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,8 +86,10 @@ def open_opencl(selector: str | None, *, required: bool) -> Any | None:
 
     Args:
         selector: see :mod:`kernels_opencl.device` (None: ``$BITNET_OPENCL_DEVICE`` or ``"auto"``).
-        required: raise when it fails (else, for ``device="auto"``, log why and return None; a CPU OpenCL
-            device is then passed over before any kernel is built: the Cython kernels run faster there).
+        required: raise when it fails.  Else (``device="auto"``) each candidate that fails is passed over
+            with one log line naming it and the compiler's words, and None comes back when none works.  A
+            CPU OpenCL device is passed over before any kernel is built (the Cython kernels run faster
+            there); with the selector ``"auto"`` every GPU and accelerator is a candidate, in listed order.
 
     Returns:
         A :class:`kernels_opencl.Context`, or None.
@@ -94,22 +97,44 @@ def open_opencl(selector: str | None, *, required: bool) -> Any | None:
     Raises:
         DeviceError: ``required`` and no device opens or a kernel does not build.
     """
-    try:
-        import kernels_opencl
-        from kernels_opencl.device import CL_DIR
+    import kernels_opencl
 
-        ctx = kernels_opencl.Context(selector)
-        if not required and not ctx.is_gpu:
-            log.info("device auto: %s is a CPU OpenCL device; the Cython kernels run faster there", ctx.info)
-            return None
-        for src in sorted(CL_DIR.glob("*.cl")):  # build all now: a broken compiler fails at load, not mid-request
-            ctx.kernel(src.stem)
-    except OpenCLError as exc:
-        if required:
+    sel = selector if selector is not None else os.environ.get("BITNET_OPENCL_DEVICE", "auto")
+    if required:
+        try:
+            ctx = kernels_opencl.Context(sel)
+            ctx.build_all()  # all now: a broken compiler fails at start, not mid-request
+        except kernels_opencl.KernelBuildError as exc:
+            raise DeviceError(f"OpenCL: {exc.one_line()}") from exc
+        except OpenCLError as exc:
             raise DeviceError(f"OpenCL: {exc}") from exc
-        log.warning("device auto: no usable OpenCL device (%s); running on the CPU", exc)
-        return None
-    return ctx
+        return ctx
+    candidates: list[str] = [sel]
+    if sel.strip() in ("", "auto"):
+        try:
+            candidates = [d.index for d in kernels_opencl.list_devices() if d.kind in ("gpu", "accelerator")]
+        except OpenCLError as exc:
+            log.warning("device auto: no usable OpenCL device (%s); running on the CPU", exc)
+            return None
+        if not candidates:
+            log.info("device auto: no OpenCL GPU or accelerator; running on the CPU")
+            return None
+    for cand in candidates:
+        try:
+            ctx = kernels_opencl.Context(cand)
+            if not ctx.is_gpu:
+                log.info("device auto: %s is a CPU OpenCL device; the Cython kernels run faster there", ctx.info)
+                continue
+            ctx.build_all()
+        except kernels_opencl.KernelBuildError as exc:
+            log.warning("device auto: passing over OpenCL device %s", exc.one_line())
+            continue
+        except OpenCLError as exc:
+            log.warning("device auto: passing over OpenCL device %s (%s)", cand, exc)
+            continue
+        return ctx
+    log.info("device auto: no OpenCL device works; running on the CPU")
+    return None
 
 
 def load_tokenizer(source: tuple[str, Any]) -> Any | None:
