@@ -2,7 +2,7 @@
 
 The tree::
 
-    ActorError                  an actor could not do what was asked of it
+    ActorError (BitnetError)    an actor could not do what was asked of it (under the service's one tree)
     ├── MailboxClosedError      the actor's mailbox is closed: it stopped for good
     ├── NoReplyError            the actor closed the reply channel without answering (it crashed or stopped)
     └── TooManyRestartsError    a supervised actor crashed more often than its policy allows (escalation)
@@ -13,10 +13,12 @@ into 429 / 503 with Retry-After.
 
 from __future__ import annotations
 
+from bitnet_actor.errors import BitnetError
+
 __all__ = ["ActorError", "MailboxClosedError", "NoReplyError", "TooManyRestartsError"]
 
 
-class ActorError(Exception):
+class ActorError(BitnetError):
     """An actor could not do what was asked of it."""
 
 

@@ -72,9 +72,9 @@ class Failed:
 Event = Token | Finished | Failed
 
 
-@dataclass(eq=False, slots=True, kw_only=True)
+@dataclass(frozen=True, eq=False, slots=True, kw_only=True)
 class GenerationRequest:
-    """One sequence to generate. ``reply`` is created and owned by the caller (bounded)."""
+    """One sequence to generate (a message: frozen). ``reply`` is created and owned by the caller (bounded)."""
 
     org_id: UUID
     prompt_ids: list[int]
@@ -85,9 +85,15 @@ class GenerationRequest:
     max_running: int = 1_000_000  # the tenant's cap on running sequences
     index: int = 0  # the choice this sequence is (requests with n > 1 share one reply channel, cloned)
     submitted_at: float = field(default_factory=time.monotonic)
-    # set by the scheduler
-    sequence: Sequence | None = None
-    admitted_at: float | None = None
+
+
+@dataclass(eq=False, slots=True)
+class _Live:
+    """The scheduler's own state of an admitted request (the request itself is a frozen message)."""
+
+    request: GenerationRequest
+    sequence: Sequence | None
+    admitted_at: float
     completion_tokens: int = 0
 
 
@@ -117,7 +123,7 @@ class Scheduler:
         self._send, self._inbox = trio.open_memory_channel[GenerationRequest](max_queue)  # max_queue: the bound
         self._queues: dict[UUID, deque[GenerationRequest]] = {}
         self._ring: deque[UUID] = deque()
-        self._running: list[GenerationRequest] = []
+        self._running: list[_Live] = []
         self._waiting = 0
         self._waiting_by_org: dict[UUID, int] = {}
         self._steps = 0
@@ -158,7 +164,7 @@ class Scheduler:
 
     def statistics(self) -> SchedulerStatistics:
         """Running and waiting requests and counters."""
-        kv = sum(r.sequence.nbytes for r in self._running if r.sequence is not None)
+        kv = sum(live.sequence.nbytes for live in self._running if live.sequence is not None)
         return SchedulerStatistics(
             len(self._running), self._waiting, self._steps, self._tokens, self._rejected, self._cancelled, kv
         )
@@ -200,8 +206,10 @@ class Scheduler:
                 else:
                     await trio.lowlevel.checkpoint()
         finally:
-            for request in [*self._running, *(r for q in self._queues.values() for r in q)]:
-                self._end(request, Failed(request.index, "the server is shutting down", "cancelled"))
+            for live in list(self._running):
+                self._end(live, Failed(live.request.index, "the server is shutting down", "cancelled"))
+            for request in [r for q in self._queues.values() for r in q]:
+                self._fail_waiting(request, Failed(request.index, "the server is shutting down", "cancelled"))
 
     def _enqueue(self, request: GenerationRequest) -> None:
         queue = self._queues.get(request.org_id)
@@ -220,7 +228,7 @@ class Scheduler:
             if not queue:
                 continue
             admitted = 0
-            running_here = sum(1 for r in self._running if r.org_id == org)
+            running_here = sum(1 for live in self._running if live.request.org_id == org)
             while queue and admitted < max(queue[0].weight, 1) and len(self._running) < self.max_batch:
                 if running_here >= min(queue[0].max_running, self._tenant_cap):
                     break
@@ -245,25 +253,26 @@ class Scheduler:
 
     def _start(self, request: GenerationRequest) -> bool:
         try:
-            request.sequence = self.model.new_sequence(request.prompt_ids, request.params)
+            sequence = self.model.new_sequence(request.prompt_ids, request.params)
         except ValueError as exc:
-            self._end(request, Failed(request.index, str(exc), "invalid"))
+            self._fail_waiting(request, Failed(request.index, str(exc), "invalid"))
             return False
         except MemoryError as exc:  # its KV cache does not fit now (device memory): the others go on
-            self._end(request, Failed(request.index, f"not enough memory for this request now: {exc}", "overloaded"))
+            message = f"not enough memory for this request now: {exc}"
+            self._fail_waiting(request, Failed(request.index, message, "overloaded"))
             return False
-        request.admitted_at = time.monotonic()
-        self._running.append(request)
+        self._running.append(_Live(request, sequence, time.monotonic()))
         return True
 
     def _drop_gone_and_late(self) -> None:
         now = trio.current_time()
-        for request in list(self._running):
-            if _gone(request.reply):
+        for live in list(self._running):
+            if _gone(live.request.reply):
                 self._cancelled += 1
-                self._end(request, None)
-            elif now > request.deadline:
-                self._end(request, Failed(request.index, "the request did not finish before its deadline", "timeout"))
+                self._end(live, None)
+            elif now > live.request.deadline:
+                message = "the request did not finish before its deadline"
+                self._end(live, Failed(live.request.index, message, "timeout"))
         for org, queue in list(self._queues.items()):
             for request in list(queue):
                 if _gone(request.reply) or now > request.deadline:
@@ -271,9 +280,10 @@ class Scheduler:
                     self._unwait(request)
                     if _gone(request.reply):
                         self._cancelled += 1
-                        self._end(request, None)
+                        self._fail_waiting(request, None)
                     else:
-                        self._end(request, Failed(request.index, "the request waited past its deadline", "timeout"))
+                        message = "the request waited past its deadline"
+                        self._fail_waiting(request, Failed(request.index, message, "timeout"))
             if not queue:
                 self._queues.pop(org, None)
                 if org in self._ring:
@@ -281,7 +291,7 @@ class Scheduler:
 
     async def _step(self) -> None:
         batch = list(self._running)
-        seqs = [r.sequence for r in batch if r.sequence is not None]
+        seqs = [live.sequence for live in batch if live.sequence is not None]
         started = time.perf_counter()
         try:
             outs: list[StepOutput] = await trio.to_thread.run_sync(
@@ -289,65 +299,62 @@ class Scheduler:
             )
         except Exception:
             log.exception("model step failed; failing the batch")
-            for request in batch:
-                self._end(request, Failed(request.index, "the model failed while generating", "internal"))
+            for live in batch:
+                self._end(live, Failed(live.request.index, "the model failed while generating", "internal"))
             return  # noqa: ASYNC910  # the worker thread call was the checkpoint
         elapsed = time.perf_counter() - started
         self._steps += 1
         if self._on_step is not None:
             self._on_step(len(seqs), elapsed)
-        by_seq = {id(r.sequence): r for r in batch}
+        by_seq = {id(live.sequence): live for live in batch}
         for out in outs:
             found = by_seq.get(id(out.sequence))
             if found is None or found not in self._running:
                 continue
-            request = found
+            live, request = found, found.request
             if out.token_id is not None:
-                request.completion_tokens += 1
+                live.completion_tokens += 1
                 self._tokens += 1
-                if not self._deliver(
-                    request, Token(request.index, out.token_id, out.text, out.logprob, out.top_logprobs)
-                ):
+                if not self._deliver(live, Token(request.index, out.token_id, out.text, out.logprob, out.top_logprobs)):
                     continue
-            elif out.text and not self._deliver(request, Token(request.index, -1, out.text)):
+            elif out.text and not self._deliver(live, Token(request.index, -1, out.text)):
                 continue
             if out.finished:
-                queue_s = (request.admitted_at or request.submitted_at) - request.submitted_at
+                queue_s = live.admitted_at - request.submitted_at
+                reason = out.finish_reason or "stop"
                 self._end(
-                    request,
-                    Finished(
-                        request.index,
-                        out.finish_reason or "stop",
-                        len(request.prompt_ids),
-                        request.completion_tokens,
-                        queue_s,
-                    ),
+                    live, Finished(request.index, reason, len(request.prompt_ids), live.completion_tokens, queue_s)
                 )
 
-    def _deliver(self, request: GenerationRequest, event: Event) -> bool:
-        stats = request.reply.statistics()
+    def _deliver(self, live: _Live, event: Event) -> bool:
+        reply = live.request.reply
+        stats = reply.statistics()
         if stats.current_buffer_used >= stats.max_buffer_size - 1:  # keep one slot for the final event
             self._cancelled += 1
-            self._end(request, Failed(request.index, "the client is not reading its stream", "cancelled"))
+            self._end(live, Failed(live.request.index, "the client is not reading its stream", "cancelled"))
             return False
         try:
-            request.reply.send_nowait(event)
+            reply.send_nowait(event)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._cancelled += 1
-            self._end(request, None)
+            self._end(live, None)
             return False
         except trio.WouldBlock:  # the client stopped reading: don't let it hold a slot
             self._cancelled += 1
-            self._end(request, None)
+            self._end(live, None)
             return False
         return True
 
-    def _end(self, request: GenerationRequest, event: Event | None) -> None:
-        if request in self._running:
-            self._running.remove(request)
-        if request.sequence is not None:
-            request.sequence.release()
-            request.sequence = None
+    def _end(self, live: _Live, event: Event | None) -> None:
+        if live in self._running:
+            self._running.remove(live)
+        if live.sequence is not None:
+            live.sequence.release()
+            live.sequence = None
+        self._fail_waiting(live.request, event)
+
+    def _fail_waiting(self, request: GenerationRequest, event: Event | None) -> None:
+        """Send ``event`` (if any) as the request's last and close its reply channel."""
         if event is not None:
             # A caller that is gone or not reading gets nothing more.
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):

@@ -1,29 +1,35 @@
-"""Per-organization state for inference: the plan's limits, cached while the organization is active.
+"""Per-organization state for inference: the plan's limits and the requests in flight, while it is active.
 
-``Tenants`` keeps one ``TenantState`` per active organization: its plan (read from PostgreSQL on the first
-request, refreshed every ``ttl_s``), the scheduling weight and running-sequence cap that plan gives, and the
-number of requests in flight. Organizations idle for ``idle_s`` are dropped by ``run``. API keys are cached
-by ``bitnet_actor.services.api_keys.KeyCache`` (invalidated over Redis pub/sub), so a warm tenant's request
-costs no database round trip.
+``Tenants`` keeps one ``TenantState`` per active organization: its plan (read through
+:func:`bitnet_actor.services.plans.org_plan` on the first request, refreshed every ``ttl_s``) and the number of
+its requests in flight. A request holds its organization through ``admit`` (an async context manager) from
+admission until its last event is delivered, so the count is exact; ``run`` drops organizations idle for
+``idle_s`` with nothing in flight. API keys are cached by ``bitnet_actor.services.api_keys.KeyCache``
+(invalidated over Redis pub/sub), so a warm tenant's request costs no database round trip.
+
+The handle's methods run in the caller's task (one trio thread: the state is never touched concurrently, and
+the per-request path pays no mailbox round trip); only ``run`` is a task, under the "tenants" supervisor,
+restarted on a crash (the state it evicts from survives in this object).
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
 
+from bitnet_actor.services.plans import PlanLimits, limits_of, org_plan
+
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from uuid import UUID
 
     from bitnet_actor.stores.postgres import Database
 
-__all__ = ["PLAN_LIMITS", "TenantState", "Tenants"]
-
-# plan -> (scheduling weight: requests admitted per round-robin turn, running sequences at most)
-PLAN_LIMITS: dict[str, tuple[int, int]] = {"free": (1, 4), "pro": (2, 8), "enterprise": (4, 16)}
+__all__ = ["TenantState", "TenantStatistics", "Tenants"]
 
 
 @dataclass(slots=True)
@@ -37,9 +43,17 @@ class TenantState:
     in_flight: int = 0
 
     @property
-    def limits(self) -> tuple[int, int]:
-        """(weight, max running sequences) of the plan."""
-        return PLAN_LIMITS.get(self.plan, PLAN_LIMITS["free"])
+    def limits(self) -> PlanLimits:
+        """What the plan allows while requests run."""
+        return limits_of(self.plan)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantStatistics:
+    """A snapshot for metrics."""
+
+    active: int
+    in_flight: int
 
 
 class Tenants:
@@ -57,8 +71,8 @@ class Tenants:
         now = time.monotonic()
         state = self._states.get(org_id)
         if state is None or now - state.loaded_at > self.ttl_s:
-            async with self.db.transaction(org_id=org_id, readonly=True) as tx:
-                plan = await tx.fetchval("SELECT plan FROM organizations WHERE id = $1", org_id) or "free"
+            plan = await org_plan(self.db, org_id)
+            state = self._states.get(org_id)  # another request may have loaded it meanwhile
             if state is None:
                 state = self._states[org_id] = TenantState(org_id, plan, now)
             else:
@@ -66,16 +80,40 @@ class Tenants:
         state.last_seen = now
         return state
 
+    @asynccontextmanager
+    async def admit(self, org_id: UUID) -> AsyncIterator[PlanLimits]:
+        """Hold one request of ``org_id`` in flight for the block; yields the plan's limits.
+
+        Entering waits for the plan (a database read when not cached); leaving never blocks.
+        """
+        state = await self.get(org_id)
+        state.in_flight += 1
+        try:
+            yield state.limits
+        finally:
+            state.in_flight -= 1
+            state.last_seen = time.monotonic()
+            self._states.setdefault(org_id, state)  # evicted while running (it could not be): keep it counted
+
     def active(self) -> int:
         """How many organizations are active."""
         return len(self._states)
 
+    def statistics(self) -> TenantStatistics:
+        """Active organizations and their requests in flight."""
+        return TenantStatistics(len(self._states), sum(s.in_flight for s in self._states.values()))
+
+    def evict_idle(self, now: float | None = None) -> int:
+        """Drop organizations idle longer than ``idle_s`` with nothing in flight; return how many."""
+        cutoff = (time.monotonic() if now is None else now) - self.idle_s
+        idle = [o for o, s in self._states.items() if s.last_seen < cutoff and s.in_flight == 0]
+        for org_id in idle:
+            del self._states[org_id]
+        return len(idle)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Drop organizations idle longer than ``idle_s`` (and with nothing in flight)."""
+        """Evict idle organizations every quarter of ``idle_s`` (at most every minute) until cancelled."""
         task_status.started()
         while True:
             await trio.sleep(min(self.idle_s / 4, 60))
-            cutoff = time.monotonic() - self.idle_s
-            for org_id, state in list(self._states.items()):
-                if state.last_seen < cutoff and state.in_flight == 0:
-                    del self._states[org_id]
+            self.evict_idle()

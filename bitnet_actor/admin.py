@@ -29,8 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def _link(settings: Settings, path: str, token: str) -> str:
-    base = settings.public_url or f"http://{settings.host}:{settings.port}"
-    return f"{base.rstrip('/')}{path}?token={token}"
+    return f"{settings.base_url}{path}?token={token}"
 
 
 async def create_org(settings: Settings, *, name: str, owner_email: str) -> str:

@@ -1,6 +1,6 @@
-"""``create_app(system)``: the Quart-Trio application, given the running system's handles.
+"""``create_app(handles)``: the Quart-Trio application, given the running system's handles.
 
-The app never starts actors or opens stores: ``bitnet_actor.system`` does, and passes them in. This module
+The app never starts actors or opens stores: ``bitnet_actor.system`` does, and passes ``Handles`` in. This module
 adds what every request gets: a request id (``X-Request-ID`` echoed or generated), one JSON access-log line,
 HTTP metrics by route template, and OpenAI-shaped errors.
 """
@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 from quart import Response, g, request
 from quart_trio import QuartTrio
 
-from bitnet_actor.api import health, inference, objects, openapi, responses_ws, tokens, v1
+from bitnet_actor.api import accounts, health, objects, openai, openapi, tokens
 from bitnet_actor.api.errors import install_error_handlers
 
 if TYPE_CHECKING:
-    from bitnet_actor.system import System
+    from bitnet_actor.handles import Handles
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
 
@@ -30,11 +30,11 @@ MAX_BODY_BYTES = 16 * 1024 * 1024  # JSON API bodies; model uploads stream throu
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-def create_app(system: System) -> QuartTrio:
-    """Build the HTTP application around ``system`` (stores, metrics, actor handles)."""
+def create_app(handles: Handles) -> QuartTrio:
+    """Build the HTTP application around ``handles`` (stores, metrics, actor handles)."""
     app = QuartTrio("bitnet_actor")
     app.config.update(
-        SYSTEM=system,
+        HANDLES=handles,
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         RESPONSE_TIMEOUT=None,  # SSE streams run as long as generation does
         BODY_TIMEOUT=60,
@@ -44,12 +44,12 @@ def create_app(system: System) -> QuartTrio:
     install_error_handlers(app)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(objects.blueprint)
-    app.register_blueprint(v1.blueprint)
+    app.register_blueprint(accounts.blueprint)
     app.register_blueprint(openapi.blueprint)
     app.register_blueprint(tokens.blueprint)
-    app.register_blueprint(inference.blueprint)
-    app.register_blueprint(responses_ws.blueprint)
-    metrics = system.metrics
+    for blueprint in openai.BLUEPRINTS:
+        app.register_blueprint(blueprint)
+    metrics = handles.metrics
 
     @app.before_request
     async def _start() -> None:

@@ -60,6 +60,13 @@ class Settings:
     shutdown_grace: float = 30.0
     log_level: str = "info"
 
+    @property
+    def base_url(self) -> str:
+        """The URL clients reach this service at, without a trailing slash: links in emails and presigned
+        object URLs, the token issuer, the OIDC callback.  ``public_url`` when set, else ``http://host:port``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return (self.public_url or f"http://{host}:{self.port}").rstrip("/")
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read settings from ``BITNET_*`` variables (unset or empty ones keep their defaults).

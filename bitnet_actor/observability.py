@@ -54,6 +54,12 @@ class _LiveCollector:
         for stats in live.get("supervisors", []):
             restarts.add_metric([stats.name], stats.restarts)
         yield restarts
+        tenants = live.get("tenants")
+        if tenants is not None:
+            yield GaugeMetricFamily("bitnet_tenants_active", "Organizations with cached state.", value=tenants.active)
+            yield GaugeMetricFamily(
+                "bitnet_tenant_requests_in_flight", "Inference requests admitted and not done.", value=tenants.in_flight
+            )
         cache = live.get("cache")
         if cache is not None:
             yield CounterMetricFamily("bitnet_model_loads", "Models loaded.", value=cache.loads)
@@ -172,6 +178,11 @@ class Metrics:
             "bitnet_requests_finished",
             "Inference requests by finish reason.",
             ["model", "reason"],
+            registry=self.registry,
+        )
+        self.usage_spooled = Counter(
+            "bitnet_usage_spooled",
+            "Usage entries the database refused, written to the local spool for replay.",
             registry=self.registry,
         )
         self.live: Callable[[], dict[str, Any]] | None = None

@@ -2,7 +2,13 @@
 
 ``run_system`` opens, in order and inside one another so they close in reverse: the trio-asyncio loop, the
 stores (embedded or configured), the migrations, the actors under their supervisors, and finally Hypercorn
-serving ``create_app(system)`` in the same nursery. SIGTERM or SIGINT starts a graceful shutdown: ``/readyz``
+serving ``create_app(handles)`` in the same nursery. The web layer gets ``Handles`` (bitnet_actor.handles),
+never this module's objects.
+
+Supervision: the API-key invalidation listener and the tenants' eviction loop run under ``Supervisor``s
+(restarted on a crash, 10 in a minute at most); the model cache is not supervised: it owns the schedulers
+(one per loaded model, started in its nursery), and a scheduler whose step fails fails its batch and goes on,
+so neither is restarted behind its callers' backs. SIGTERM or SIGINT starts a graceful shutdown: ``/readyz``
 turns 503, Hypercorn stops accepting and gives in-flight requests up to ``shutdown_grace`` seconds, then
 the actors are cancelled and the stores closed. A second signal cancels at once.
 """
@@ -14,7 +20,6 @@ import fcntl
 import logging
 import os
 import signal
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,12 +31,14 @@ import trio
 import trio_asyncio
 
 from actors import RestartPolicy, Supervisor
+from actors.inference import Inference, Models
 from actors.model_cache import ModelCache
 from actors.scheduler import Scheduler
 from actors.tenant import Tenants
 from bitnet_actor.app import create_app
 from bitnet_actor.config import parse_models, parse_size
 from bitnet_actor.errors import StartupError
+from bitnet_actor.handles import Handles, Readiness
 from bitnet_actor.observability import Metrics
 from bitnet_actor.services.api_keys import KeyCache
 from bitnet_actor.services.bundle import AuthServices
@@ -41,6 +48,7 @@ from bitnet_actor.services.oidc import OidcClient, OidcSettings
 from bitnet_actor.services.refresh import RefreshTokens
 from bitnet_actor.services.sessions import SessionStore
 from bitnet_actor.services.throttle import LoginThrottle
+from bitnet_actor.services.usage import UsageRecorder
 from bitnet_actor.stores import Stores, open_stores, secret_key
 
 if TYPE_CHECKING:
@@ -50,28 +58,43 @@ if TYPE_CHECKING:
     from bitnet_actor.engine import Model
     from bitnet_actor.services.email import EmailSender
 
-__all__ = ["System", "check_data_dir", "run_system"]
+__all__ = ["build_handles", "check_data_dir", "run_system"]
 
 log = logging.getLogger(__name__)
 
 _MAINTENANCE_INTERVAL_S = 600
+_USAGE_REPLAY_S = 30
 
 
-@dataclass(slots=True, kw_only=True)
-class System:
-    """Handles to the running system, given to ``create_app``: the web layer reads them, starts nothing."""
+def usage_recorder(settings: Settings, stores: Stores, metrics: Metrics) -> UsageRecorder:
+    """The usage ledger's writer, spooling to the data dir what the database refuses."""
+    return UsageRecorder(stores.db, settings.data_dir / "usage-spool.jsonl", on_spooled=metrics.usage_spooled.inc)
 
-    settings: Settings
-    stores: Stores
-    metrics: Metrics
-    auth: AuthServices
-    secret_key: bytes = b""
-    models: ModelCache | None = None
-    tenants: Tenants | None = None
-    warming: set[str] = field(default_factory=set)
-    """Platform models whose first load at start is still running: ``/readyz`` is 503 until they are in."""
-    draining: trio.Event = field(default_factory=trio.Event)
-    supervisors: list[Supervisor] = field(default_factory=list)
+
+def build_handles(
+    settings: Settings,
+    stores: Stores,
+    *,
+    metrics: Metrics,
+    auth: AuthServices,
+    cache: ModelCache,
+    tenants: Tenants,
+    usage: UsageRecorder | None = None,
+    readiness: Readiness | None = None,
+) -> Handles:
+    """The web layer's handles over the running parts (the caller starts the actors behind them)."""
+    usage = usage or usage_recorder(settings, stores, metrics)
+    return Handles(
+        settings=settings,
+        stores=stores,
+        metrics=metrics,
+        auth=auth,
+        inference=Inference(cache),
+        models=Models(cache),
+        tenants=tenants,
+        usage=usage,
+        readiness=readiness or Readiness(),
+    )
 
 
 DEMO_MODEL_DIR = Path(__file__).with_name("demo_model")
@@ -125,14 +148,9 @@ async def _preload(cache: ModelCache, name: str, warming: set[str]) -> None:
         warming.discard(name)  # loaded or failed: readiness no longer waits for it
 
 
-def public_base_url(settings: Settings) -> str:
-    """The URL clients reach this service at (links in emails, token issuer, OIDC callback)."""
-    return (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
-
-
 def build_auth(settings: Settings, stores: Stores, key: bytes, *, mailer: EmailSender | None = None) -> AuthServices:
     """The authentication services over ``stores``."""
-    base = public_base_url(settings)
+    base = settings.base_url
     oidc = None
     if settings.oidc_issuer:
         oidc_settings = OidcSettings(
@@ -219,21 +237,31 @@ async def _close_at_exit(aclose: Callable[[], Awaitable[None]]) -> None:
             await aclose()
 
 
-async def _maintain(system: System) -> None:
+async def _maintain(stores: Stores, auth: AuthServices) -> None:
     # Partitions for the coming months, created ahead of the rows that will need them; signing keys rotated
     # on schedule (the next key is published an access-token lifetime before it signs).
     while True:
         try:
-            await system.stores.db.execute("SELECT bitnet_ensure_partitions('inference_requests')")
-            if system.auth.jwt is not None:
-                await system.auth.jwt.ensure_keys()
-            if system.auth.refresh is not None:
-                await system.auth.refresh.purge()
+            await stores.db.execute("SELECT bitnet_ensure_partitions('inference_requests')")
+            if auth.jwt is not None:
+                await auth.jwt.ensure_keys()
+            if auth.refresh is not None:
+                await auth.refresh.purge()
         except Exception:
             log.exception("partition maintenance failed; retrying in an hour")
             await trio.sleep(3600)
             continue
         await trio.sleep(_MAINTENANCE_INTERVAL_S)
+
+
+async def _replay_usage(usage: UsageRecorder) -> None:
+    # Usage entries the database refused (spooled by the recorder) go back in once it answers.
+    while True:
+        try:
+            await usage.replay()
+        except Exception:
+            log.exception("usage spool replay failed; retrying")
+        await trio.sleep(_USAGE_REPLAY_S)
 
 
 def _hypercorn_config(settings: Settings) -> hypercorn.config.Config:
@@ -261,13 +289,13 @@ class _Started:
 
 
 async def _serve_http(
-    system: System, stop: trio.Event, root: trio.CancelScope, *, task_status: trio.TaskStatus[list[str]]
+    handles: Handles, stop: trio.Event, root: trio.CancelScope, *, task_status: trio.TaskStatus[list[str]]
 ) -> None:
-    config = _hypercorn_config(system.settings)
+    config = _hypercorn_config(handles.settings)
     listening = _Started(task_status)
     try:
         await hypercorn.trio.serve(
-            create_app(system),
+            create_app(handles),
             config,
             shutdown_trigger=stop.wait,
             task_status=listening,  # type: ignore[arg-type]
@@ -276,7 +304,7 @@ async def _serve_http(
         if listening.done:
             raise
         exc = next(e for e in iter_leaves(group) if isinstance(e, OSError))
-        where = f"{system.settings.host}:{system.settings.port}"
+        where = f"{handles.settings.host}:{handles.settings.port}"
         reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
         raise StartupError(f"cannot listen on {where}: {reason}") from None
     log.info("HTTP server stopped; stopping actors and closing stores")
@@ -316,47 +344,43 @@ async def run_system(
             key = secret_key(settings)
             auth = build_auth(settings, stores, key)
             metrics = Metrics()
-            system = System(
-                settings=settings,
-                stores=stores,
-                metrics=metrics,
-                auth=auth,
-                secret_key=key,
-                models=build_model_cache(settings, metrics, models),
-                tenants=Tenants(stores.db),
+            cache = build_model_cache(settings, metrics, models)
+            tenants = Tenants(stores.db)
+            usage = usage_recorder(settings, stores, metrics)
+            handles = build_handles(
+                settings, stores, metrics=metrics, auth=auth, cache=cache, tenants=tenants, usage=usage
             )
+            readiness = handles.readiness
             async with trio.open_nursery() as nursery:
-                assert system.models is not None
-                assert system.tenants is not None
                 # Long-lived listeners restart on failure (a Redis hiccup must not take the server down);
                 # the model cache owns the schedulers and is not restarted behind their callers' backs.
                 policy = RestartPolicy(max_restarts=10, window_s=60.0, backoff_s=0.5, backoff_max_s=10.0)
-                keys, tenants = auth.keys, system.tenants
-                system.supervisors.extend(
-                    [
-                        Supervisor("api-key-invalidation", lambda: keys, policy),
-                        Supervisor("tenants", lambda: tenants, policy),
-                    ]
-                )
-                for supervisor in system.supervisors:
+                keys = auth.keys
+                supervisors = [
+                    Supervisor("api-key-invalidation", lambda: keys, policy),
+                    Supervisor("tenants", lambda: tenants, policy),
+                ]
+                for supervisor in supervisors:
                     await nursery.start(supervisor.run)
                 cache_live = metrics.live
                 metrics.live = lambda: {
                     **(cache_live() if cache_live else {}),
-                    "supervisors": [s.statistics() for s in system.supervisors],
+                    "supervisors": [s.statistics() for s in supervisors],
+                    "tenants": tenants.statistics(),
                 }
-                await nursery.start(system.models.run)
-                system.warming.update(models)
+                await nursery.start(cache.run)
+                readiness.warming.update(models)
                 for name in models:
-                    nursery.start_soon(_preload, system.models, name, system.warming)
+                    nursery.start_soon(_preload, cache, name, readiness.warming)
                 if auth.oidc is not None:
                     nursery.start_soon(_close_at_exit, auth.oidc.aclose)
                 if handle_signals:
-                    nursery.start_soon(_watch_signals, stop, system.draining, nursery.cancel_scope)
+                    nursery.start_soon(_watch_signals, stop, readiness.draining, nursery.cancel_scope)
                 else:
-                    nursery.start_soon(_drain_on, stop, system.draining)
-                nursery.start_soon(_maintain, system)
-                binds = await nursery.start(_serve_http, system, stop, nursery.cancel_scope)
+                    nursery.start_soon(_drain_on, stop, readiness.draining)
+                nursery.start_soon(_maintain, stores, auth)
+                nursery.start_soon(_replay_usage, usage)
+                binds = await nursery.start(_serve_http, handles, stop, nursery.cancel_scope)
                 log.info("serving on %s", ", ".join(binds), extra={"embedded": list(stores.embedded)})
                 task_status.started(binds)
     log.info("stopped")

@@ -9,13 +9,15 @@ from urllib.parse import urlsplit
 import pytest
 from quart import Blueprint, jsonify
 
+from actors.tenant import Tenants
 from bitnet_actor.api.errors import ApiError, json_body
 from bitnet_actor.app import create_app
 from bitnet_actor.config import Settings
+from bitnet_actor.handles import Handles
 from bitnet_actor.observability import Metrics
 from bitnet_actor.stores import Stores, open_stores
 from bitnet_actor.stores.objects import S3ObjectStore
-from bitnet_actor.system import System, build_auth
+from bitnet_actor.system import build_auth, build_handles, build_model_cache
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -31,9 +33,17 @@ async def stores(aio_loop: object, pg_dsn: str, redis_url: str, tmp_path: Path) 
         yield opened
 
 
-def build_app(stores: Stores, tmp_path: Path) -> tuple[QuartTrio, System]:
+def build_app(stores: Stores, tmp_path: Path) -> tuple[QuartTrio, Handles]:
     settings = Settings(data_dir=tmp_path)
-    system = System(settings=settings, stores=stores, metrics=Metrics(), auth=build_auth(settings, stores, b"k" * 32))
+    metrics = Metrics()
+    system = build_handles(
+        settings,
+        stores,
+        metrics=metrics,
+        auth=build_auth(settings, stores, b"k" * 32),
+        cache=build_model_cache(settings, metrics, {}),
+        tenants=Tenants(stores.db),
+    )
     app = create_app(system)
     # A JSON route of the test's own, to exercise the shared body parser and error mapping.
     echo = Blueprint("echo", __name__)
@@ -93,7 +103,7 @@ async def test_readyz_names_the_failed_store(stores: Stores, tmp_path: Path) -> 
         assert body["error"]["message"].startswith("not ready: object_store:")
         assert "postgres" not in body["error"]["message"]
         assert response.headers["Retry-After"] == "5"
-        system.draining.set()
+        system.readiness.draining.set()
         response = await test_app.test_client().get("/readyz")
         assert (await response.get_json())["error"]["code"] == "shutting_down"
     await dead.aclose()
@@ -101,14 +111,14 @@ async def test_readyz_names_the_failed_store(stores: Stores, tmp_path: Path) -> 
 
 async def test_readyz_waits_for_platform_models_to_load(stores: Stores, tmp_path: Path) -> None:
     app, system = build_app(stores, tmp_path)
-    system.warming.update({"bitnet-demo", "big"})  # what run_system sets while the first loads run
+    system.readiness.warming.update({"bitnet-demo", "big"})  # what run_system sets while the first loads run
     async with app.test_app() as test_app:
         response = await test_app.test_client().get("/readyz")
         assert response.status_code == 503
         body = await response.get_json()
         assert body["error"]["message"] == "not ready: models: loading big, bitnet-demo"
         assert response.headers["Retry-After"] == "2"
-        system.warming.clear()  # loaded (or failed: a failed load does not hold readiness back)
+        system.readiness.warming.clear()  # loaded (or failed: a failed load does not hold readiness back)
         response = await test_app.test_client().get("/readyz")
         assert response.status_code == 200
 

@@ -20,6 +20,7 @@ LAYERS: dict[str, int] = {
     "bitnet_actor.stores": 2,
     "bitnet_actor.services": 3,
     "actors": 4,
+    "bitnet_actor.handles": 4,
     "bitnet_actor.api": 5,
     "bitnet_actor.app": 5,
     "portal": 5,

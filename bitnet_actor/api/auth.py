@@ -14,42 +14,40 @@ organizations exist. Inside an organization a missing permission is 403.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
-from uuid import UUID
+from typing import TYPE_CHECKING
 
 from quart import current_app, request
 
 from bitnet_actor.api.errors import ApiError
-from bitnet_actor.services import audit, tenancy
-from bitnet_actor.services.api_keys import KEY_PREFIX, KeyPrincipal
-from bitnet_actor.services.errors import AuthenticationError
+from bitnet_actor.services import audit, authn, tenancy
+from bitnet_actor.services.authn import Principal
+from bitnet_actor.services.errors import AuthenticationError, PermissionDeniedError
 from bitnet_actor.services.permissions import Permission, require
-from bitnet_actor.services.sessions import COOKIE_NAME, Session
+from bitnet_actor.services.sessions import COOKIE_NAME
 
 if TYPE_CHECKING:
-    from bitnet_actor.system import System
+    from uuid import UUID
 
-__all__ = ["OrgAccess", "Principal", "authenticate", "org_access", "request_actor", "require_user", "system"]
+    from bitnet_actor.handles import Handles
+
+__all__ = [
+    "OrgAccess",
+    "Principal",
+    "authenticate",
+    "check_permission",
+    "handles",
+    "org_access",
+    "request_actor",
+    "require_user",
+]
 
 _UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 
 
-def system() -> System:
-    """The running system's handles."""
-    handles: System = current_app.config["SYSTEM"]
-    return handles
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """An authenticated caller: a user (session or JWT) or an API key."""
-
-    kind: Literal["session", "jwt", "key"]
-    user_id: UUID | None = None
-    key: KeyPrincipal | None = None
-    session: Session | None = None
-    token_org: UUID | None = None  # a JWT bound to one organization
-    token_scopes: frozenset[str] | None = None
+def handles() -> Handles:
+    """The running system's handles (given to ``create_app``)."""
+    found: Handles = current_app.config["HANDLES"]
+    return found
 
 
 def _unauthorized(message: str) -> ApiError:
@@ -78,43 +76,25 @@ async def authenticate(*, optional: bool = False) -> Principal | None:
         ApiError: 401 for missing (unless ``optional``), malformed, unknown, revoked or expired credentials;
             403 for a cookie-authenticated unsafe request without the CSRF token.
     """
-    sys = system()
+    auth = handles().auth
     header = request.headers.get("Authorization", "")
-    if header:
-        scheme, _, credential = header.partition(" ")
-        credential = credential.strip()
-        if scheme.lower() != "bearer" or not credential:
-            raise _unauthorized("the Authorization header must be 'Bearer <API key or access token>'")
-        if credential.startswith(KEY_PREFIX):
-            try:
-                key = await sys.auth.keys.authenticate(credential)
-            except AuthenticationError as exc:
-                raise _unauthorized(str(exc)) from None
-            return Principal("key", key=key)
-        if sys.auth.jwt is None:
-            raise _unauthorized("invalid API key")
-        try:
-            claims = await sys.auth.jwt.verify_access_token(credential)
-        except Exception as exc:  # the token service's errors all mean "not valid"
-            if isinstance(exc, ApiError):
-                raise
-            raise _unauthorized(f"invalid access token: {exc}") from None
-        return Principal(
-            "jwt",
-            user_id=UUID(claims.subject),
-            token_org=UUID(claims.org_id) if claims.org_id else None,
-            token_scopes=frozenset(claims.scopes) if claims.scopes else None,
-        )
-    session_id = request.cookies.get(COOKIE_NAME)
-    if session_id:
-        session = await sys.auth.sessions.get(session_id)
-        if session is None:
-            raise _unauthorized("your session has expired; sign in again")
-        if request.method in _UNSAFE:
-            token = request.headers.get("X-CSRF-Token")
-            if not session.csrf_ok(token):
-                raise ApiError(403, "missing or invalid CSRF token (send X-CSRF-Token)", code="csrf_failed")
-        return Principal("session", user_id=UUID(session.user_id), session=session)
+    try:
+        if header:
+            scheme, _, credential = header.partition(" ")
+            credential = credential.strip()
+            if scheme.lower() != "bearer" or not credential:
+                raise _unauthorized("the Authorization header must be 'Bearer <API key or access token>'")
+            return await authn.from_bearer(auth, credential)
+        session_id = request.cookies.get(COOKIE_NAME)
+        if session_id:
+            unsafe = request.method in _UNSAFE
+            return await authn.from_session(
+                auth, session_id, unsafe=unsafe, csrf_token=request.headers.get("X-CSRF-Token")
+            )
+    except AuthenticationError as exc:
+        raise _unauthorized(str(exc)) from None
+    except authn.CsrfError as exc:
+        raise ApiError(403, str(exc), code="csrf_failed") from None
     if optional:
         return None
     raise _unauthorized("authentication required: send 'Authorization: Bearer <API key>' or sign in")
@@ -159,23 +139,22 @@ async def org_access(org_id: UUID, permission: Permission) -> OrgAccess:
     if principal.key is not None:
         if principal.key.org_id != org_id:
             raise not_found
-        _check(permission, scopes=principal.key.scopes)
+        check_permission(permission, scopes=principal.key.scopes)
         return OrgAccess(principal, org_id, None)
     assert principal.user_id is not None
     if principal.token_org is not None and principal.token_org != org_id:
         raise not_found
-    role = await tenancy.membership_role(system().stores.db, org_id, principal.user_id)
+    role = await tenancy.membership_role(handles().stores.db, org_id, principal.user_id)
     if role is None:
         raise not_found
-    _check(permission, role=role)
+    check_permission(permission, role=role)
     if principal.token_scopes is not None:
-        _check(permission, scopes=principal.token_scopes)
+        check_permission(permission, scopes=principal.token_scopes)
     return OrgAccess(principal, org_id, role)
 
 
-def _check(permission: Permission, *, role: str | None = None, scopes: frozenset[str] | None = None) -> None:
-    from bitnet_actor.services.errors import PermissionDeniedError
-
+def check_permission(permission: Permission, *, role: str | None = None, scopes: frozenset[str] | None = None) -> None:
+    """Raise a 403 unless ``role`` (a member's) or ``scopes`` (a key's or token's) allow ``permission``."""
     try:
         require(permission=permission, role=role, scopes=scopes)
     except PermissionDeniedError as exc:

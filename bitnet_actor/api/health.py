@@ -13,7 +13,7 @@ from bitnet_actor.observability import CONTENT_TYPE_LATEST
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from bitnet_actor.system import System
+    from bitnet_actor.handles import Handles
 
 __all__ = ["blueprint"]
 
@@ -22,9 +22,9 @@ blueprint = Blueprint("health", __name__)
 _CHECK_TIMEOUT_S = 3.0
 
 
-def _system() -> System:
-    system: System = current_app.config["SYSTEM"]
-    return system
+def _handles() -> Handles:
+    found: Handles = current_app.config["HANDLES"]
+    return found
 
 
 @blueprint.get("/healthz")
@@ -41,13 +41,13 @@ async def readyz() -> Response:
     503 names every failed check, so an operator reading a probe failure knows which dependency to look at.
     A model that failed to load does not hold readiness back (its requests get 503s naming the failure).
     """
-    system = _system()
-    if system.draining.is_set():
+    system = _handles()
+    if system.readiness.draining.is_set():
         system.metrics.ready.set(0)
         raise ApiError(503, "not ready: shutting down", code="shutting_down")
-    if system.warming:
+    if system.readiness.warming:
         system.metrics.ready.set(0)
-        names = ", ".join(sorted(system.warming))
+        names = ", ".join(sorted(system.readiness.warming))
         raise ApiError(503, f"not ready: models: loading {names}", code="not_ready", headers={"Retry-After": "2"})
     checks: dict[str, Callable[[], Awaitable[None]]] = {
         "postgres": system.stores.db.ping,
@@ -78,4 +78,4 @@ async def readyz() -> Response:
 @blueprint.get("/metrics")
 async def metrics() -> Response:
     """Prometheus text exposition of this instance's registry."""
-    return Response(_system().metrics.render(), content_type=CONTENT_TYPE_LATEST)
+    return Response(_handles().metrics.render(), content_type=CONTENT_TYPE_LATEST)

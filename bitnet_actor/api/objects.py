@@ -13,10 +13,10 @@ from quart import Blueprint, Response, current_app, request
 
 from bitnet_actor.api.errors import ApiError
 from bitnet_actor.errors import ObjectNotFoundError
-from bitnet_actor.stores.objects import FilesystemObjectStore
+from bitnet_actor.handles import LocalObjectServer
 
 if TYPE_CHECKING:
-    from bitnet_actor.system import System
+    from bitnet_actor.handles import Handles
 
 __all__ = ["blueprint"]
 
@@ -26,9 +26,9 @@ blueprint = Blueprint("objects", __name__)
 @blueprint.get("/v1/objects/sha256/<string(length=64):digest>")
 async def download(digest: str) -> Response:
     """Stream the object if the URL's signature is valid and unexpired."""
-    system: System = current_app.config["SYSTEM"]
-    store = system.stores.objects
-    if not isinstance(store, FilesystemObjectStore):
+    handles: Handles = current_app.config["HANDLES"]
+    store = handles.stores.objects
+    if not isinstance(store, LocalObjectServer):
         raise ApiError(404, "objects are served by the object store's own presigned URLs")
     key = f"sha256/{digest}"
     try:

@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 description of ``/api/v1`` and ``/v1`` (served at ``/api/v1/openapi.json``).
 
-The inference part (``/v1/*``) lives in :mod:`bitnet_actor.api.openapi_v1`.
+The inference part (``/v1/*``) lives in :mod:`bitnet_actor.api.openai.spec`, built from the request protocol.
 
 Written by hand, next to the routes; a test checks that every route of the app is described here and that
 nothing here is missing from the app.
@@ -13,7 +13,7 @@ from typing import Any
 from quart import Blueprint, Response, jsonify
 
 from bitnet_actor import __version__
-from bitnet_actor.api.openapi_v1 import V1_PATHS, V1_SCHEMAS
+from bitnet_actor.api.openai.spec import V1_PATHS, V1_SCHEMAS
 
 __all__ = ["SPEC", "blueprint"]
 

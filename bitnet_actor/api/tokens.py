@@ -17,9 +17,9 @@ from uuid import UUID
 
 from quart import Blueprint, Response, jsonify, redirect, request
 
-from bitnet_actor.api.auth import client_ip, system
+from bitnet_actor.api.accounts import start_session
+from bitnet_actor.api.auth import client_ip, handles
 from bitnet_actor.api.errors import ApiError
-from bitnet_actor.api.v1 import start_session
 from bitnet_actor.api.validate import Field, parse_body
 from bitnet_actor.services import tenancy
 from bitnet_actor.services.jwt import InvalidTokenError
@@ -38,7 +38,7 @@ _OIDC_COOKIE = "__Host-bitnet_oidc"
 
 
 def _token_services() -> tuple[JwtService, RefreshTokens]:
-    auth = system().auth
+    auth = handles().auth
     if auth.jwt is None or auth.refresh is None:
         raise ApiError(404, "access tokens are not enabled on this server")
     return auth.jwt, auth.refresh
@@ -71,13 +71,13 @@ async def token() -> Response:
             "org_id": Field(str, required=False, max_len=64),
         }
     )
-    db = system().stores.db
+    db = handles().stores.db
     if body["grant_type"] == "password":
         for name in ("email", "password"):
             if name not in body:
                 raise ApiError(400, f"missing required field {name!r}", param=name, code="missing_required_parameter")
         user_id = await tenancy.authenticate_password(
-            db, system().auth.throttle, email=body["email"], password=body["password"], ip=client_ip()
+            db, handles().auth.throttle, email=body["email"], password=body["password"], ip=client_ip()
         )
         org_id = None
         if "org_id" in body:
@@ -123,7 +123,7 @@ def _safe_return_to(value: str | None) -> str:
 @blueprint.get("/api/v1/oidc/login")
 async def oidc_login() -> Any:
     """Redirect to the identity provider."""
-    oidc = system().auth.oidc
+    oidc = handles().auth.oidc
     if oidc is None:
         raise ApiError(404, "single sign-on is not configured on this server")
     binding = secrets.token_urlsafe(24)
@@ -136,7 +136,7 @@ async def oidc_login() -> Any:
 @blueprint.get("/api/v1/oidc/callback")
 async def oidc_callback() -> Any:
     """Finish single sign-on: verify, link or create the account, start a session, go back."""
-    oidc = system().auth.oidc
+    oidc = handles().auth.oidc
     if oidc is None:
         raise ApiError(404, "single sign-on is not configured on this server")
     if "error" in request.args:
@@ -148,7 +148,7 @@ async def oidc_callback() -> Any:
         identity, return_to = await oidc.complete_login(
             state=state, code=code, binding=request.cookies.get(_OIDC_COOKIE)
         )
-        user_id = await link_identity(system().stores.db, identity)
+        user_id = await link_identity(handles().stores.db, identity)
     except OidcError as exc:
         raise ApiError(401, f"single sign-on failed: {exc}", code="sso_failed") from None
     response = await start_session(UUID(user_id), {})

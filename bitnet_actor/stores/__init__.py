@@ -186,7 +186,7 @@ async def open_stores(settings: Settings, *, platform_models: dict[str, str] | N
             objects = FilesystemObjectStore(
                 settings.data_dir / "objects",
                 signing_key=load_or_create_secret(settings.data_dir, "object-url-signing.key"),
-                base_url=settings.public_url or f"http://{settings.host}:{settings.port}",
+                base_url=settings.base_url,
             )
             embedded.append("objects")
         stack.push_async_callback(_shielded, objects.aclose)

@@ -15,13 +15,15 @@ from typing import Any
 import pytest
 import trio
 
+from actors.tenant import Tenants
 from bitnet_actor.app import create_app
 from bitnet_actor.config import Settings
+from bitnet_actor.handles import Handles
 from bitnet_actor.observability import Metrics
 from bitnet_actor.services.email import MemoryEmailSender
 from bitnet_actor.services.sessions import COOKIE_NAME
 from bitnet_actor.stores import open_stores
-from bitnet_actor.system import System, build_auth
+from bitnet_actor.system import build_auth, build_handles, build_model_cache
 
 PASSWORD = "correct horse battery staple"
 
@@ -60,7 +62,7 @@ def session_from(response: Any) -> str:
 
 
 class Harness:
-    def __init__(self, client: Any, mailer: MemoryEmailSender, system: System) -> None:
+    def __init__(self, client: Any, mailer: MemoryEmailSender, system: Handles) -> None:
         self.client = client
         self.mailer = mailer
         self.system = system
@@ -115,7 +117,15 @@ async def open_harness(settings: Settings) -> AsyncIterator[Harness]:
     mailer = MemoryEmailSender()
     async with open_stores(settings) as stores:
         auth = build_auth(settings, stores, b"k" * 32, mailer=mailer)
-        system = System(settings=settings, stores=stores, metrics=Metrics(), auth=auth)
+        metrics = Metrics()
+        system = build_handles(
+            settings,
+            stores,
+            metrics=metrics,
+            auth=auth,
+            cache=build_model_cache(settings, metrics, {}),
+            tenants=Tenants(stores.db),
+        )
         async with trio.open_nursery() as inner:
             await inner.start(auth.keys.run)
             app = create_app(system)

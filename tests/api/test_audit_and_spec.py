@@ -45,20 +45,21 @@ async def test_every_route_is_in_the_openapi_document(harness: Harness) -> None:
     assert served["openapi"] == "3.1.0"
 
 
-def test_inference_request_bodies_list_exactly_the_accepted_fields() -> None:
-    from bitnet_actor.api import inference
+def test_inference_request_bodies_are_the_protocols_own() -> None:
+    from bitnet_actor.api.openai import protocol
 
     paths = SPEC["paths"]
-    for path, fields in [
-        ("/v1/completions", inference.COMPLETION_FIELDS),
-        ("/v1/chat/completions", inference.CHAT_FIELDS),
-        ("/v1/tokenize", inference.TOKENIZE_FIELDS),
-        ("/v1/detokenize", inference.DETOKENIZE_FIELDS),
+    for path, kind in [
+        ("/v1/completions", protocol.COMPLETION),
+        ("/v1/chat/completions", protocol.CHAT),
+        ("/v1/tokenize", protocol.TOKENIZE),
+        ("/v1/detokenize", protocol.DETOKENIZE),
     ]:
         schema = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
-        assert set(schema["properties"]) == fields, path
-        assert set(schema["required"]) <= fields
-        assert not set(schema["properties"]) & inference.UNSUPPORTED_FIELDS
+        assert set(schema["properties"]) == kind.names, path
+        assert set(schema["required"]) <= kind.names
+        assert not set(schema["properties"]) & set(protocol.UNSUPPORTED)
+        assert schema["additionalProperties"] is False
 
 
 def test_the_openapi_document_is_valid_openapi_3_1() -> None:

@@ -1,104 +1,27 @@
 """The OpenAPI description of the OpenAI-compatible inference API (``/v1/*``), merged into the one document.
 
-Request bodies are built from the field sets the handlers check (:data:`~bitnet_actor.api.inference.CHAT_FIELDS`
-and friends), so the document lists exactly what a request may carry; a test keeps them equal.  Responses
-follow OpenAI's objects; streaming responses are ``text/event-stream`` of the same chunks, ending with
-``data: [DONE]``.  ``/v1/responses`` is a websocket (OpenAI's Responses API websocket mode): described as the
-GET that upgrades, with its events in the description.
+Request bodies are the protocol's own schemas (:mod:`bitnet_actor.api.openai.protocol`: each field's schema
+and parser are one object), so the document lists exactly what a request may carry and how it is checked.
+Responses follow OpenAI's objects; streaming responses are ``text/event-stream`` of the same chunks, ending
+with ``data: [DONE]``.  ``/v1/responses`` is a websocket (OpenAI's Responses API websocket mode): described
+as the GET that upgrades, with its events in the description.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from bitnet_actor.api.inference import (
-    CHAT_FIELDS,
-    COMPLETION_FIELDS,
-    DETOKENIZE_FIELDS,
-    TOKENIZE_FIELDS,
-    UNSUPPORTED_FIELDS,
-)
+from bitnet_actor.api.openai.protocol import CHAT, COMPLETION, DETOKENIZE, TOKENIZE, RequestType
 
-__all__ = ["FIELD_SCHEMAS", "V1_PATHS", "V1_SCHEMAS", "request_schema"]
+__all__ = ["V1_PATHS", "V1_SCHEMAS"]
 
 _S: dict[str, Any] = {"type": "string"}
 _INT: dict[str, Any] = {"type": "integer"}
-_NUM: dict[str, Any] = {"type": "number"}
 _BOOL: dict[str, Any] = {"type": "boolean"}
-_MESSAGE = {
-    "type": "object",
-    "properties": {
-        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
-        "content": {
-            "oneOf": [
-                _S,
-                {"type": "array", "items": {"type": "object", "properties": {"type": _S, "text": _S}}},
-            ]
-        },
-        "name": _S,
-    },
-    "required": ["role", "content"],
-}
-
-FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
-    "model": {**_S, "description": "a model id from GET /v1/models"},
-    "prompt": {**_S, "description": "the text to continue"},
-    "messages": {"type": "array", "items": _MESSAGE, "description": "rendered with the model's chat template"},
-    "max_tokens": {**_INT, "minimum": 1, "description": "most tokens to generate (completions: default 16)"},
-    "max_completion_tokens": {**_INT, "minimum": 1, "description": "chat: most tokens to generate"},
-    "temperature": {**_NUM, "minimum": 0, "maximum": 2, "default": 1, "description": "0: greedy"},
-    "top_p": {**_NUM, "exclusiveMinimum": 0, "maximum": 1, "default": 1},
-    "top_k": {**_INT, "minimum": -1, "default": 0, "description": "0 or -1: off"},
-    "min_p": {**_NUM, "minimum": 0, "maximum": 1, "default": 0},
-    "presence_penalty": {**_NUM, "minimum": -2, "maximum": 2, "default": 0},
-    "frequency_penalty": {**_NUM, "minimum": -2, "maximum": 2, "default": 0},
-    "repetition_penalty": {**_NUM, "minimum": 0.01, "maximum": 10, "default": 1},
-    "seed": {**_INT, "description": "makes sampling reproducible"},
-    "stop": {"oneOf": [_S, {"type": "array", "items": _S, "maxItems": 4}], "description": "stop strings"},
-    "n": {**_INT, "minimum": 1, "maximum": 8, "default": 1, "description": "choices per request"},
-    "logprobs": {
-        "oneOf": [_BOOL, {**_INT, "minimum": 0, "maximum": 5}],
-        "description": "chat: boolean; completions: number of top log-probabilities (0..5)",
-    },
-    "top_logprobs": {**_INT, "minimum": 0, "maximum": 20, "description": "chat: with logprobs: true"},
-    "logit_bias": {
-        "type": "object",
-        "additionalProperties": {**_NUM, "minimum": -100, "maximum": 100},
-        "description": "token id -> bias added to its logit",
-    },
-    "user": {**_S, "description": "the end user's id, recorded with the usage"},
-    "stream": {**_BOOL, "default": False, "description": "server-sent events (text/event-stream)"},
-    "stream_options": {
-        "type": "object",
-        "properties": {"include_usage": _BOOL},
-        "description": "include_usage: a last chunk with the usage and no choices",
-    },
-    "ignore_eos": {**_BOOL, "default": False, "description": "keep generating past end-of-sequence tokens"},
-    "metadata": {"type": "object", "description": "accepted for compatibility, not stored"},
-    "store": {**_BOOL, "description": "accepted for compatibility; nothing is stored"},
-    "service_tier": {**_S, "description": "accepted for compatibility; ignored"},
-    "response_format": {
-        "type": "object",
-        "properties": {"type": {"type": "string", "enum": ["text"]}},
-        "description": "only text; json_object / json_schema are refused with a 400",
-    },
-    "reasoning_effort": {**_S, "description": "accepted for compatibility; ignored"},
-    "add_special_tokens": {**_BOOL, "default": True, "description": "tokenize: add BOS and the like"},
-    "tokens": {"type": "array", "items": _INT, "description": "token ids"},
-}
 
 
-def request_schema(fields: set[str] | frozenset[str], required: list[str]) -> dict[str, Any]:
-    """The JSON schema of a request body accepting exactly ``fields``."""
-    return {
-        "type": "object",
-        "properties": {name: FIELD_SCHEMAS[name] for name in sorted(fields)},
-        "required": required,
-        "additionalProperties": False,
-        "description": "unknown fields are refused (400 unknown_parameter); "
-        + ", ".join(sorted(UNSUPPORTED_FIELDS))
-        + " are refused (400 unsupported_parameter)",
-    }
+def _body(kind: RequestType) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": kind.schema()}}}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -157,14 +80,11 @@ def _errors(*codes: str) -> dict[str, Any]:
 _GEN_ERRORS = _errors("400", "401", "403", "404", "429", "503")
 
 
-def _generation(summary: str, fields: set[str], required: list[str], result: str) -> dict[str, Any]:
+def _generation(summary: str, kind: RequestType, result: str) -> dict[str, Any]:
     return {
         "post": {
             "summary": summary,
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": request_schema(fields, required)}},
-            },
+            "requestBody": _body(kind),
             "responses": {
                 "200": {
                     "description": f"a {result}; with stream: true, server-sent events of its chunks, then "
@@ -203,20 +123,14 @@ V1_PATHS: dict[str, Any] = {
             },
         }
     },
-    "/v1/completions": _generation("Text completion", COMPLETION_FIELDS, ["model", "prompt"], "Completion"),
+    "/v1/completions": _generation("Text completion", COMPLETION, "Completion"),
     "/v1/chat/completions": _generation(
-        "Chat completion (messages through the model's chat template)",
-        CHAT_FIELDS,
-        ["model", "messages"],
-        "ChatCompletion",
+        "Chat completion (messages through the model's chat template)", CHAT, "ChatCompletion"
     ),
     "/v1/tokenize": {
         "post": {
             "summary": "Token ids of a prompt, or of chat messages through the template",
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": request_schema(TOKENIZE_FIELDS, ["model"])}},
-            },
+            "requestBody": _body(TOKENIZE),
             "responses": {
                 "200": {
                     "description": "the ids",
@@ -240,10 +154,7 @@ V1_PATHS: dict[str, Any] = {
     "/v1/detokenize": {
         "post": {
             "summary": "Text of token ids",
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": request_schema(DETOKENIZE_FIELDS, ["model", "tokens"])}},
-            },
+            "requestBody": _body(DETOKENIZE),
             "responses": {
                 "200": {
                     "description": "the text",

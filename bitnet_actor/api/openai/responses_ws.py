@@ -16,7 +16,6 @@ and the socket stays open. Responses run one after another on one socket.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -24,25 +23,20 @@ import trio
 from quart import Blueprint, websocket
 
 from actors.scheduler import Failed, Finished, Token
-from bitnet_actor.api.auth import OrgAccess, Principal, system
+from bitnet_actor.api.auth import OrgAccess, handles
 from bitnet_actor.api.errors import ApiError
-from bitnet_actor.api.inference import COMMON_FIELDS, Run, acquire_lease, check_fields, plan_request, submit_plan
+from bitnet_actor.api.openai.admission import admit, inference_org, new_run_id
+from bitnet_actor.api.openai.protocol import CHAT, COMPLETION, RESPONSE_CREATE
+from bitnet_actor.services import authn
 from bitnet_actor.services.errors import AuthenticationError
-from bitnet_actor.services.permissions import require
 
 if TYPE_CHECKING:
-    from bitnet_actor.system import System
+    from bitnet_actor.api.openai.run import Run
+    from bitnet_actor.handles import Handles
 
 __all__ = ["blueprint"]
 
 blueprint = Blueprint("responses_ws", __name__)
-
-_FIELDS = (COMMON_FIELDS - {"stream", "stream_options", "max_tokens", "n"}) | {
-    "type",
-    "input",
-    "max_output_tokens",
-    "instructions",
-}
 
 
 def _error(message: str, *, code: str = "invalid_request_error", param: str | None = None) -> dict[str, Any]:
@@ -56,35 +50,33 @@ async def _send(event: dict[str, Any]) -> None:
     await websocket.send(json.dumps(event, ensure_ascii=False))
 
 
-async def _authenticate(sys: System, first: dict[str, Any] | None) -> OrgAccess:
+async def _authenticate(h: Handles, first: dict[str, Any] | None) -> OrgAccess:
+    """The same credentials and rules as the HTTP API: an API key or an access token, as a bearer header on
+    the upgrade request or in a first ``authenticate`` message (``api_key``, or ``access_token``)."""
     header = websocket.headers.get("Authorization", "")
-    key = header.partition(" ")[2].strip() if header.lower().startswith("bearer ") else ""
-    if not key and first is not None and first.get("type") == "authenticate":
-        key = str(first.get("api_key", ""))
-    if not key:
+    credential = header.partition(" ")[2].strip() if header.lower().startswith("bearer ") else ""
+    if not credential and first is not None and first.get("type") == "authenticate":
+        credential = str(first.get("api_key") or first.get("access_token") or "")
+    if not credential:
         raise ApiError(401, "send 'Authorization: Bearer <API key>' or an authenticate message first")
     try:
-        principal = await sys.auth.keys.authenticate(key)
+        principal = await authn.from_bearer(h.auth, credential)
     except AuthenticationError as exc:
         raise ApiError(401, str(exc)) from None
-    try:
-        require(permission="inference", scopes=principal.scopes)
-    except Exception as exc:
-        raise ApiError(403, str(exc)) from None
-    return OrgAccess(Principal("key", key=principal), principal.org_id, None)
+    return await inference_org(h, principal)
 
 
 @blueprint.websocket("/v1/responses")
 async def responses() -> None:
     """Serve responses on one socket until the client closes it."""
-    sys = system()
+    h = handles()
     send_msgs, recv_msgs = trio.open_memory_channel[dict[str, Any] | None](16)  # 16: client messages in flight
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_reader, send_msgs)
         access: OrgAccess | None = None
         if websocket.headers.get("Authorization"):
             try:
-                access = await _authenticate(sys, None)
+                access = await _authenticate(h, None)
             except ApiError as exc:
                 await _send(_error(exc.message, code=exc.code or "invalid_api_key"))
                 nursery.cancel_scope.cancel()
@@ -96,14 +88,14 @@ async def responses() -> None:
             kind = message.get("type")
             if access is None:
                 try:
-                    access = await _authenticate(sys, message)
+                    access = await _authenticate(h, message)
                 except ApiError as exc:
                     await _send(_error(exc.message, code=exc.code or "invalid_api_key"))
                     continue
                 if kind == "authenticate":
                     continue
             if kind == "response.create":
-                await _respond(sys, access, message, recv_msgs)
+                await _respond(h, access, message, recv_msgs)
             elif kind == "response.cancel":
                 await _send(_error("no response is in progress", code="no_response"))
             else:
@@ -123,37 +115,29 @@ async def _reader(send: trio.MemorySendChannel[dict[str, Any] | None]) -> None:
 
 
 async def _respond(
-    sys: System, access: OrgAccess, message: dict[str, Any], inbox: trio.MemoryReceiveChannel[dict[str, Any] | None]
+    h: Handles, access: OrgAccess, message: dict[str, Any], inbox: trio.MemoryReceiveChannel[dict[str, Any] | None]
 ) -> None:
-    response_id = f"resp_{uuid.uuid4().hex}"
     try:
-        check_fields(message, _FIELDS)
+        RESPONSE_CREATE.check(message)
         body = {k: v for k, v in message.items() if k not in ("type", "input", "max_output_tokens", "instructions")}
         if "max_output_tokens" in message:
-            body["max_tokens"] = message["max_output_tokens"]
+            body["max_tokens"] = RESPONSE_CREATE.parse(message, "max_output_tokens")
         data = message.get("input")
         chat = isinstance(data, list)
         if chat:
-            body["messages"] = (
-                [{"role": "system", "content": message["instructions"]}] if message.get("instructions") else []
-            ) + list(data)  # type: ignore[arg-type]
+            instructions = RESPONSE_CREATE.parse(message, "instructions")
+            body["messages"] = ([{"role": "system", "content": instructions}] if instructions else []) + list(
+                data  # type: ignore[arg-type]
+            )
         elif isinstance(data, str):
             body["prompt"] = data
         else:
             raise ApiError(400, "input must be a string or a list of messages", param="input")
-        assert sys.models is not None
-        assert sys.tenants is not None
-        lease = await acquire_lease(sys.models, body)
-        try:
-            plan = await plan_request(body, chat=chat, lease=lease)
-            recv = submit_plan(plan, lease, access, await sys.tenants.get(access.org_id))
-        except BaseException:
-            sys.models.release(lease)
-            raise
+        run: Run = await admit(h, access, CHAT if chat else COMPLETION, body, run_id=new_run_id("resp"))
     except ApiError as exc:
         await _send(_error(exc.message, code=exc.code or "invalid_request_error", param=exc.param))
         return
-    run = Run(plan, lease, access, recv, response_id, int(time.time()), sys)
+    response_id, plan, recv = run.id, run.plan, run.recv
     shell = {"id": response_id, "object": "response", "created_at": run.created, "model": plan.model}
     await _send({"type": "response.created", "response": {**shell, "status": "in_progress", "output": []}})
     item_id = f"msg_{uuid.uuid4().hex}"
@@ -200,7 +184,7 @@ async def _respond(
     finally:
         recv.close()
         with trio.CancelScope(shield=True):
-            await run.record(outcome if failure is None else "failed")
+            await run.record(outcome if failure is None else "failed", endpoint="responses")
     usage = run.usage()
     done = {
         **shell,

@@ -13,7 +13,7 @@ from uuid import UUID
 
 from quart import Blueprint, Response, jsonify, request
 
-from bitnet_actor.api.auth import authenticate, client_ip, org_access, request_actor, require_user, system
+from bitnet_actor.api.auth import authenticate, client_ip, handles, org_access, request_actor, require_user
 from bitnet_actor.api.errors import ApiError
 from bitnet_actor.api.validate import Field, parse_body, parse_datetime
 from bitnet_actor.services import api_keys, audit, tenancy
@@ -50,16 +50,14 @@ def _json(value: Any, status: int = 200) -> Response:
 
 
 def _link_base(path: str) -> str:
-    settings = system().settings
-    base = settings.public_url or f"http://{settings.host}:{settings.port}"
-    return base.rstrip("/") + path
+    return handles().settings.base_url + path
 
 
 def _with_session(response: Response, session: Session) -> Response:
     response.set_cookie(
         COOKIE_NAME,
         session.id,
-        max_age=system().auth.sessions.absolute_s,
+        max_age=handles().auth.sessions.absolute_s,
         path="/",
         secure=True,
         httponly=True,
@@ -70,9 +68,9 @@ def _with_session(response: Response, session: Session) -> Response:
 
 async def start_session(user_id: UUID, body: dict[str, Any], status: int = 200) -> Response:
     """Sign ``user_id`` in: a fresh session (ending the one presented, if any), cookie and CSRF token."""
-    sessions = system().auth.sessions
+    sessions = handles().auth.sessions
     session = await sessions.create(user_id, replacing=request.cookies.get(COOKIE_NAME))
-    user = await tenancy.get_user(system().stores.db, user_id)
+    user = await tenancy.get_user(handles().stores.db, user_id)
     return _with_session(_json({**body, "user": user, "csrf_token": session.csrf_token}, status), session)
 
 
@@ -91,8 +89,8 @@ async def signup() -> Response:
         }
     )
     await tenancy.signup_start(
-        system().stores.db,
-        system().auth.mailer,
+        handles().stores.db,
+        handles().auth.mailer,
         email=body["email"],
         password=body["password"],
         org_name=body["organization"],
@@ -106,8 +104,8 @@ async def signup() -> Response:
 async def signup_verify() -> Response:
     """Finish a sign-up from the emailed token; signs the new user in."""
     body = await parse_body({"token": Field(str, max_len=200)})
-    user_id, org_id = await tenancy.signup_verify(system().stores.db, token=body["token"], actor=request_actor())
-    org = await tenancy.get_org(system().stores.db, org_id)
+    user_id, org_id = await tenancy.signup_verify(handles().stores.db, token=body["token"], actor=request_actor())
+    org = await tenancy.get_org(handles().stores.db, org_id)
     return await start_session(user_id, {"organization": org}, 201)
 
 
@@ -115,9 +113,9 @@ async def signup_verify() -> Response:
 async def password_set() -> Response:
     """Set a password from an emailed one-time token; signs the user in and ends their other sessions."""
     body = await parse_body({"token": Field(str, max_len=200), "password": Field(str, max_len=1024)})
-    user_id = await tenancy.set_password_with_token(system().stores.db, token=body["token"], password=body["password"])
-    await system().auth.sessions.revoke_user(user_id)
-    refresh = system().auth.refresh
+    user_id = await tenancy.set_password_with_token(handles().stores.db, token=body["token"], password=body["password"])
+    await handles().auth.sessions.revoke_user(user_id)
+    refresh = handles().auth.refresh
     if refresh is not None:
         await refresh.revoke_user(str(user_id))
     return await start_session(user_id, {})
@@ -128,7 +126,7 @@ async def login() -> Response:
     """Sign in with email and password; one message for every failure."""
     body = await parse_body({"email": Field(str, max_len=320), "password": Field(str, max_len=1024)})
     user_id = await tenancy.authenticate_password(
-        system().stores.db, system().auth.throttle, email=body["email"], password=body["password"], ip=client_ip()
+        handles().stores.db, handles().auth.throttle, email=body["email"], password=body["password"], ip=client_ip()
     )
     return await start_session(user_id, {})
 
@@ -138,7 +136,7 @@ async def logout() -> Response:
     """End the current session (a no-op without one)."""
     principal = await authenticate(optional=True)
     if principal is not None and principal.session is not None:
-        await system().auth.sessions.delete(principal.session.id)
+        await handles().auth.sessions.delete(principal.session.id)
     response = Response(b"", status=204)
     response.delete_cookie(COOKIE_NAME, path="/", secure=True, httponly=True, samesite="Lax")
     return response
@@ -149,7 +147,7 @@ async def me() -> Response:
     """The signed-in user and their organizations."""
     principal = await require_user()
     assert principal.user_id is not None
-    db = system().stores.db
+    db = handles().stores.db
     user = await tenancy.get_user(db, principal.user_id)
     memberships = await tenancy.user_memberships(db, principal.user_id)
     return _json({"user": user, "organizations": [{**json_ready(m.org), "role": m.role} for m in memberships]})
@@ -163,7 +161,7 @@ async def list_orgs() -> Response:
     """The caller's organizations."""
     principal = await require_user()
     assert principal.user_id is not None
-    memberships = await tenancy.user_memberships(system().stores.db, principal.user_id)
+    memberships = await tenancy.user_memberships(handles().stores.db, principal.user_id)
     return _json({"data": [{**json_ready(m.org), "role": m.role} for m in memberships]})
 
 
@@ -174,7 +172,7 @@ async def create_org() -> Response:
     assert principal.user_id is not None
     body = await parse_body({"name": Field(str, max_len=200)})
     org = await tenancy.create_org(
-        system().stores.db, name=body["name"], owner=principal.user_id, actor=request_actor(principal)
+        handles().stores.db, name=body["name"], owner=principal.user_id, actor=request_actor(principal)
     )
     return _json({**json_ready(org), "role": "owner"}, 201)
 
@@ -183,7 +181,7 @@ async def create_org() -> Response:
 async def get_org(org_id: UUID) -> Response:
     """One organization."""
     access = await org_access(org_id, "org:read")
-    org = await tenancy.get_org(system().stores.db, org_id)
+    org = await tenancy.get_org(handles().stores.db, org_id)
     return _json({**json_ready(org), "role": access.role})
 
 
@@ -192,7 +190,7 @@ async def update_org(org_id: UUID) -> Response:
     """Rename an organization."""
     access = await org_access(org_id, "org:update")
     body = await parse_body({"name": Field(str, max_len=200)})
-    org = await tenancy.update_org(system().stores.db, org_id, name=body["name"], actor=access.actor)
+    org = await tenancy.update_org(handles().stores.db, org_id, name=body["name"], actor=access.actor)
     return _json(org)
 
 
@@ -203,7 +201,7 @@ async def update_org(org_id: UUID) -> Response:
 async def list_members(org_id: UUID) -> Response:
     """Members and their roles."""
     await org_access(org_id, "members:read")
-    return _json({"data": await tenancy.list_members(system().stores.db, org_id)})
+    return _json({"data": await tenancy.list_members(handles().stores.db, org_id)})
 
 
 @blueprint.patch("/orgs/<uuid:org_id>/members/<uuid:user_id>")
@@ -212,7 +210,7 @@ async def change_member(org_id: UUID, user_id: UUID) -> Response:
     access = await org_access(org_id, "members:manage")
     body = await parse_body({"role": Field(str, max_len=20)})
     member = await tenancy.change_role(
-        system().stores.db, org_id, user_id, role=body["role"], actor_role=access.role or "admin", actor=access.actor
+        handles().stores.db, org_id, user_id, role=body["role"], actor_role=access.role or "admin", actor=access.actor
     )
     return _json(member)
 
@@ -224,7 +222,7 @@ async def remove_member(org_id: UUID, user_id: UUID) -> Response:
     if access.principal.user_id != user_id:
         access = await org_access(org_id, "members:manage")
     await tenancy.remove_member(
-        system().stores.db, org_id, user_id, actor_role=access.role or "admin", actor=access.actor
+        handles().stores.db, org_id, user_id, actor_role=access.role or "admin", actor=access.actor
     )
     return Response(b"", status=204)
 
@@ -233,7 +231,7 @@ async def remove_member(org_id: UUID, user_id: UUID) -> Response:
 async def list_invitations(org_id: UUID) -> Response:
     """Invitations and their status."""
     await org_access(org_id, "members:manage")
-    return _json({"data": await tenancy.list_invitations(system().stores.db, org_id)})
+    return _json({"data": await tenancy.list_invitations(handles().stores.db, org_id)})
 
 
 @blueprint.post("/orgs/<uuid:org_id>/invitations")
@@ -242,8 +240,8 @@ async def invite(org_id: UUID) -> Response:
     access = await org_access(org_id, "members:manage")
     body = await parse_body({"email": Field(str, max_len=320), "role": Field(str, max_len=20)})
     invitation = await tenancy.create_invitation(
-        system().stores.db,
-        system().auth.mailer,
+        handles().stores.db,
+        handles().auth.mailer,
         org_id,
         email=body["email"],
         role=body["role"],
@@ -258,7 +256,7 @@ async def invite(org_id: UUID) -> Response:
 async def revoke_invitation(org_id: UUID, invitation_id: UUID) -> Response:
     """Withdraw a pending invitation."""
     access = await org_access(org_id, "members:manage")
-    await tenancy.revoke_invitation(system().stores.db, org_id, invitation_id, actor=access.actor)
+    await tenancy.revoke_invitation(handles().stores.db, org_id, invitation_id, actor=access.actor)
     return Response(b"", status=204)
 
 
@@ -271,13 +269,13 @@ async def accept_invitation() -> Response:
     if principal is not None and principal.key is not None:
         raise ApiError(403, "this endpoint needs a signed-in user, not an API key")
     new_user, org_id = await tenancy.accept_invitation(
-        system().stores.db,
+        handles().stores.db,
         token=body["token"],
         user_id=user_id,
         password=body.get("password"),
         actor=request_actor(principal),
     )
-    org = await tenancy.get_org(system().stores.db, org_id)
+    org = await tenancy.get_org(handles().stores.db, org_id)
     if user_id is None:
         return await start_session(new_user, {"organization": org}, 201)
     return _json({"organization": org}, 201)
@@ -296,7 +294,7 @@ def _key_json(key: api_keys.ApiKey) -> dict[str, Any]:
 async def list_keys(org_id: UUID) -> Response:
     """The organization's API keys (never their secrets)."""
     await org_access(org_id, "keys:read")
-    return _json({"data": [_key_json(k) for k in await api_keys.list_keys(system().stores.db, org_id)]})
+    return _json({"data": [_key_json(k) for k in await api_keys.list_keys(handles().stores.db, org_id)]})
 
 
 @blueprint.post("/orgs/<uuid:org_id>/keys")
@@ -316,7 +314,7 @@ async def create_key(org_id: UUID) -> Response:
         raise ApiError(403, f"you may not create keys with scopes {excess}", param="scopes")
     expires = parse_datetime(body["expires_at"], param="expires_at") if "expires_at" in body else None
     secret, key = await api_keys.create_key(
-        system().stores.db,
+        handles().stores.db,
         org_id=org_id,
         name=body["name"],
         scopes=body["scopes"],
@@ -331,12 +329,12 @@ async def revoke_key(org_id: UUID, key_id: UUID) -> Response:
     """Revoke a key on every replica."""
     access = await org_access(org_id, "keys:manage")
     key = await api_keys.revoke_key(
-        system().stores.db,
-        system().stores.redis,
+        handles().stores.db,
+        handles().stores.redis,
         org_id=org_id,
         key_id=key_id,
         actor=access.actor,
-        cache=system().auth.keys,
+        cache=handles().auth.keys,
     )
     return _json(_key_json(key))
 
@@ -347,13 +345,13 @@ async def rotate_key(org_id: UUID, key_id: UUID) -> Response:
     access = await org_access(org_id, "keys:manage")
     body = await parse_body({"grace_seconds": Field(int, required=False)})
     secret, key = await api_keys.rotate_key(
-        system().stores.db,
-        system().stores.redis,
+        handles().stores.db,
+        handles().stores.redis,
         org_id=org_id,
         key_id=key_id,
         actor=access.actor,
         grace_s=body.get("grace_seconds", 86400),
-        cache=system().auth.keys,
+        cache=handles().auth.keys,
     )
     return _json({**_key_json(key), "key": secret}, 201)
 
@@ -370,7 +368,7 @@ async def audit_log(org_id: UUID) -> Response:
         before = int(request.args["before"]) if "before" in request.args else None
     except ValueError:
         raise ApiError(400, "limit and before must be integers", param="limit") from None
-    entries = await audit.list_entries(system().stores.db, org_id, limit=limit, before_seq=before)
+    entries = await audit.list_entries(handles().stores.db, org_id, limit=limit, before_seq=before)
     return _json({"data": entries, "next_before": entries[-1].seq if len(entries) == limit else None})
 
 

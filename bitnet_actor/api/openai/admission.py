@@ -1,0 +1,252 @@
+"""One admission path for every inference surface (HTTP completions, chat, the websocket).
+
+``admit`` takes an authenticated caller and a checked body and returns a started :class:`Run`: it leases the
+model (404 / 503 as the model cache says), parses the body against the model (vocabulary, context length,
+chat template), holds the organization's admission (its plan's weight and cap) and submits the generation
+(429 with Retry-After when the queue is full). Whatever fails on the way gives back what was taken.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from actors.inference import Generate
+from actors.model_cache import ModelCapacityError, ModelLoadFailedError, UnknownModelError
+from bitnet_actor.api.auth import OrgAccess, authenticate, check_permission, handles
+from bitnet_actor.api.errors import ApiError
+from bitnet_actor.api.openai.protocol import CHAT, COMPLETION, RequestType, bad
+from bitnet_actor.api.openai.run import Run
+from bitnet_actor.services import tenancy
+
+if TYPE_CHECKING:
+    from actors.model_cache import Lease
+    from bitnet_actor.engine import Model, SamplingParams
+    from bitnet_actor.handles import Handles
+    from bitnet_actor.services.authn import Principal
+
+__all__ = [
+    "Plan",
+    "admit",
+    "chat_prompt",
+    "inference_access",
+    "inference_org",
+    "lease",
+    "new_run_id",
+    "plan_generation",
+]
+
+
+async def inference_access() -> OrgAccess:
+    """The caller of an inference route (see :func:`inference_org`).
+
+    Raises:
+        ApiError: 401 / 403.
+    """
+    principal = await authenticate()
+    assert principal is not None
+    return await inference_org(handles(), principal)
+
+
+async def inference_org(h: Handles, principal: Principal) -> OrgAccess:
+    """The organization an authenticated caller runs inference for: an API key's, with the ``inference``
+    scope, or an organization-bound access token's, for a member whose role allows inference.
+
+    Raises:
+        ApiError: 401 (the token's organization dropped the user) / 403.
+    """
+    if principal.key is not None:
+        check_permission("inference", scopes=principal.key.scopes)
+        return OrgAccess(principal, principal.key.org_id, None)
+    if principal.token_org is None or principal.user_id is None:
+        raise ApiError(403, "inference needs an API key (or an access token bound to an organization)")
+    role = await tenancy.membership_role(h.stores.db, principal.token_org, principal.user_id)
+    if role is None:
+        raise ApiError(401, "the access token's organization no longer includes this user")
+    check_permission("inference", role=role)
+    if principal.token_scopes is not None:
+        check_permission("inference", scopes=principal.token_scopes)
+    return OrgAccess(principal, principal.token_org, role)
+
+
+async def lease(stack: contextlib.AsyncExitStack, h: Handles, body: dict[str, Any]) -> Lease:
+    """Lease the model ``body["model"]`` until ``stack`` closes.
+
+    Raises:
+        ApiError: 400 without a model name, 404 for an unknown model, 503 when it cannot be loaded now.
+    """
+    name = body.get("model")
+    if not isinstance(name, str) or not name:
+        raise bad("model is required", "model", "missing_required_parameter")
+    try:
+        return await stack.enter_async_context(h.inference.lease(name))
+    except UnknownModelError:
+        raise ApiError(404, f"the model {name!r} does not exist", param="model", code="model_not_found") from None
+    except ModelCapacityError as exc:
+        raise ApiError(503, str(exc), code="model_capacity", headers={"Retry-After": "30"}) from None
+    except ModelLoadFailedError as exc:
+        raise ApiError(503, str(exc), code="model_load_failed", headers={"Retry-After": "30"}) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A generation request, checked against its model."""
+
+    model: str
+    prompt_ids: tuple[int, ...]
+    params: dict[str, Any]
+    n: int
+    stream: bool
+    include_usage: bool
+    logprobs: int | None
+    chat: bool
+    request_data: dict[str, Any] = field(default_factory=dict)
+
+    def sampling(self, index: int) -> SamplingParams:
+        """The sampling parameters of choice ``index`` (n choices from one seed: reproducible and different)."""
+        from bitnet_actor.engine import SamplingParams
+
+        values = dict(self.params)
+        if values["seed"] is not None:
+            values["seed"] = values["seed"] + index
+        try:
+            return SamplingParams(**values)
+        except ValueError as exc:
+            raise bad(str(exc), "params") from None
+
+
+def chat_prompt(model: Model, messages: list[dict[str, str]]) -> list[int]:
+    """The token ids of ``messages`` through the model's chat template."""
+    return list(model.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+
+
+def _prompt_ids(kind: RequestType, body: dict[str, Any], model: Model) -> list[int]:
+    if kind is CHAT:
+        return chat_prompt(model, CHAT.parse(body, "messages"))
+    prompt = COMPLETION.parse(body, "prompt")
+    if isinstance(prompt, str):
+        ids: list[int] = model.tokenizer.encode(prompt)
+    else:
+        ids = prompt
+        if any(t >= model.vocab_size for t in ids):
+            raise bad("prompt token ids must be inside the vocabulary", "prompt")
+    if not ids:
+        raise bad("the prompt is empty", "prompt")
+    return ids
+
+
+def plan_generation(kind: RequestType, body: dict[str, Any], model: Model, name: str) -> Plan:
+    """Check a completion or chat body against ``model``.
+
+    Raises:
+        ApiError: 400 naming the field (``context_length_exceeded`` when the prompt does not fit).
+    """
+    chat = kind is CHAT
+    prompt_ids = _prompt_ids(kind, body, model)
+    max_name = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = kind.parse(body, max_name)
+    bias = kind.parse(body, "logit_bias")
+    for token in bias:
+        if token >= model.vocab_size:
+            raise bad(f"logit_bias token {token} is outside the vocabulary", "logit_bias")
+    if chat:
+        want, top = CHAT.parse(body, "logprobs"), CHAT.parse(body, "top_logprobs")
+        if top and not want:
+            raise bad("top_logprobs needs logprobs: true", "top_logprobs")
+        logprobs = top if want else None
+    else:
+        logprobs = COMPLETION.parse(body, "logprobs")
+    if chat:
+        CHAT.parse(body, "response_format")
+    params: dict[str, Any] = {
+        name: kind.parse(body, name)
+        for name in ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty")
+    }
+    params.update(
+        top_k=max(0, kind.parse(body, "top_k")),
+        seed=kind.parse(body, "seed"),
+        stop=kind.parse(body, "stop"),
+        logit_bias=bias,
+        logprobs=logprobs is not None,
+        top_logprobs=logprobs or 0,
+        ignore_eos=kind.parse(body, "ignore_eos"),
+    )
+    for compat in ("metadata", "store", "service_tier", "reasoning_effort"):
+        if compat in kind.by_name:
+            kind.parse(body, compat)
+    room = model.context_length - len(prompt_ids)
+    if room < 1:
+        raise bad(
+            f"the prompt has {len(prompt_ids)} tokens; the model's context is {model.context_length}",
+            "messages" if chat else "prompt",
+            "context_length_exceeded",
+        )
+    if max_tokens is None:
+        max_tokens = room
+    elif len(prompt_ids) + max_tokens > model.context_length:
+        raise bad(
+            f"the prompt ({len(prompt_ids)} tokens) plus {max_name} ({max_tokens}) exceeds the "
+            f"model's context of {model.context_length} tokens",
+            max_name,
+            "context_length_exceeded",
+        )
+    params["max_tokens"] = max_tokens
+    n = kind.parse(body, "n") if "n" in kind.by_name else 1
+    stream = kind.parse(body, "stream") if "stream" in kind.by_name else False
+    options = kind.parse(body, "stream_options") if "stream_options" in kind.by_name else None
+    if options and not stream:
+        raise bad("stream_options needs stream: true", "stream_options")
+    user = kind.parse(body, "user")
+    request_data = {k: v for k, v in params.items() if k not in ("stop", "logit_bias")}
+    request_data.update(n=n, stream=stream, prompt_tokens=len(prompt_ids), user=user)
+    include_usage = bool(options and options.get("include_usage"))
+    return Plan(name, tuple(prompt_ids), params, n, stream, include_usage, logprobs, chat, request_data)
+
+
+async def admit(h: Handles, access: OrgAccess, kind: RequestType, body: dict[str, Any], *, run_id: str) -> Run:
+    """Lease, plan, hold the organization's admission and submit: a started :class:`Run`.
+
+    ``body`` has passed ``kind.check``. The run owns what was taken (the lease, the admission) until
+    :meth:`Run.record`; on any failure here it is all given back before the error propagates.
+
+    Raises:
+        ApiError: 400 / 404 / 429 / 503.
+    """
+    stack = contextlib.AsyncExitStack()
+    try:
+        leased = await lease(stack, h, body)
+        plan = plan_generation(kind, body, leased.model, leased.name)
+        limits = await stack.enter_async_context(h.tenants.admit(access.org_id))
+        generate = Generate(
+            org_id=access.org_id,
+            prompt_ids=plan.prompt_ids,
+            params=tuple(plan.sampling(i) for i in range(plan.n)),
+            deadline=trio.current_time() + h.settings.request_timeout,
+            weight=limits.weight,
+            max_running=limits.max_running,
+        )
+        try:
+            recv = h.inference.submit_nowait(leased, generate)
+        except trio.WouldBlock:
+            raise ApiError(
+                429,
+                "the server is busy: too many requests are waiting for this model; retry shortly",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": "2"},
+            ) from None
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await stack.aclose()
+        raise
+    return Run(plan, leased, access, recv, run_id, int(time.time()), h, stack)
+
+
+def new_run_id(prefix: str) -> str:
+    """An id like OpenAI's (``chatcmpl-...``, ``cmpl-...``, ``resp_...``)."""
+    sep = "_" if prefix == "resp" else "-"
+    return f"{prefix}{sep}{uuid.uuid4().hex}"

@@ -1,0 +1,248 @@
+"""``/v1/completions`` and ``/v1/chat/completions``: one response body or SSE chunks, exactly as OpenAI's.
+
+Streaming is SSE: ``data: {json}\\n\\n`` chunks, ``data: [DONE]\\n\\n`` at the end;
+``stream_options.include_usage`` adds a last chunk with the usage and no choices. Usage is recorded for every
+request, whatever the client asked for and however it ended (:meth:`Run.record`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import trio
+from quart import Blueprint, Response, jsonify
+
+from actors.scheduler import Failed, Finished, Token
+from bitnet_actor.api.auth import handles
+from bitnet_actor.api.errors import ApiError, json_body
+from bitnet_actor.api.openai.admission import admit, inference_access, new_run_id
+from bitnet_actor.api.openai.protocol import CHAT, COMPLETION, RequestType
+from bitnet_actor.api.openai.sse import DONE, sse_event, sse_response
+
+if TYPE_CHECKING:
+    from bitnet_actor.api.openai.run import Choice, Run
+    from bitnet_actor.engine import Model
+
+__all__ = ["blueprint", "raise_failure"]
+
+blueprint = Blueprint("completions", __name__)
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+async def _start(kind: RequestType, prefix: str) -> Run:
+    access = await inference_access()
+    body = await json_body(max_bytes=MAX_BODY_BYTES)
+    kind.check(body)
+    return await admit(handles(), access, kind, body, run_id=new_run_id(prefix))
+
+
+def _piece(model: Model, token_id: int) -> str:
+    return str(model.tokenizer.decode([token_id], skip_special_tokens=False))
+
+
+def _chat_logprobs(model: Model, token_id: int, logprob: float | None, top: Any) -> dict[str, Any]:
+    text = _piece(model, token_id)
+    entry: dict[str, Any] = {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+    entry["top_logprobs"] = [
+        {"token": (t := _piece(model, tid)), "logprob": lp, "bytes": list(t.encode())} for tid, lp in (top or ())
+    ]
+    return entry
+
+
+def _completion_logprobs(model: Model, choice: Choice) -> dict[str, Any]:
+    tokens = [_piece(model, t) for t in choice.tokens]
+    offsets, at = [], 0
+    for t in tokens:
+        offsets.append(at)
+        at += len(t)
+    return {
+        "tokens": tokens,
+        "token_logprobs": choice.logprobs,
+        "top_logprobs": [{_piece(model, tid): lp for tid, lp in top} for top in choice.top],
+        "text_offset": offsets,
+    }
+
+
+async def _collect(run: Run) -> Response:
+    outcome = "completed"
+    try:
+        async with run.recv:
+            async for event in run.recv:
+                run.observe(event)
+                choice = run.choice(event.index)
+                if isinstance(event, Token):
+                    choice.text.append(event.text)
+                    if event.token_id >= 0:
+                        choice.tokens.append(event.token_id)
+                        if event.logprob is not None:
+                            choice.logprobs.append(event.logprob)
+                            choice.top.append(event.top_logprobs or ())
+                elif isinstance(event, Finished):
+                    choice.finish_reason = event.reason
+                elif isinstance(event, Failed):
+                    choice.error = event
+    except BaseException:
+        outcome = "cancelled"
+        raise
+    finally:
+        await run.record(outcome)  # noqa: ASYNC102  # record() shields its work, with a timeout
+    failures = [c.error for c in run.choices.values() if c.error is not None]
+    if failures:
+        raise_failure(failures[0])
+    model = run.lease.model
+    choices = []
+    for index in range(run.plan.n):
+        c = run.choice(index)
+        text = "".join(c.text)
+        if run.plan.chat:
+            logprobs = (
+                {
+                    "content": [
+                        _chat_logprobs(model, t, lp, top)
+                        for t, lp, top in zip(c.tokens, c.logprobs, c.top, strict=False)
+                    ]
+                }
+                if run.plan.logprobs is not None
+                else None
+            )
+            choices.append(
+                {
+                    "index": index,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": logprobs,
+                    "finish_reason": c.finish_reason,
+                }
+            )
+        else:
+            logprobs = _completion_logprobs(model, c) if run.plan.logprobs is not None else None
+            choices.append({"index": index, "text": text, "logprobs": logprobs, "finish_reason": c.finish_reason})
+    body = {
+        "id": run.id,
+        "object": "chat.completion" if run.plan.chat else "text_completion",
+        "created": run.created,
+        "model": run.plan.model,
+        "choices": choices,
+        "usage": run.usage(),
+        "system_fingerprint": None,
+    }
+    return jsonify(body)
+
+
+def raise_failure(failure: Failed) -> None:
+    if failure.code == "timeout":
+        raise ApiError(503, failure.message, code="timeout", headers={"Retry-After": "5"})
+    if failure.code == "invalid":
+        raise ApiError(400, failure.message)
+    raise ApiError(503, failure.message, code=failure.code, headers={"Retry-After": "5"})
+
+
+class SseStream:
+    """The SSE body: an async iterator (not a generator) so closing it never runs code inside a cancel scope
+    it doesn't own; Quart calls ``aclose`` when the stream ends or the client goes away."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.pending: list[bytes] = []
+        self.done = False
+        self.outcome = "cancelled"
+        self.sent_role: set[int] = set()
+
+    def __aiter__(self) -> SseStream:
+        return self
+
+    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        run = self.run
+        obj: dict[str, Any] = {
+            "id": run.id,
+            "object": "chat.completion.chunk" if run.plan.chat else "text_completion",
+            "created": run.created,
+            "model": run.plan.model,
+            "system_fingerprint": None,
+            "choices": choices,
+        }
+        if run.plan.include_usage:
+            obj["usage"] = None
+        obj.update(extra)
+        return sse_event(obj)
+
+    def _choice(self, index: int, text: str | None, finish: str | None, logprobs: Any = None) -> dict[str, Any]:
+        if self.run.plan.chat:
+            delta: dict[str, Any] = {}
+            if index not in self.sent_role:
+                self.sent_role.add(index)
+                delta["role"] = "assistant"
+                delta["content"] = text or ""
+            elif text is not None:
+                delta["content"] = text
+            return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        return {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
+
+    async def __anext__(self) -> bytes:
+        run = self.run
+        while not self.pending:
+            if self.done:
+                raise StopAsyncIteration
+            try:
+                got = await run.recv.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                self.done = True
+                failed = [c.error for c in run.choices.values() if c.error is not None]
+                if failed:
+                    err = {"message": failed[0].message, "type": "server_error", "param": None, "code": failed[0].code}
+                    self.pending.append(sse_event({"error": err}))
+                    self.outcome = "failed"
+                else:
+                    self.outcome = "completed"
+                    if run.plan.include_usage:
+                        self.pending.append(self._chunk([], usage=run.usage()))
+                self.pending.append(DONE)
+                await run.record(self.outcome)
+                break
+            run.observe(got)
+            choice = run.choice(got.index)
+            if isinstance(got, Token):
+                logprobs: dict[str, Any] | None = None
+                if got.token_id >= 0 and got.logprob is not None and run.plan.logprobs is not None:
+                    model = run.lease.model
+                    if run.plan.chat:
+                        logprobs = {"content": [_chat_logprobs(model, got.token_id, got.logprob, got.top_logprobs)]}
+                    else:
+                        piece = _piece(model, got.token_id)
+                        logprobs = {
+                            "tokens": [piece],
+                            "token_logprobs": [got.logprob],
+                            "top_logprobs": [{_piece(model, t): lp for t, lp in (got.top_logprobs or ())}],
+                            "text_offset": [sum(len(x) for x in choice.text)],
+                        }
+                choice.text.append(got.text)
+                if got.text or logprobs is not None or (run.plan.chat and got.index not in self.sent_role):
+                    self.pending.append(self._chunk([self._choice(got.index, got.text, None, logprobs)]))
+            elif isinstance(got, Finished):
+                choice.finish_reason = got.reason
+                self.pending.append(
+                    self._chunk([self._choice(got.index, "" if not run.plan.chat else None, got.reason)])
+                )
+            elif isinstance(got, Failed):
+                choice.error = got
+        return self.pending.pop(0)
+
+    async def aclose(self) -> None:
+        """End the stream: close our end (the scheduler frees the slots) and record usage."""
+        self.run.recv.close()
+        with trio.CancelScope(shield=True):
+            await self.run.record(self.outcome if self.done else "cancelled")
+
+
+@blueprint.post("/v1/completions")
+async def completions() -> Response:
+    """Text completion."""
+    run = await _start(COMPLETION, "cmpl")
+    return sse_response(SseStream(run)) if run.plan.stream else await _collect(run)
+
+
+@blueprint.post("/v1/chat/completions")
+async def chat_completions() -> Response:
+    """Chat completion through the model's chat template."""
+    run = await _start(CHAT, "chatcmpl")
+    return sse_response(SseStream(run)) if run.plan.stream else await _collect(run)

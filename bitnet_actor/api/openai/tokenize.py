@@ -1,0 +1,49 @@
+"""``/v1/tokenize`` and ``/v1/detokenize``: a model's tokenizer, as vLLM's server offers it."""
+
+from __future__ import annotations
+
+import contextlib
+
+from quart import Blueprint, Response, jsonify
+
+from bitnet_actor.api.auth import handles
+from bitnet_actor.api.errors import json_body
+from bitnet_actor.api.openai.admission import chat_prompt, inference_access, lease
+from bitnet_actor.api.openai.protocol import DETOKENIZE, TOKENIZE, bad
+
+__all__ = ["blueprint"]
+
+blueprint = Blueprint("tokenize", __name__)
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+@blueprint.post("/v1/tokenize")
+async def tokenize() -> Response:
+    """Token ids of a prompt (or of chat messages through the template)."""
+    await inference_access()
+    body = await json_body(max_bytes=MAX_BODY_BYTES)
+    TOKENIZE.check(body)
+    async with contextlib.AsyncExitStack() as stack:
+        model = (await lease(stack, handles(), body)).model
+        if "messages" in body:
+            ids = chat_prompt(model, TOKENIZE.parse(body, "messages"))
+        else:
+            prompt = TOKENIZE.parse(body, "prompt")
+            add = TOKENIZE.parse(body, "add_special_tokens")
+            ids = list(model.tokenizer.encode(prompt, add_special_tokens=add))
+        return jsonify({"tokens": ids, "count": len(ids), "max_model_len": model.context_length})
+
+
+@blueprint.post("/v1/detokenize")
+async def detokenize() -> Response:
+    """Text of token ids."""
+    await inference_access()
+    body = await json_body(max_bytes=MAX_BODY_BYTES)
+    DETOKENIZE.check(body)
+    async with contextlib.AsyncExitStack() as stack:
+        model = (await lease(stack, handles(), body)).model
+        tokens = DETOKENIZE.parse(body, "tokens")
+        if any(t >= model.vocab_size for t in tokens):
+            raise bad("token ids must be inside the vocabulary", "tokens")
+        return jsonify({"prompt": model.tokenizer.decode(tokens, skip_special_tokens=False)})
