@@ -14,6 +14,7 @@ softmax and SiLU, an exp that is within about 1 ulp of the C library's.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,6 +23,8 @@ from kernels_cython import reference as _kref
 from kernels_cython import reference_dense as _dref
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import numpy.typing as npt
 
     from bitnet_actor.engine.layers import DenseMatrix
@@ -55,12 +58,28 @@ __all__ = [
     "glu",
     "glu_norm",
     "layer_stack",
+    "numpy_reference",
     "rmsnorm",
     "rope",
     "run_layers",
     "set_num_threads",
     "ternary_linear",
 ]
+
+
+@contextlib.contextmanager
+def numpy_reference() -> Iterator[None]:
+    """Inside the block every op here runs its numpy reference (for checks of the compiled code).
+
+    It switches this module's implementations, so it affects every thread: not for use while serving.
+    """
+    global _fast, _kfast  # the one switch of the implementations picked at import
+    saved = _fast, _kfast
+    _fast, _kfast = None, None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        _fast, _kfast = saved
 
 
 def set_num_threads(n: int) -> None:
