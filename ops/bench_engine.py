@@ -127,10 +127,8 @@ def check_correctness() -> None:
         for name, fn in originals.items():
             setattr(ops, name, fn)
         model.set_compiled_layers(True)
-    saved = ops._fast, ops._kfast
     worst: dict[str, float] = {}
-    ops._fast, ops._kfast = None, None  # type: ignore[assignment]
-    try:
+    with ops.numpy_reference():
         for name, args, fast in calls:
             a = tuple(x.copy() if isinstance(x, np.ndarray) else x for x in args)
             r = originals[name](*a)
@@ -142,8 +140,6 @@ def check_correctness() -> None:
             if name == "ternary_linear" and err != 0.0:
                 sys.exit(f"FAILED: the fast ternary kernel differs from the reference ({err:.2e})")
             worst[name] = max(worst.get(name, 0.0), err)
-    finally:
-        ops._fast, ops._kfast = saved
     print(
         "correctness: compiled vs numpy reference on a forward's inputs (max error / max value): "
         + ", ".join(f"{k} {v:.1e}" for k, v in worst.items())

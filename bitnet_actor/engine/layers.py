@@ -23,6 +23,7 @@ import numpy as np
 
 from bitnet_actor.engine import ops
 from kernels_cython import reference as kref
+from kernels_cython import reference_dense as dref
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -162,14 +163,8 @@ class DenseMatrix:
 
     def q6_codes(self, r0: int, r1: int) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.uint8]]:
         """Rows ``[r0, r1)`` of a q6 matrix unpacked: codes int8 (r, Kp) in -31..31 and block scales uint8
-        (r, Kp / 16)."""
-        g = self.data.shape[1] // 52
-        grp = self.data[r0:r1].reshape(r1 - r0, g, 52)
-        lo, hb, d = grp[:, :, :32], grp[:, :, 32:48], grp[:, :, 48:]
-        low = np.concatenate([lo & 15, lo >> 4], axis=2)  # (r, g, 64)
-        high = np.concatenate([(hb >> s) & 3 for s in (0, 2, 4, 6)], axis=2)
-        codes = ((low | (high << 4)).astype(np.int16) - 32).astype(np.int8)
-        return codes.reshape(r1 - r0, g * 64), np.ascontiguousarray(d.reshape(r1 - r0, g * 4))
+        (r, Kp / 16) (the layout: :func:`kernels_cython.reference_dense.q6_unpack_ref`)."""
+        return dref.q6_unpack_ref(self.data[r0:r1])
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -198,7 +193,7 @@ class DenseMatrix:
         if self.kind == "f16":
             return d.astype(np.float32)
         if self.kind == "bf16":
-            return (d.astype(np.uint32) << np.uint32(16)).view(np.float32)
+            return dref.bf16_to_f32_ref(d)
         assert self.scales is not None
         if self.kind == "q6":
             codes, blk = self.q6_codes(r0, r1)
@@ -219,7 +214,7 @@ class DenseMatrix:
         elif self.kind == "f16":
             out[...] = d.astype(np.float32)
         elif self.kind == "bf16":
-            out[...] = (d.astype(np.uint32) << np.uint32(16)).view(np.float32)
+            out[...] = dref.bf16_to_f32_ref(d)
         elif self.kind == "q6":
             for i, r in enumerate(ids.tolist()):
                 out[i] = self.rows_f32(r, r + 1)[0]

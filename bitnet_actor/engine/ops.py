@@ -3,23 +3,28 @@
 Ternary products go to :mod:`kernels_cython`'s compiled kernels when the extension is built, else to
 :mod:`kernels_cython.reference` (same results, bit for bit).  The other ops (RMSNorm, RoPE, attention, gated
 activations, dense products) go to this package's compiled :mod:`bitnet_actor.engine._ops` when built, else
-to the numpy versions here.  Both follow transformers' float32 math: RMSNorm ``w * (x * rsqrt(mean(x^2) +
-eps))``, NeoX RoPE ``x * cos + rotate_half(x) * sin``, softmax attention scaled by ``head_dim ** -0.5``,
-``relu(g)^2 * u`` / ``silu(g) * u``; they differ from transformers only in float summation order and, in the
-compiled softmax and SiLU, an exp that is within about 1 ulp of the C library's.
+to their numpy definitions in :mod:`kernels_cython.reference_dense`, which the compiled and OpenCL versions are
+tested against.  They follow transformers' math: RMSNorm ``w * (x * rsqrt(mean(x^2) + eps))``, NeoX RoPE
+``x * cos + rotate_half(x) * sin``, softmax attention scaled by ``head_dim ** -0.5``, ``relu(g)^2 * u`` /
+``silu(g) * u``; the compiled ops differ from the definition only in float32 summation order and, in the
+softmax and SiLU, an exp that is within about 1 ulp of the C library's.
 
 :data:`FAST_KERNELS` / :data:`FAST_OPS` say which implementations are in use.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kernels_cython import reference as _kref
+from kernels_cython import reference_dense as _dref
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import numpy.typing as npt
 
     from bitnet_actor.engine.layers import DenseMatrix
@@ -53,6 +58,7 @@ __all__ = [
     "glu",
     "glu_norm",
     "layer_stack",
+    "numpy_reference",
     "rmsnorm",
     "rope",
     "run_layers",
@@ -60,7 +66,20 @@ __all__ = [
     "ternary_linear",
 ]
 
-_CHUNK = 2048
+
+@contextlib.contextmanager
+def numpy_reference() -> Iterator[None]:
+    """Inside the block every op here runs its numpy reference (for checks of the compiled code).
+
+    It switches this module's implementations, so it affects every thread: not for use while serving.
+    """
+    global _fast, _kfast  # the one switch of the implementations picked at import
+    saved = _fast, _kfast
+    _fast, _kfast = None, None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        _fast, _kfast = saved
 
 
 def set_num_threads(n: int) -> None:
@@ -108,9 +127,7 @@ def rmsnorm(x: npt.NDArray[np.float32], w: npt.NDArray[np.float32], eps: float) 
     """
     if _fast is not None:
         return _fast.rmsnorm(x, w, eps)
-    var = np.mean(np.square(x), axis=1, keepdims=True, dtype=np.float32)  # (M, 1)
-    inv = (np.float32(1) / np.sqrt(var + np.float32(eps))).astype(np.float32)
-    return (w * (x * inv)).astype(np.float32)
+    return _dref.rmsnorm_ref(x, w, eps)
 
 
 def rope(x: npt.NDArray[np.float32], cos: npt.NDArray[np.float32], sin: npt.NDArray[np.float32]) -> None:
@@ -124,13 +141,7 @@ def rope(x: npt.NDArray[np.float32], cos: npt.NDArray[np.float32], sin: npt.NDAr
     if _fast is not None:
         _fast.rope(x, cos, sin)
         return
-    half = x.shape[2] // 2
-    x1 = x[:, :, :half].copy()  # (M, H, D/2)
-    x2 = x[:, :, half:]  # (M, H, D/2)
-    c = cos[:, None, :]
-    s = sin[:, None, :]
-    x[:, :, :half] = x1 * c - x2 * s
-    x[:, :, half:] = x2 * c + x1 * s
+    x[...] = _dref.rope_ref(x, cos, sin)
 
 
 def attention(
@@ -154,27 +165,7 @@ def attention(
     if _fast is not None:
         _fast.attention(q, k, v, start, out)
         return
-    n, nh, d = q.shape
-    nkv = k.shape[0]
-    group = nh // nkv
-    t = start + n
-    scale = np.float32(d**-0.5)
-    o = out.reshape(n, nh, d)
-    mask = None
-    if n > 1:
-        pos = np.arange(start, t)[:, None]  # (n, 1)
-        mask = np.arange(t)[None, :] > pos  # (n, t)
-    for g in range(nkv):
-        kg = k[g, :t]  # (t, D)
-        vg = v[g, :t]  # (t, D)
-        qg = q[:, g * group : (g + 1) * group, :]  # (n, group, D)
-        sc = np.matmul(qg, kg.T) * scale  # (n, group, t)
-        if mask is not None:
-            sc[np.broadcast_to(mask[:, None, :], sc.shape)] = -np.inf
-        sc -= sc.max(axis=2, keepdims=True)
-        np.exp(sc, out=sc)
-        sc /= sc.sum(axis=2, keepdims=True)
-        o[:, g * group : (g + 1) * group, :] = np.matmul(sc, vg)
+    out[...] = _dref.attention_ref(q, k, v, start)
 
 
 def add_rmsnorm(
@@ -193,8 +184,8 @@ def add_rmsnorm(
     """
     if _fast is not None:
         return _fast.add_rmsnorm(x, y, w, eps)
-    x += y
-    return rmsnorm(x, w, eps)
+    x[...], normed = _dref.add_rmsnorm_ref(x, y, w, eps)
+    return normed
 
 
 def glu_norm(
@@ -267,15 +258,7 @@ def glu(gu: npt.NDArray[np.float32], act: str) -> npt.NDArray[np.float32]:
     """
     if _fast is not None:
         return _fast.glu(gu, act == "relu2")
-    f = gu.shape[1] // 2
-    g = gu[:, :f]
-    u = gu[:, f:]
-    if act == "relu2":
-        r = np.maximum(g, np.float32(0))
-        a = r * r
-    else:
-        a = g / (np.float32(1) + np.exp(-g))
-    return np.ascontiguousarray(a * u, dtype=np.float32)
+    return _dref.glu_ref(gu, act)
 
 
 def dense_matmul(x: npt.NDArray[np.float32], m: DenseMatrix) -> npt.NDArray[np.float32]:
@@ -290,28 +273,11 @@ def dense_matmul(x: npt.NDArray[np.float32], m: DenseMatrix) -> npt.NDArray[np.f
     """
     if _fast is not None:
         return _fast.dense_matmul(x, m.data, m.kind, m.scales, None, m.offsets)
-    if m.kind == "q8":
-        return _q8_matmul(x, m)
-    if m.kind == "q6":
-        return _q6_matmul(x, m)
-    if m.kind == "f32":
-        return np.matmul(x, m.data.T)
-    n = m.shape[0]
-    out = np.empty((x.shape[0], n), dtype=np.float32)
-    for r0 in range(0, n, _CHUNK):
-        r1 = min(n, r0 + _CHUNK)
-        out[:, r0:r1] = x @ m.rows_f32(r0, r1).T
-    return out
-
-
-def _q8_matmul(x: npt.NDArray[np.float32], m: DenseMatrix) -> npt.NDArray[np.float32]:
-    """int8 activations (per-row absmax / 127) times the int8 rows, as the compiled op."""
-    assert m.scales is not None
-    amax = np.abs(x).max(axis=1)
-    xs = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)  # (M,)
-    xq = np.clip(np.rint(x * (np.float32(1) / xs)[:, None]), -127, 127).astype(np.int32)  # (M, K)
-    acc = xq @ m.data[:, : m.cols].astype(np.int32).T  # (M, N) exact
-    return (acc.astype(np.float32) * xs[:, None] * m.scales[None, :]).astype(np.float32)
+    if m.kind in ("q8", "q6"):
+        assert m.scales is not None
+        ref = _dref.dense_matmul_q8_ref if m.kind == "q8" else _dref.dense_matmul_q6_ref
+        return ref(x, m.data, m.scales, m.cols)
+    return _dref.dense_matmul_ref(x, m.data, m.kind)
 
 
 def layer_stack(specs: list[tuple[Any, ...]], heads: tuple[int, int, int], relu2: bool, eps: float) -> Any | None:
@@ -358,24 +324,6 @@ def run_layers(
         timings: float64 (3,): seconds in the ternary products, attention and other ops are added, or None.
     """
     stack.forward(x, cos, sin, kcaches, vcaches, bounds, starts, timings)
-
-
-def _q6_matmul(x: npt.NDArray[np.float32], m: DenseMatrix) -> npt.NDArray[np.float32]:
-    """int8 activations (per-row absmax / 127) times the q6 rows' integer weights (block scale x code), exact in
-    int64, then the scales: the compiled op's definition."""
-    assert m.scales is not None
-    amax = np.abs(x).max(axis=1)
-    xs = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)  # (M,)
-    xq = np.clip(np.rint(x * (np.float32(1) / xs)[:, None]), -127, 127).astype(np.int64)  # (M, K)
-    n, k = m.shape
-    out = np.empty((x.shape[0], n), dtype=np.float32)
-    for r0 in range(0, n, _CHUNK):
-        r1 = min(n, r0 + _CHUNK)
-        codes, blk = m.q6_codes(r0, r1)
-        w = codes[:, :k].astype(np.int64) * np.repeat(blk, 16, axis=1)[:, :k].astype(np.int64)  # (r, K)
-        acc = xq @ w.T  # (M, r) exact
-        out[:, r0:r1] = acc.astype(np.float32) * xs[:, None] * m.scales[None, r0:r1]
-    return out
 
 
 def as_f32(a: Any) -> npt.NDArray[np.float32]:

@@ -1,14 +1,14 @@
-"""The compiled dense products (output layer, dense layers) on every path the CPU runs: the int8 one equals its
-numpy definition exactly; the float ones match float64 within float32 summation error and give a row the same
-bits alone and in a batch."""
+"""The compiled dense products (output layer, dense layers) on every path the CPU runs, against their numpy
+definitions in :mod:`kernels_cython.reference_dense`: the q8 and q6 ones equal them exactly; the float ones match
+within float32 summation error and give a row the same bits alone and in a batch."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bitnet_actor.engine import ops
 from bitnet_actor.engine.layers import DenseMatrix
+from kernels_cython import reference_dense as dref
 
 _ops = pytest.importorskip("bitnet_actor.engine._ops", reason="the compiled engine ops are not built")
 
@@ -29,7 +29,7 @@ def test_q8_product_equals_reference(path: str | None, m: int, n: int, k: int) -
     w = _q8(rng, n, k)
     x = (rng.standard_normal((m, k)) * 4).astype(np.float32)
     got = _ops.dense_matmul(x, w.data, "q8", w.scales, path=path)
-    np.testing.assert_array_equal(got, ops._q8_matmul(x, w))
+    np.testing.assert_array_equal(got, dref.dense_matmul_q8_ref(x, w.data, w.scales, w.cols))
 
 
 @pytest.mark.parametrize("path", ["portable", "avx2", "avx512"])
@@ -42,7 +42,7 @@ def test_q8_product_extremes(path: str) -> None:
     w = DenseMatrix.quantize_q8(DenseMatrix("f32", rows))
     for x in (np.full((1, k), -2.0, dtype=np.float32), np.full((2, k), 3.0, dtype=np.float32)):
         got = _ops.dense_matmul(x, w.data, "q8", w.scales, path=path)
-        np.testing.assert_array_equal(got, ops._q8_matmul(x, w))
+        np.testing.assert_array_equal(got, dref.dense_matmul_q8_ref(x, w.data, w.scales, w.cols))
 
 
 def test_q8_path_checked() -> None:
@@ -67,7 +67,7 @@ def _as_f64(kind: str, data: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("path", [None, "portable", "avx2", "avx512"])
 @pytest.mark.parametrize("kind", ["f32", "f16", "bf16"])
-@pytest.mark.parametrize(("n", "k"), [(1, 1), (7, 100), (130, 2560), (33, 47), (64, 1000)])
+@pytest.mark.parametrize(("n", "k"), [(1, 1), (7, 100), (130, 2560), (33, 47), (64, 1000), (5, 3001)])
 def test_float_products(path: str | None, kind: str, n: int, k: int) -> None:
     if path is not None and path not in _ops.DENSE_PATHS:
         pytest.skip(f"this CPU cannot run the {path} path")
@@ -75,9 +75,9 @@ def test_float_products(path: str | None, kind: str, n: int, k: int) -> None:
     data = _stored(kind, rng.standard_normal((n, k)).astype(np.float32))
     x = rng.standard_normal((3, k)).astype(np.float32)
     got = _ops.dense_matmul(x, data, kind, None, path=path)
-    expect = x.astype(np.float64) @ _as_f64(kind, data).T
-    # float32 summation error grows like sqrt(k) * eps * sum|x w| for random data (8x margin); one product left
-    # out or counted twice would be ~sum|x w| / k, far above it
+    expect = dref.dense_matmul_ref(x, data, kind).astype(np.float64)
+    # float32 summation error grows like sqrt(k) * eps * sum|x w| for random data (8x margin, which also covers
+    # the reference's own rounding to float32); one product left out or counted twice would be ~sum|x w| / k
     scale = np.abs(x).astype(np.float64) @ np.abs(_as_f64(kind, data)).T
     assert (np.abs(got - expect) <= 8 * np.sqrt(k) * 2.0**-24 * scale + 1e-30).all()
     for m in range(3):  # a row alone gives the same bits as inside the batch
@@ -105,7 +105,7 @@ def test_q6_product_equals_reference(path: str | None, m: int, n: int, k: int) -
     _, w = _q6(rng, n, k)
     x = (rng.standard_normal((m, k)) * 4).astype(np.float32)
     got = _ops.dense_matmul(x, w.data, "q6", w.scales, path=path, offsets=w.offsets)
-    np.testing.assert_array_equal(got, ops._q6_matmul(x, w))
+    np.testing.assert_array_equal(got, dref.dense_matmul_q6_ref(x, w.data, w.scales, w.cols))
     for i in range(m):  # alone == in the batch
         alone = _ops.dense_matmul(x[i : i + 1].copy(), w.data, "q6", w.scales, path=path, offsets=w.offsets)
         np.testing.assert_array_equal(alone, got[i : i + 1])
@@ -122,7 +122,7 @@ def test_q6_product_extremes(path: str) -> None:
     w = DenseMatrix.quantize_q6(DenseMatrix("f32", rows))
     for x in (np.full((1, k), -2.0, dtype=np.float32), np.full((2, k), 3.0, dtype=np.float32)):
         got = _ops.dense_matmul(x, w.data, "q6", w.scales, path=path, offsets=w.offsets)
-        np.testing.assert_array_equal(got, ops._q6_matmul(x, w))
+        np.testing.assert_array_equal(got, dref.dense_matmul_q6_ref(x, w.data, w.scales, w.cols))
         np.testing.assert_allclose(got, x @ rows.T, rtol=1e-6)
 
 
