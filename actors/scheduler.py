@@ -169,6 +169,10 @@ class Scheduler:
             len(self._running), self._waiting, self._steps, self._tokens, self._rejected, self._cancelled, kv
         )
 
+    def running_requests(self) -> tuple[GenerationRequest, ...]:
+        """The requests in the batch now (each holds a sequence and its KV cache)."""
+        return tuple(live.request for live in self._running)
+
     @property
     def busy(self) -> bool:
         """Whether any request is running or waiting."""

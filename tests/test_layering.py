@@ -59,10 +59,7 @@ def module_name(path: Path) -> str:
 
 
 # Type-only imports that point up, allowed for now: (importing module or its package, imported module).
-TYPE_ONLY_ALLOWED: set[tuple[str, str]] = {
-    ("bitnet_actor.api", "bitnet_actor.system"),  # [R] handles boundary: the routes annotate with System
-    ("bitnet_actor.app", "bitnet_actor.system"),  # [R] handles boundary: create_app(system: System)
-}
+TYPE_ONLY_ALLOWED: set[tuple[str, str]] = set()  # none: the web layer takes Handles (bitnet_actor.handles)
 
 OUR_PACKAGES = ("bitnet_actor", "actors", "kernels_cython", "kernels_opencl", "portal")
 

@@ -2,7 +2,7 @@
 may take, deadlines, slow and departed clients, admission limits and shutdown.
 
 Which requests share a step is read in the scheduler's ``on_step`` callback, which runs after each step and
-before its tokens are delivered: a request is in the batch while the scheduler has given it a ``sequence``.
+before its tokens are delivered: a request is in the batch while ``Scheduler.running_requests()`` lists it.
 Every request generates exactly ``max_tokens`` tokens (``ignore_eos``) and prompts fit one prefill chunk, so a
 request admitted at step ``s`` with ``max_tokens = t`` is in steps ``s .. s + t - 1``.
 """
@@ -83,11 +83,14 @@ class Steps:
 
     def __init__(self, clients: dict[str, Client]) -> None:
         self.clients = clients
+        self.scheduler: Scheduler | None = None  # set once the scheduler exists
         self.batches: list[frozenset[str]] = []
         self.stepped = trio.Event()  # set after the first step
 
     def __call__(self, batch_size: int, seconds: float) -> None:
-        running = frozenset(n for n, c in self.clients.items() if c.request.sequence is not None)
+        assert self.scheduler is not None
+        batch = {id(r) for r in self.scheduler.running_requests()}
+        running = frozenset(n for n, c in self.clients.items() if id(c.request) in batch)
         assert len(running) == batch_size
         self.batches.append(running)
         self.stepped.set()
@@ -128,6 +131,7 @@ async def test_tenants_are_admitted_round_robin(model: Model) -> None:
                                              ("C0", C)]}  # fmt: skip
     steps = Steps(clients)
     scheduler = Scheduler(model, max_batch=3, max_queue=16, on_step=steps)
+    steps.scheduler = scheduler
     submit(scheduler, clients)
     await serve(scheduler, clients)
     assert steps.runs() == [
@@ -144,6 +148,7 @@ async def test_a_plan_weight_admits_that_many_per_turn(model: Model) -> None:
                                                           ("B1", B, 1)]}  # fmt: skip
     steps = Steps(clients)
     scheduler = Scheduler(model, max_batch=4, max_queue=16, on_step=steps)
+    steps.scheduler = scheduler
     submit(scheduler, clients)
     await serve(scheduler, clients)
     # A: 2 per turn, B: 1, then A's turn again (with weight 1 it would be A0, B0, A1, B1)
@@ -168,6 +173,8 @@ async def test_one_tenant_never_takes_the_last_slot(model: Model) -> None:
         finished.append(name)
 
     scheduler = Scheduler(model, max_batch=3, max_queue=16, on_step=on_step)
+
+    steps.scheduler = scheduler
     submit(scheduler, clients)
     async with trio.open_nursery() as nursery:
         await nursery.start(scheduler.run)
@@ -194,6 +201,7 @@ async def test_deadlines_fail_running_and_waiting_requests(model: Model, autojum
     }
     steps = Steps(clients)
     scheduler = Scheduler(model, max_batch=2, max_queue=16, on_step=steps)
+    steps.scheduler = scheduler
     submit(scheduler, clients)
     async with trio.open_nursery() as nursery:
         await nursery.start(scheduler.run)
@@ -237,7 +245,8 @@ async def test_a_client_that_stops_reading_is_cancelled_and_the_others_go_on(mod
     assert isinstance(events[-1], Failed) and events[-1].code == "cancelled"
     assert isinstance(fast.last, Finished) and fast.tokens == 20
     assert scheduler.statistics().cancelled == 1
-    assert slow.request.sequence is None  # its KV cache was released
+    assert slow.request not in scheduler.running_requests()
+    assert scheduler.statistics().kv_bytes == 0  # its KV cache was released
 
 
 async def test_a_client_that_went_away_is_dropped(model: Model) -> None:
@@ -307,6 +316,7 @@ async def test_shutdown_fails_what_is_left(model: Model) -> None:
     clients = {"running": Client(A, max_tokens=50), "waiting": Client(A, max_tokens=50)}  # one slot per tenant
     steps = Steps(clients)
     scheduler = Scheduler(model, max_batch=2, on_step=steps)
+    steps.scheduler = scheduler
     submit(scheduler, clients)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(clients["running"].read)
@@ -319,4 +329,5 @@ async def test_shutdown_fails_what_is_left(model: Model) -> None:
     for c in clients.values():
         assert c.last == Failed(0, "the server is shutting down", "cancelled")
     assert clients["waiting"].tokens == 0
-    assert clients["running"].request.sequence is None
+    assert scheduler.running_requests() == ()
+    assert scheduler.statistics().kv_bytes == 0  # every KV cache released
