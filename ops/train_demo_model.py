@@ -20,7 +20,7 @@ minutes:
 4. **Export.**  transformers' offline packed format: ternary codes as uint8 ``(ceil(out/4), in)`` (row ``p``
    holds output rows ``p + i*out/4`` in bit pairs ``2i``, codes 0/1/2 for -1/0/+1) with a ``weight_scale``
    (``linear_class: bitlinear``: the reciprocal of the absmean scale, which transformers divides by); embeddings
-   and norms in bfloat16.
+   and norms in bfloat16.  The packing is the project's own (:func:`kernels_cython.reference.to_hf_packed`).
 5. **Checks.**  The exported directory is loaded with ``AutoModelForCausalLM.from_pretrained`` and its logits
    are compared with this script's quantized forward; greedy and sampled continuations are printed; the
    project's own engine (:func:`bitnet_actor.engine.load_model`) is tried on it when importable.
@@ -35,7 +35,8 @@ Usage::
     TORCHDYNAMO_DISABLE=1 .venv/bin/python ops/train_demo_model.py --minutes 9.5 --threads 2
     TORCHDYNAMO_DISABLE=1 .venv/bin/python ops/train_demo_model.py --steps 1800 --threads 2 --out /tmp/demo
 
-Needs torch (CPU is fine), tokenizers, safetensors and, for the checks, transformers and accelerate.
+Needs torch (CPU is fine), tokenizers, safetensors, numpy (for the project's packer) and, for the checks, transformers
+and accelerate.
 """
 
 from __future__ import annotations
@@ -59,9 +60,14 @@ from typing import TYPE_CHECKING
 
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # transformers' BitNet helpers are @torch.compile'd
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's packages, when not installed
+
+from kernels_cython.reference import TernaryMatrix, from_hf_packed, to_hf_packed
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -677,21 +683,17 @@ def train(model: DemoBitNet, data: torch.Tensor, bos_id: int, args: argparse.Nam
 
 
 def pack_ternary(codes: torch.Tensor) -> torch.Tensor:
-    """Pack ternary codes (N, K) in {-1, 0, 1} into uint8 (ceil(N/4), K), transformers' ``pack_weights`` layout."""
-    n, k = codes.shape
-    rows = -(-n // 4)
-    padded = torch.zeros(rows * 4, k, dtype=torch.uint8)  # padding rows hold code 0 (-1), never read
-    padded[:n] = (codes + 1).to(torch.uint8)
-    packed = torch.zeros(rows, k, dtype=torch.uint8)
-    for i in range(4):
-        packed |= padded[i * rows : (i + 1) * rows] << (2 * i)
-    return packed
+    """Pack ternary codes (N, K) in {-1, 0, 1} into uint8 (ceil(N/4), K), transformers' ``pack_weights`` layout.
+
+    The project's packer (:func:`kernels_cython.reference.to_hf_packed`) does the work; padding rows get zero bits.
+    """
+    packed, _ = to_hf_packed(TernaryMatrix.from_codes(codes.numpy().astype(np.int8)))
+    return torch.from_numpy(packed)
 
 
 def unpack_ternary(packed: torch.Tensor, n: int) -> torch.Tensor:
-    """Inverse of :func:`pack_ternary` (float32 codes (n, K))."""
-    parts = [((packed >> (2 * i)) & 3).to(torch.float32) - 1 for i in range(4)]
-    return torch.cat(parts, dim=0)[:n]
+    """Inverse of :func:`pack_ternary` (float32 codes (n, K)), by :func:`kernels_cython.reference.from_hf_packed`."""
+    return torch.from_numpy(from_hf_packed(packed.numpy(), 1.0, n).to_codes()).float()
 
 
 def ternarize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
