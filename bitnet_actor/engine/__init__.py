@@ -58,8 +58,9 @@ from bitnet_actor.engine.errors import (
     ModelLoadError,
     UnsupportedModelError,
 )
-from bitnet_actor.engine.model import Model, ModelInfo, Sequence, StepOutput
+from bitnet_actor.engine.model import Model, ModelInfo
 from bitnet_actor.engine.sampling import SamplingParams
+from bitnet_actor.engine.sequence import Sequence, StepOutput
 
 __all__ = [
     "ContextLengthError",
