@@ -81,7 +81,8 @@ build() {
     rm -rf "$dest"
     # Position-independent code: the runtime links static helper libraries into a shared object.  Only the
     # host CPU drivers (basic, pthread); no tests, examples or SPIR-V (the kernels are OpenCL C).
-    if ! (cmake -S "$src/pocl" -B "$src/build" -G Ninja \
+    # From inside the scratch dir: PoCL's configure checks write their compile tests to the working directory.
+    if ! (cd "$src" && cmake -S "$src/pocl" -B "$src/build" -G Ninja \
             -DCMAKE_BUILD_TYPE=Release -DCMAKE_POSITION_INDEPENDENT_CODE=ON \
             -DCMAKE_INSTALL_PREFIX="$dest" \
             -DWITH_LLVM_CONFIG="/usr/bin/llvm-config-$LLVM_VERSION" \
