@@ -80,9 +80,18 @@ class Field:
             return self.default
         return self._check(value)
 
+    def nullable(self) -> bool:
+        """Whether ``null`` is accepted (meaning: the default), as OpenAI accepts it for optional fields."""
+        return True
+
     def schema(self) -> dict[str, Any]:
         """The field's JSON schema."""
         out = self._schema()
+        if self.nullable():
+            if isinstance(out.get("type"), str):
+                out["type"] = [out["type"], "null"]
+            elif "oneOf" in out:
+                out["oneOf"] = [*out["oneOf"], {"type": "null"}]
         if self.description:
             out["description"] = self.description
         if self.default is not None and not isinstance(self.default, (list, dict, tuple)):
@@ -126,6 +135,8 @@ class Integer(Field):
     hi: int = 2**63 - 1
 
     def _check(self, value: Any) -> int:
+        if isinstance(value, float) and value.is_integer():  # 16.0 is an integer in JSON Schema too
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad(f"{self.name} must be an integer", self.name, "invalid_type")
         if not self.lo <= value <= self.hi:
@@ -156,6 +167,10 @@ class String(Field):
     max_length: int = 1 << 20
     required: bool = False
     required_message: str = ""
+
+    def nullable(self) -> bool:
+        """A required string is never null."""
+        return not self.required
 
     def parse(self, body: dict[str, Any]) -> Any:
         """As :meth:`Field.parse`; a required string that is absent, empty or not a string is a 400."""
@@ -265,6 +280,10 @@ class ResponseFormat(Field):
 class Messages(Field):
     """Chat messages: system / developer (as system) / user / assistant, text content (a string or text parts)."""
 
+    def nullable(self) -> bool:
+        """Never null: the request is about it."""
+        return False
+
     def parse(self, body: dict[str, Any]) -> list[dict[str, str]]:
         """The messages as ``{"role", "content"}`` dicts (a missing or empty list is a 400)."""
         messages = body.get(self.name)
@@ -325,6 +344,10 @@ class Prompt(Field):
 
     text_only: bool = False
 
+    def nullable(self) -> bool:
+        """Never null: the request is about it."""
+        return False
+
     def parse(self, body: dict[str, Any]) -> str | list[int]:
         """The prompt (a missing, empty or malformed one is a 400)."""
         prompt = body.get(self.name)
@@ -358,6 +381,10 @@ class Prompt(Field):
 @dataclass(frozen=True)
 class TokenIds(Field):
     """A list of token ids (checked against the vocabulary later)."""
+
+    def nullable(self) -> bool:
+        """Never null: the request is about it."""
+        return False
 
     def parse(self, body: dict[str, Any]) -> list[int]:
         """The ids (missing or malformed: a 400)."""
