@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from actors.scheduler import Event
     from bitnet_actor.config import Settings
     from bitnet_actor.observability import Metrics
-    from bitnet_actor.services.bundle import AuthServices
+    from bitnet_actor.services.authn import AuthServices
     from bitnet_actor.services.plans import PlanLimits
     from bitnet_actor.services.usage import UsageEntry
     from bitnet_actor.stores.objects import ObjectStore

@@ -32,6 +32,7 @@ import trio_asyncio
 
 from actors import RestartPolicy, Supervisor
 from actors.inference import Inference, Models
+from actors.key_cache import KeyCache
 from actors.model_cache import ModelCache
 from actors.scheduler import Scheduler
 from actors.tenant import Tenants
@@ -40,8 +41,7 @@ from bitnet_actor.config import parse_models, parse_size
 from bitnet_actor.errors import StartupError
 from bitnet_actor.handles import Handles, Readiness
 from bitnet_actor.observability import Metrics
-from bitnet_actor.services.api_keys import KeyCache
-from bitnet_actor.services.bundle import AuthServices
+from bitnet_actor.services.authn import AuthServices
 from bitnet_actor.services.email import LogEmailSender
 from bitnet_actor.services.jwt import JwtService
 from bitnet_actor.services.oidc import OidcClient, OidcSettings
@@ -148,8 +148,16 @@ async def _preload(cache: ModelCache, name: str, warming: set[str]) -> None:
         warming.discard(name)  # loaded or failed: readiness no longer waits for it
 
 
-def build_auth(settings: Settings, stores: Stores, key: bytes, *, mailer: EmailSender | None = None) -> AuthServices:
-    """The authentication services over ``stores``."""
+def build_auth(
+    settings: Settings,
+    stores: Stores,
+    key: bytes,
+    *,
+    mailer: EmailSender | None = None,
+    keys: KeyCache | None = None,
+) -> AuthServices:
+    """The authentication services over ``stores`` (``keys``: the API-key cache whose ``run`` the caller
+    starts; a new one when not given)."""
     base = settings.base_url
     oidc = None
     if settings.oidc_issuer:
@@ -161,7 +169,7 @@ def build_auth(settings: Settings, stores: Stores, key: bytes, *, mailer: EmailS
         )
         oidc = OidcClient(oidc_settings, stores.redis)
     return AuthServices(
-        keys=KeyCache(stores.db, stores.redis),
+        keys=keys or KeyCache(stores.db, stores.redis),
         sessions=SessionStore(stores.redis),
         throttle=LoginThrottle(redis=stores.redis),
         mailer=mailer or LogEmailSender(),
@@ -342,7 +350,8 @@ async def run_system(
     with _DataDirLock(settings.data_dir):
         async with trio_asyncio.open_loop(), open_stores(settings, platform_models=models) as stores:
             key = secret_key(settings)
-            auth = build_auth(settings, stores, key)
+            keys = KeyCache(stores.db, stores.redis)
+            auth = build_auth(settings, stores, key, keys=keys)
             metrics = Metrics()
             cache = build_model_cache(settings, metrics, models)
             tenants = Tenants(stores.db)
@@ -355,7 +364,6 @@ async def run_system(
                 # Long-lived listeners restart on failure (a Redis hiccup must not take the server down);
                 # the model cache owns the schedulers and is not restarted behind their callers' backs.
                 policy = RestartPolicy(max_restarts=10, window_s=60.0, backoff_s=0.5, backoff_max_s=10.0)
-                keys = auth.keys
                 supervisors = [
                     Supervisor("api-key-invalidation", lambda: keys, policy),
                     Supervisor("tenants", lambda: tenants, policy),

@@ -14,17 +14,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 from uuid import UUID, uuid4
 
-import trio
-
 from bitnet_actor.services import audit
-from bitnet_actor.services.errors import AuthenticationError, NotFoundError, ValidationError
+from bitnet_actor.services.errors import NotFoundError, ValidationError
 from bitnet_actor.services.permissions import SCOPES
 
 if TYPE_CHECKING:
@@ -34,15 +31,18 @@ if TYPE_CHECKING:
     from bitnet_actor.stores.redis import RedisStore
 
 __all__ = [
+    "INVALIDATION_CHANNEL",
     "KEY_PREFIX",
     "ApiKey",
-    "KeyCache",
+    "KeyAuthority",
     "KeyPrincipal",
     "create_key",
     "format_ok",
     "generate_key",
     "hash_key",
     "list_keys",
+    "principal_by_hash",
+    "record_last_used",
     "revoke_key",
     "rotate_key",
 ]
@@ -202,7 +202,7 @@ async def list_keys(db: Database, org_id: UUID) -> list[ApiKey]:
     return [ApiKey.from_row(r) for r in rows]
 
 
-async def _publish_invalidation(redis: RedisStore, key_hashes: list[bytes], cache: KeyCache | None) -> None:
+async def _publish_invalidation(redis: RedisStore, key_hashes: list[bytes], cache: KeyAuthority | None) -> None:
     for key_hash in key_hashes:
         if cache is not None:
             cache.invalidate(key_hash)  # this replica at once; the others through pub/sub
@@ -210,7 +210,13 @@ async def _publish_invalidation(redis: RedisStore, key_hashes: list[bytes], cach
 
 
 async def revoke_key(
-    db: Database, redis: RedisStore, *, org_id: UUID, key_id: UUID, actor: audit.Actor, cache: KeyCache | None = None
+    db: Database,
+    redis: RedisStore,
+    *,
+    org_id: UUID,
+    key_id: UUID,
+    actor: audit.Actor,
+    cache: KeyAuthority | None = None,
 ) -> ApiKey:
     """Revoke a key now, everywhere.
 
@@ -253,7 +259,7 @@ async def rotate_key(
     key_id: UUID,
     actor: audit.Actor,
     grace_s: int = 86400,
-    cache: KeyCache | None = None,
+    cache: KeyAuthority | None = None,
 ) -> tuple[str, ApiKey]:
     """Replace a key by a new one with the same name and scopes; the old one keeps working ``grace_s``.
 
@@ -318,106 +324,32 @@ class KeyPrincipal:
     expires_at: datetime | None
 
 
-@dataclass(slots=True)
-class _Entry:
-    principal: KeyPrincipal | None  # None: known-bad key (cached briefly)
-    cached_at: float
-    key_hash: bytes = field(default=b"")
-
-
-class KeyCache:
-    """In-memory API-key checks with cross-replica invalidation.
-
-    ``authenticate`` is the hot path; ``run`` (a long-lived task in the system's nursery) listens for
-    invalidations and writes ``last_used_at`` in batches.
-    """
-
-    def __init__(
-        self,
-        db: Database,
-        redis: RedisStore,
-        *,
-        ttl_s: float = 30.0,
-        negative_ttl_s: float = 5.0,
-        max_entries: int = 100_000,
-    ) -> None:
-        self.db = db
-        self.redis = redis
-        self.ttl_s = ttl_s
-        self.negative_ttl_s = negative_ttl_s
-        self.max_entries = max_entries
-        self._entries: dict[bytes, _Entry] = {}
-        self._used: dict[UUID, UUID] = {}  # key id -> org id, used since the last flush
-        self.hits = 0
-        self.misses = 0
+class KeyAuthority(Protocol):
+    """What checks API keys for the web layer (the key cache actor, :class:`actors.key_cache.KeyCache`)."""
 
     async def authenticate(self, key: str) -> KeyPrincipal:
-        """The principal of ``key``.
-
-        Raises:
-            AuthenticationError: malformed, unknown, revoked or expired (one message for all).
-        """
-        if not format_ok(key):
-            raise AuthenticationError("invalid API key")
-        key_hash = hash_key(key)
-        now = time.monotonic()
-        entry = self._entries.get(key_hash)
-        ttl = self.ttl_s if entry is not None and entry.principal is not None else self.negative_ttl_s
-        if entry is None or now - entry.cached_at > ttl:
-            self.misses += 1
-            entry = _Entry(await self._load(key_hash), now, key_hash)
-            if len(self._entries) >= self.max_entries:
-                self._entries.clear()  # crude but bounded; a full cache refills from the database
-            self._entries[key_hash] = entry
-        else:
-            self.hits += 1
-        principal = entry.principal
-        if principal is None or (principal.expires_at is not None and principal.expires_at <= datetime.now(UTC)):
-            raise AuthenticationError("invalid API key")
-        self._used[principal.key_id] = principal.org_id
-        return principal
-
-    async def _load(self, key_hash: bytes) -> KeyPrincipal | None:
-        row = await self.db.fetchrow("SELECT * FROM bitnet_api_key_by_hash($1)", key_hash)
-        if row is None or row["revoked_at"] is not None:
-            return None
-        return KeyPrincipal(row["id"], row["org_id"], row["name"], frozenset(row["scopes"]), row["expires_at"])
+        """The principal of ``key`` (``AuthenticationError``: malformed, unknown, revoked or expired)."""
+        ...
 
     def invalidate(self, key_hash: bytes) -> None:
-        """Forget one key (its next check goes to the database)."""
-        self._entries.pop(key_hash, None)
+        """Forget one key on this replica (its next check goes to the database)."""
+        ...
 
-    async def run(
-        self, *, flush_every_s: float = 30.0, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Listen for invalidations and flush ``last_used_at`` until cancelled."""
-        async with self.redis.subscribe(INVALIDATION_CHANNEL) as messages, trio.open_nursery() as nursery:
-            nursery.start_soon(self._flush_loop, flush_every_s)
-            task_status.started()
-            async for _, data in messages:
-                try:
-                    self.invalidate(bytes.fromhex(data.decode() if isinstance(data, bytes) else str(data)))
-                except ValueError:
-                    log.warning("ignoring a malformed API-key invalidation message")
 
-    async def _flush_loop(self, every_s: float) -> None:
-        while True:
-            await trio.sleep(every_s)
-            try:
-                await self.flush_last_used()
-            except Exception:
-                log.exception("could not record API keys' last use; will retry")
+async def principal_by_hash(db: Database, key_hash: bytes) -> KeyPrincipal | None:
+    """The principal of the key whose hash is ``key_hash``, or None when unknown or revoked (expiry is the
+    caller's check: it changes with time, not with the row)."""
+    row = await db.fetchrow("SELECT * FROM bitnet_api_key_by_hash($1)", key_hash)
+    if row is None or row["revoked_at"] is not None:
+        return None
+    return KeyPrincipal(row["id"], row["org_id"], row["name"], frozenset(row["scopes"]), row["expires_at"])
 
-    async def flush_last_used(self) -> None:
-        """Write ``last_used_at = now()`` for the keys used since the last flush."""
-        used, self._used = self._used, {}
-        by_org: dict[UUID, list[UUID]] = {}
-        for key_id, org_id in used.items():
-            by_org.setdefault(org_id, []).append(key_id)
-        for org_id, ids in by_org.items():
-            async with self.db.transaction(org_id=org_id) as tx:
-                await tx.execute("UPDATE api_keys SET last_used_at = now() WHERE id = ANY($1::uuid[])", ids)
 
-    def statistics(self) -> dict[str, Any]:
-        """Entries, hits and misses, for metrics."""
-        return {"entries": len(self._entries), "hits": self.hits, "misses": self.misses}
+async def record_last_used(db: Database, used: dict[UUID, UUID]) -> None:
+    """Write ``last_used_at = now()`` for the keys in ``used`` (key id -> organization id)."""
+    by_org: dict[UUID, list[UUID]] = {}
+    for key_id, org_id in used.items():
+        by_org.setdefault(org_id, []).append(key_id)
+    for org_id, ids in by_org.items():
+        async with db.transaction(org_id=org_id) as tx:
+            await tx.execute("UPDATE api_keys SET last_used_at = now() WHERE id = ANY($1::uuid[])", ids)

@@ -17,10 +17,28 @@ from bitnet_actor.services.errors import AuthenticationError, PermissionDeniedEr
 from bitnet_actor.services.jwt import KeyDecryptionError
 
 if TYPE_CHECKING:
-    from bitnet_actor.services.bundle import AuthServices
-    from bitnet_actor.services.sessions import Session
+    from bitnet_actor.services.api_keys import KeyAuthority
+    from bitnet_actor.services.email import EmailSender
+    from bitnet_actor.services.jwt import JwtService
+    from bitnet_actor.services.oidc import OidcClient
+    from bitnet_actor.services.refresh import RefreshTokens
+    from bitnet_actor.services.sessions import Session, SessionStore
+    from bitnet_actor.services.throttle import LoginThrottle
 
-__all__ = ["CsrfError", "Principal", "from_bearer", "from_session"]
+__all__ = ["AuthServices", "CsrfError", "Principal", "from_bearer", "from_session"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthServices:
+    """The authentication services of one running system, built once by ``bitnet_actor.system``."""
+
+    keys: KeyAuthority
+    sessions: SessionStore
+    throttle: LoginThrottle
+    mailer: EmailSender
+    jwt: JwtService | None = None
+    refresh: RefreshTokens | None = None
+    oidc: OidcClient | None = None
 
 
 class CsrfError(PermissionDeniedError):

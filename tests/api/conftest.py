@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import trio
 
+from actors.key_cache import KeyCache
 from actors.tenant import Tenants
 from bitnet_actor.app import create_app
 from bitnet_actor.config import Settings
@@ -116,7 +117,8 @@ async def open_harness(settings: Settings) -> AsyncIterator[Harness]:
     """The app over real stores with ``settings``, its key cache listening, a test client."""
     mailer = MemoryEmailSender()
     async with open_stores(settings) as stores:
-        auth = build_auth(settings, stores, b"k" * 32, mailer=mailer)
+        keys = KeyCache(stores.db, stores.redis)
+        auth = build_auth(settings, stores, b"k" * 32, mailer=mailer, keys=keys)
         metrics = Metrics()
         system = build_handles(
             settings,
@@ -127,7 +129,7 @@ async def open_harness(settings: Settings) -> AsyncIterator[Harness]:
             tenants=Tenants(stores.db),
         )
         async with trio.open_nursery() as inner:
-            await inner.start(auth.keys.run)
+            await inner.start(keys.run)
             app = create_app(system)
             async with app.test_app():
                 yield Harness(app.test_client(use_cookies=False), mailer, system)

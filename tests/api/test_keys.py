@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import trio
 
+from actors.key_cache import KeyCache
 from bitnet_actor.services import api_keys
-from bitnet_actor.services.api_keys import KeyCache, format_ok, generate_key
+from bitnet_actor.services.api_keys import format_ok, generate_key
 from bitnet_actor.services.errors import AuthenticationError
 from tests.api.conftest import Caller, Harness
 
