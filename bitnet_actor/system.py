@@ -41,6 +41,7 @@ from bitnet_actor.config import parse_models, parse_size
 from bitnet_actor.errors import StartupError
 from bitnet_actor.handles import Handles, Readiness
 from bitnet_actor.observability import Metrics
+from bitnet_actor.services import platform_models
 from bitnet_actor.services.authn import AuthServices
 from bitnet_actor.services.email import LogEmailSender
 from bitnet_actor.services.jwt import JwtService
@@ -348,7 +349,8 @@ async def run_system(
     stop = stop if stop is not None else trio.Event()
     models = served_models(settings)
     with _DataDirLock(settings.data_dir):
-        async with trio_asyncio.open_loop(), open_stores(settings, platform_models=models) as stores:
+        register_models = partial(platform_models.register, models=models)
+        async with trio_asyncio.open_loop(), open_stores(settings, as_owner=register_models) as stores:
             key = secret_key(settings)
             keys = KeyCache(stores.db, stores.redis)
             auth = build_auth(settings, stores, key, keys=keys)

@@ -112,18 +112,11 @@ def app_dsn(owner_dsn: str, user: str, password: str = "") -> str:
     return urlunsplit(parts._replace(netloc=f"{auth}@{host}"))
 
 
-async def _migrate_as_owner(dsn: str, platform_models: dict[str, str] | None = None) -> None:
+async def _migrate_as_owner(dsn: str, as_owner: Callable[[Database], Awaitable[None]] | None = None) -> None:
     async with open_database(dsn, min_size=1, max_size=1) as owner:
         applied = await migrate(owner)
-        # Platform-wide models (organization NULL) are written as the owner: the service role may only write
-        # its own organization's rows.
-        for name, path in (platform_models or {}).items():
-            await owner.execute(
-                "INSERT INTO models (org_id, name, version, file_path) VALUES (NULL, $1, '1', $2)"
-                " ON CONFLICT ON CONSTRAINT models_org_name_version_key DO UPDATE SET file_path = EXCLUDED.file_path",
-                name,
-                path,
-            )
+        if as_owner is not None:
+            await as_owner(owner)
     if applied:
         log.info("applied migrations %s", applied)
 
@@ -145,10 +138,13 @@ async def open_database_only(settings: Settings, *, as_owner: bool = False) -> A
 
 
 @asynccontextmanager
-async def open_stores(settings: Settings, *, platform_models: dict[str, str] | None = None) -> AsyncIterator[Stores]:
+async def open_stores(
+    settings: Settings, *, as_owner: Callable[[Database], Awaitable[None]] | None = None
+) -> AsyncIterator[Stores]:
     """Open PostgreSQL, Redis and the object store for the block; embedded ones where none is configured.
 
-    Migrations run first, as the owner of the tables (``BITNET_DATABASE_URL``'s user); the pool the service
+    Migrations run first, as the owner of the tables (``BITNET_DATABASE_URL``'s user), then ``as_owner`` on
+    that connection (writes the service role may not make, such as platform-wide rows); the pool the service
     uses then connects as the service role (``BITNET_DATABASE_APP_USER``), to which row-level security
     applies.
 
@@ -166,7 +162,7 @@ async def open_stores(settings: Settings, *, platform_models: dict[str, str] | N
         if not redis_url:
             redis_url = await _embedded_redis(stack, settings.data_dir)
             embedded.append("redis")
-        await _migrate_as_owner(dsn, platform_models)
+        await _migrate_as_owner(dsn, as_owner)
         app = app_dsn(dsn, settings.database_app_user, settings.database_app_password)
         db = await stack.enter_async_context(open_database(app))
         redis = await stack.enter_async_context(open_redis(redis_url))

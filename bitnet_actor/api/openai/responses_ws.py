@@ -46,8 +46,25 @@ def _error(message: str, *, code: str = "invalid_request_error", param: str | No
     }
 
 
+_SEND_TIMEOUT_S = 30.0
+
+
+class _ClientStuckError(Exception):
+    """A send did not finish within ``_SEND_TIMEOUT_S``: the connection is given up."""
+
+
 async def _send(event: dict[str, Any]) -> None:
-    await websocket.send(json.dumps(event, ensure_ascii=False))
+    # Hypercorn compresses a frame (permessage-deflate) in the sending task and then writes it: a send
+    # cancelled between the two (a response.cancel arriving mid-delta) advances the compressor without
+    # sending, and the client can no longer decompress anything. So a send always finishes, unless the
+    # client stops reading altogether, and then the connection ends.
+    data = json.dumps(event, ensure_ascii=False)
+    with trio.CancelScope(shield=True) as scope:
+        scope.deadline = trio.current_time() + _SEND_TIMEOUT_S
+        await websocket.send(data)
+    if scope.cancelled_caught:
+        raise _ClientStuckError(f"the client read nothing for {_SEND_TIMEOUT_S:g} s")
+    await trio.lowlevel.checkpoint_if_cancelled()
 
 
 async def _authenticate(h: Handles, first: dict[str, Any] | None) -> OrgAccess:
