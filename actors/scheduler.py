@@ -13,8 +13,9 @@ reply channel with ``send_nowait``: a caller that went away (closed receive end)
 channel) gets its sequence cancelled and its slot freed before the next step. Deadlines are checked at every
 step.
 
-Restart policy: a crash of the step loop fails every request in flight (their callers see ``Failed``) and the
-supervisor may restart the actor; the queue of waiting requests survives in the actor's mailbox.
+Restart policy: none; it is not supervised. A step that raises fails the requests of that batch (their
+callers see ``Failed``, code ``internal``) and the loop goes on with the next step; the model cache that owns
+this actor starts it with the model's load and stops it (``close``) with its eviction.
 """
 
 from __future__ import annotations

@@ -10,7 +10,15 @@ The tree::
     │   ├── ConflictError             a unique / foreign-key / check constraint rejected a write
     │   ├── QueryError                the database rejected a query for another reason
     │   └── ObjectNotFoundError       no object with that key in the object store
-    └── StartupError                  the service could not start (port in use, data dir unusable, ...)
+    ├── StartupError                  the service could not start (port in use, data dir unusable, ...)
+    ├── ServiceError                  a domain rule refused (bitnet_actor/services/errors.py draws it)
+    ├── EngineError                   model loading and generation (bitnet_actor/engine/errors.py)
+    ├── ActorError                    an actor could not do what was asked (actors/errors.py)
+    └── InvalidTokenError, KeyDecryptionError, OidcError, TokenizerError   (their services' modules)
+
+Outside it on purpose: ``ApiError`` (bitnet_actor/api/errors.py) is the HTTP boundary's answer, not a failure
+of ours, and the kernels' ``OpenCLError`` tree (kernels import nothing of ours) is mapped to ``DeviceError``
+where the engine opens a device.
 
 Foreign errors (asyncpg, redis, botocore, OSError) are mapped to these at the store boundary, so layers above
 never catch a driver's exception type.

@@ -343,7 +343,7 @@ async def run_system(
     """
     check_data_dir(settings.data_dir)
     if settings.device == "opencl":  # fail at start, naming the device and the compiler log, not at each load
-        from bitnet_actor.engine.api import open_opencl
+        from bitnet_actor.engine.loading import open_opencl
 
         await trio.to_thread.run_sync(partial(open_opencl, settings.opencl_device, required=True))
     stop = stop if stop is not None else trio.Event()

@@ -4,6 +4,11 @@ This module defines the layout, dtypes, rounding and packing that the fast kerne
 :mod:`kernels_cython` (and the OpenCL kernels of a later issue) must reproduce bit for bit.  It imports
 numpy only, so it works where the Cython extension was never built.
 
+Why one module of ~740 lines: it is the specification of the packed ternary format, and every converter
+(HF packed, GGUF I2_S / TQ1_0 / TQ2_0) and product here is defined in terms of the same layout section
+below; split apart, a reader would check a converter against a layout described in another file. The
+non-ternary ops' references live in :mod:`kernels_cython.reference_dense`.
+
 Internal layout of :class:`TernaryMatrix`
 =========================================
 

@@ -49,7 +49,6 @@ stop_token_ids, max_tokens, logprobs, top_logprobs, ignore_eos.
 
 from __future__ import annotations
 
-from bitnet_actor.engine.api import load_model
 from bitnet_actor.engine.errors import (
     ContextLengthError,
     CorruptModelError,
@@ -58,6 +57,7 @@ from bitnet_actor.engine.errors import (
     ModelLoadError,
     UnsupportedModelError,
 )
+from bitnet_actor.engine.loading import load_model
 from bitnet_actor.engine.model import Model, ModelInfo
 from bitnet_actor.engine.sampling import SamplingParams
 from bitnet_actor.engine.sequence import Sequence, StepOutput

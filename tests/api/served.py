@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import sysconfig
@@ -12,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import trio
+import trio_asyncio
 
 from bitnet_actor.config import Settings
-from bitnet_actor.services import api_keys
+from bitnet_actor.services import api_keys, audit, tenancy
+from bitnet_actor.stores.postgres import open_database
 from bitnet_actor.system import run_system
 
 TEMPLATE = (
@@ -90,28 +90,18 @@ class Served:
 
 
 def _org_with_key(dsn: str, name: str, scopes: list[str]) -> tuple[Any, str]:
-    """Create an organization with one key, with plain asyncpg as the tables' owner (in a worker thread: the
-    server's trio-asyncio loop belongs to the server's task)."""
+    """Create an organization (with its owner) and one key through the services, as ``bitnet-actor admin``
+    does: in a worker thread with a trio-asyncio loop of its own (the server's loop belongs to its task)."""
 
     async def create() -> tuple[Any, str]:
-        conn = await asyncpg.connect(dsn)
-        try:
-            org_id = await conn.fetchval("INSERT INTO organizations (name) VALUES ($1) RETURNING id", name)
-            secret = api_keys.generate_key()
-            await conn.execute(
-                "INSERT INTO api_keys (org_id, name, key_hash, prefix, last4, scopes)"
-                " VALUES ($1, 'test', $2, $3, $4, $5)",
-                org_id,
-                api_keys.hash_key(secret),
-                secret[:13],
-                secret[-4:],
-                scopes,
+        async with trio_asyncio.open_loop(), open_database(dsn, min_size=1, max_size=1) as db:
+            org, _, _ = await tenancy.admin_create_org(db, name=name, owner_email=f"owner@{name}.example.com")
+            secret, _ = await api_keys.create_key(
+                db, org_id=org.id, name="test", scopes=scopes, actor=audit.SYSTEM_ACTOR
             )
-        finally:
-            await conn.close()
-        return org_id, secret
+        return org.id, secret
 
-    return asyncio.run(create())
+    return trio.run(create)
 
 
 @asynccontextmanager

@@ -27,6 +27,7 @@ from bitnet_actor.api.auth import OrgAccess, handles
 from bitnet_actor.api.errors import ApiError
 from bitnet_actor.api.openai.admission import admit, inference_org, new_run_id
 from bitnet_actor.api.openai.protocol import CHAT, COMPLETION, RESPONSE_CREATE
+from bitnet_actor.errors import BitnetError
 from bitnet_actor.services import authn
 from bitnet_actor.services.errors import AuthenticationError
 
@@ -49,7 +50,7 @@ def _error(message: str, *, code: str = "invalid_request_error", param: str | No
 _SEND_TIMEOUT_S = 30.0
 
 
-class _ClientStuckError(Exception):
+class _ClientStuckError(BitnetError):
     """A send did not finish within ``_SEND_TIMEOUT_S``: the connection is given up."""
 
 

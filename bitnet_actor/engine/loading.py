@@ -1,4 +1,4 @@
-"""``load_model``: weights, tokenizer and threads in one call."""
+"""Model loading: ``load_model`` (weights, tokenizer, threads and device in one call) and ``open_opencl``."""
 
 from __future__ import annotations
 
