@@ -79,6 +79,7 @@ class KeyCache:
         Raises:
             AuthenticationError: malformed, unknown, revoked or expired (one message for all).
         """
+        await trio.lowlevel.checkpoint()  # a cache hit is a checkpoint too (callers may rely on it)
         if not format_ok(key):
             raise AuthenticationError("invalid API key")
         key_hash = hash_key(key)
