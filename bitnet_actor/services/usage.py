@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from bitnet_actor.errors import StoreUnavailableError
+
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
@@ -124,6 +126,7 @@ class UsageRecorder:
         self.spool = spool
         self._on_spooled = on_spooled
         self._lock = trio.Lock()  # one writer of the spool file at a time
+        self._replaying = trio.Lock()  # one replay at a time
 
     async def record(self, entry: UsageEntry) -> None:
         """Write ``entry``, retrying; spool it when the database still fails. Never raises for a write failure.
@@ -142,13 +145,13 @@ class UsageRecorder:
                     if attempt == _ATTEMPTS - 1:
                         break
                     await trio.sleep(_RETRY_S * (attempt + 1))
-        log.error("usage of request %s not written (%s); spooled to %s", entry.id, why, self.spool)
         async with self._lock:
             try:
                 await trio.to_thread.run_sync(self._append, entry.to_json())
             except OSError:
-                log.critical("usage entry could not be spooled either: %s", entry.to_json())
+                log.critical("usage entry could not be written (%s) nor spooled: %s", why, entry.to_json())
                 raise
+        log.error("usage of request %s not written (%s); spooled to %s", entry.id, why, self.spool)
         if self._on_spooled is not None:
             self._on_spooled()
 
@@ -161,37 +164,53 @@ class UsageRecorder:
     async def replay(self) -> int:
         """Write the spooled entries; keep those that still fail. Returns how many were written.
 
-        A damaged line (a crash mid-append) is moved to ``<spool>.damaged`` and logged, not retried forever.
+        The spool is read, then written to the database without holding the spool's lock (a hung database
+        must not keep ``record`` from spooling), then rewritten under the lock with the entries that failed
+        and those appended meanwhile. An entry the database refuses stays for the next round without holding
+        back the others; an unreachable or silent database ends the round. A damaged line (a crash
+        mid-append) is moved to ``<spool>.damaged`` and logged, not retried forever.
         """
-        async with self._lock:
-            if not self.spool.exists():
-                return 0
-            lines = [ln for ln in self.spool.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        async with self._replaying:
+            async with self._lock:
+                if not self.spool.exists():
+                    return 0
+                lines = self.spool.read_text(encoding="utf-8").splitlines()
             keep: list[str] = []
             damaged: list[str] = []
             written = 0
             for i, line in enumerate(lines):
+                if not line.strip():
+                    continue
                 try:
                     entry = UsageEntry.from_json(line)
                 except (ValueError, KeyError, TypeError):
                     damaged.append(line)
                     continue
                 try:
-                    await write_entry(self.db, entry)
+                    with trio.fail_after(_WRITE_BUDGET_S):
+                        await write_entry(self.db, entry)
                     written += 1
-                except Exception as exc:  # the database is still away: keep the rest for the next round
-                    log.warning("usage spool replay stopped (%s); %d entries left", exc, len(lines) - i)
-                    keep.extend(lines[i:])
+                except (trio.TooSlowError, StoreUnavailableError) as exc:  # the database is away: next round
+                    log.warning("usage spool replay stopped (%s); %d entries left", exc or "timeout", len(lines) - i)
+                    keep.extend(ln for ln in lines[i:] if ln.strip())
                     break
-            if damaged:
-                log.error("%d damaged usage spool lines moved to %s.damaged", len(damaged), self.spool)
-                with self.spool.with_name(self.spool.name + ".damaged").open("a", encoding="utf-8") as f:
-                    f.write("\n".join(damaged) + "\n")
-            tmp = self.spool.with_name(self.spool.name + ".tmp")
-            tmp.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
-            tmp.replace(self.spool)  # atomic: a crash here leaves the old spool, replayed idempotently
-            if not keep:
-                self.spool.unlink(missing_ok=True)
+                except Exception as exc:  # this entry refused: keep it, go on with the others
+                    log.error("spooled usage entry %s refused again (%s); kept", entry.id, exc)
+                    keep.append(line)
+            async with self._lock:
+                # Only appends happen between the read above and now (one replay at a time).
+                current = self.spool.read_text(encoding="utf-8").splitlines() if self.spool.exists() else []
+                keep.extend(ln for ln in current[len(lines) :] if ln.strip())
+                if damaged:
+                    log.error("%d damaged usage spool lines moved to %s.damaged", len(damaged), self.spool)
+                    with self.spool.with_name(self.spool.name + ".damaged").open("a", encoding="utf-8") as f:
+                        f.write("\n".join(damaged) + "\n")
+                if keep:
+                    tmp = self.spool.with_name(self.spool.name + ".tmp")
+                    tmp.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
+                    tmp.replace(self.spool)  # atomic: a crash here leaves the old spool, replayed idempotently
+                else:
+                    self.spool.unlink(missing_ok=True)
             if written:
                 log.info("usage spool: %d entries written", written)
             return written

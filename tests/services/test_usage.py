@@ -74,3 +74,14 @@ async def test_a_damaged_spool_line_is_set_aside(db: Database, tmp_path: Path) -
     assert await counts(db, org) == (1, 4)
     assert (tmp_path / "spool.jsonl.damaged").read_text().strip() == '{"org_id": "trunc'
     assert not spool.exists()
+
+
+async def test_a_refused_entry_does_not_hold_back_the_others(db: Database, tmp_path: Path) -> None:
+    missing, present = uuid.uuid4(), await new_org(db)
+    spool = tmp_path / "spool.jsonl"
+    spool.write_text(entry(missing, tokens=1).to_json() + "\n" + entry(present, tokens=2).to_json() + "\n")
+    recorder = UsageRecorder(db, spool)
+    assert await recorder.replay() == 1
+    assert await counts(db, present) == (1, 2)
+    kept = spool.read_text().splitlines()
+    assert len(kept) == 1 and UsageEntry.from_json(kept[0]).org_id == missing

@@ -161,8 +161,6 @@ def plan_generation(kind: RequestType, body: dict[str, Any], model: Model, name:
         logprobs = top if want else None
     else:
         logprobs = COMPLETION.parse(body, "logprobs")
-    if chat:
-        CHAT.parse(body, "response_format")
     params: dict[str, Any] = {
         name: kind.parse(body, name)
         for name in ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty")

@@ -439,7 +439,8 @@ class RequestType:
         return frozenset(self.by_name)
 
     def check(self, body: dict[str, Any]) -> None:
-        """Refuse unsupported fields (``unsupported_parameter``) and unknown ones (``unknown_parameter``).
+        """Refuse unsupported fields (``unsupported_parameter``), unknown ones (``unknown_parameter``) and bad
+        values of the fields present, before anything is looked up or loaded.
 
         Raises:
             ApiError: 400 naming the first such field.
@@ -449,6 +450,8 @@ class RequestType:
                 raise bad(UNSUPPORTED[name], name, "unsupported_parameter")
             if name not in self.by_name:
                 raise bad(f"unknown parameter {name!r}", name, "unknown_parameter")
+        for name in body:
+            self.by_name[name].parse(body)
 
     def parse(self, body: dict[str, Any], name: str) -> Any:
         """The checked value of field ``name``."""
@@ -501,6 +504,7 @@ COMPLETION = RequestType(
         Prompt("prompt", "the text to continue, or its token ids"),
         Integer("max_tokens", "most tokens to generate (default 16)", default=16, lo=1, hi=MAX_TOKENS_LIMIT),
         Integer("logprobs", "log-probabilities of the top tokens (0..5)", lo=0, hi=5),
+        ResponseFormat("response_format", "only text; json_object / json_schema are refused with a 400"),
     ),
     required=("model", "prompt"),
 )
@@ -538,6 +542,7 @@ RESPONSE_CREATE = RequestType(
         ResponseInput("input", "text, or a list of chat messages"),
         Integer("max_output_tokens", "most tokens to generate", lo=1, hi=MAX_TOKENS_LIMIT),
         String("instructions", "a system message put before input messages"),
+        ResponseFormat("response_format", "only text; json_object / json_schema are refused with a 400"),
     ),
     required=("type", "model", "input"),
 )

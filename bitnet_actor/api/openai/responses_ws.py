@@ -30,6 +30,7 @@ from bitnet_actor.api.openai.protocol import CHAT, COMPLETION, RESPONSE_CREATE
 from bitnet_actor.errors import BitnetError
 from bitnet_actor.services import authn
 from bitnet_actor.services.errors import AuthenticationError
+from bitnet_actor.services.jwt import KeyDecryptionError
 
 if TYPE_CHECKING:
     from bitnet_actor.api.openai.run import Run
@@ -81,6 +82,10 @@ async def _authenticate(h: Handles, first: dict[str, Any] | None) -> OrgAccess:
         principal = await authn.from_bearer(h.auth, credential)
     except AuthenticationError as exc:
         raise ApiError(401, str(exc)) from None
+    except KeyDecryptionError:
+        raise ApiError(
+            503, "access tokens are unavailable on this server (misconfigured secret key)", code="misconfigured"
+        ) from None
     return await inference_org(h, principal)
 
 
@@ -157,11 +162,11 @@ async def _respond(
         return
     response_id, plan, recv = run.id, run.plan, run.recv
     shell = {"id": response_id, "object": "response", "created_at": run.created, "model": plan.model}
-    await _send({"type": "response.created", "response": {**shell, "status": "in_progress", "output": []}})
     item_id = f"msg_{uuid.uuid4().hex}"
     text: list[str] = []
     outcome, failure = "completed", None
-    try:
+    try:  # from here on the run holds a lease and an admission: the finally gives them back
+        await _send({"type": "response.created", "response": {**shell, "status": "in_progress", "output": []}})
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
 
