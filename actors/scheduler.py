@@ -184,9 +184,9 @@ class Scheduler:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until the inbox is closed and drained."""
         task_status.started()
-        await trio.lowlevel.checkpoint()
         inbox_open = True
         try:
+            await trio.lowlevel.checkpoint()
             while inbox_open or self._running or self._waiting:
                 if not self._running and not any(self._queues.values()):
                     if not inbox_open:
@@ -213,7 +213,14 @@ class Scheduler:
         finally:
             for live in list(self._running):
                 self._end(live, Failed(live.request.index, "the server is shutting down", "cancelled"))
-            for request in [r for q in self._queues.values() for r in q]:
+            self._send.close()  # nothing more gets in: callers see ClosedResourceError, not a silent queue
+            waiting = [r for q in self._queues.values() for r in q]
+            while True:
+                try:
+                    waiting.append(self._inbox.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            for request in waiting:
                 self._fail_waiting(request, Failed(request.index, "the server is shutting down", "cancelled"))
 
     def _enqueue(self, request: GenerationRequest) -> None:
@@ -265,6 +272,10 @@ class Scheduler:
         except MemoryError as exc:  # its KV cache does not fit now (device memory): the others go on
             message = f"not enough memory for this request now: {exc}"
             self._fail_waiting(request, Failed(request.index, message, "overloaded"))
+            return False
+        except Exception:  # the model could not start this one: it fails, the others go on
+            log.exception("could not start a sequence")
+            self._fail_waiting(request, Failed(request.index, "the model failed to start this request", "internal"))
             return False
         self._running.append(_Live(request, sequence, time.monotonic()))
         return True

@@ -331,3 +331,16 @@ async def test_shutdown_fails_what_is_left(model: Model) -> None:
     assert clients["waiting"].tokens == 0
     assert scheduler.running_requests() == ()
     assert scheduler.statistics().kv_bytes == 0  # every KV cache released
+
+
+async def test_shutdown_fails_requests_still_in_the_inbox_and_refuses_new_ones(model: Model) -> None:
+    scheduler = Scheduler(model, max_batch=2)
+    unread = Client(uuid.uuid4())
+    scheduler.submit_nowait(unread.request)  # queued in the inbox; the actor never received it
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await scheduler.run()
+    events = unread.drain()
+    assert events == [Failed(0, "the server is shutting down", "cancelled")]
+    with pytest.raises(trio.ClosedResourceError):
+        scheduler.submit_nowait(Client(uuid.uuid4()).request)
