@@ -7,6 +7,9 @@ request, whatever the client asked for and however it ended (:meth:`Run.record`)
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import logging
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -26,6 +29,8 @@ if TYPE_CHECKING:
 __all__ = ["blueprint", "raise_failure"]
 
 blueprint = Blueprint("completions", __name__)
+
+log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
@@ -137,9 +142,23 @@ def raise_failure(failure: Failed) -> None:
     raise ApiError(503, failure.message, code=failure.code, headers={"Retry-After": "5"})
 
 
+async def _record_dropped(run: Run) -> None:
+    # A system task: an exception here would end the whole trio run, so none may escape.
+    try:
+        await run.record("cancelled")
+    except Exception:
+        log.exception("could not record the dropped stream %s", run.id)
+
+
 class SseStream:
     """The SSE body: an async iterator (not a generator) so closing it never runs code inside a cancel scope
-    it doesn't own; Quart calls ``aclose`` when the stream ends or the client goes away."""
+    it doesn't own; Quart calls ``aclose`` when the stream ends or the client goes away.
+
+    A client that goes away after the view returned but before Quart entered the body (its disconnect cancels
+    the response start) never gets ``aclose`` called: the body is then dropped unrecorded, and ``__del__``
+    closes the reply channel (the scheduler frees the slots) and records the run from a trio system task,
+    which gives back the lease and the organization's admission.
+    """
 
     def __init__(self, run: Run) -> None:
         self.run = run
@@ -147,6 +166,15 @@ class SseStream:
         self.done = False
         self.outcome = "cancelled"
         self.sent_role: set[int] = set()
+
+    def __del__(self) -> None:
+        run = self.run
+        if run.recorded:
+            return
+        run.recv.close()
+        with contextlib.suppress(RuntimeError):  # no trio run any more (interpreter exit): nothing to give back
+            # The dropping task's context: it carries the trio-asyncio loop the database calls go through.
+            trio.lowlevel.spawn_system_task(_record_dropped, run, context=contextvars.copy_context())
 
     def __aiter__(self) -> SseStream:
         return self
