@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from uuid import UUID
 
-    from actors.model_cache import Lease, ModelCache, ModelCacheStatistics
+    from actors.model_cache import Lease, ModelCache
     from bitnet_actor.engine import SamplingParams
 
 __all__ = ["REPLY_SLACK", "Generate", "Inference", "Models"]
@@ -69,10 +69,6 @@ class Models:
         """The models loaded now."""
         return set(self._cache.statistics().loaded)
 
-    def statistics(self) -> ModelCacheStatistics:
-        """The model cache's counters."""
-        return self._cache.statistics()
-
 
 class Inference:
     """See the module docstring."""
@@ -80,26 +76,18 @@ class Inference:
     def __init__(self, cache: ModelCache) -> None:
         self._cache = cache
 
-    async def acquire(self, name: str) -> Lease:
-        """A lease on the loaded model ``name``; end it with :meth:`release` (or use :meth:`lease`).
-
-        Raises:
-            UnknownModelError, ModelCapacityError, ModelLoadFailedError: from the model cache.
-        """
-        return await self._cache.acquire(name)
-
-    def release(self, lease: Lease) -> None:
-        """End a lease from :meth:`acquire`."""
-        self._cache.release(lease)
-
     @asynccontextmanager
     async def lease(self, name: str) -> AsyncIterator[Lease]:
-        """The loaded model ``name`` for the block (see :meth:`acquire` for the errors)."""
-        lease = await self.acquire(name)
+        """The loaded model ``name`` for the block, kept from eviction until it ends.
+
+        Raises:
+            UnknownModelError, ModelCapacityError, ModelLoadFailedError: from the model cache, on entry.
+        """
+        lease = await self._cache.acquire(name)
         try:
             yield lease
         finally:
-            self.release(lease)
+            self._cache.release(lease)
 
     def submit_nowait(self, lease: Lease, generate: Generate) -> trio.MemoryReceiveChannel[Event]:
         """Queue every choice of ``generate`` with the lease's scheduler, or none.

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from bitnet_actor.api.openai.run import Choice, Run
     from bitnet_actor.engine import Model
 
-__all__ = ["blueprint", "raise_failure"]
+__all__ = ["blueprint"]
 
 blueprint = Blueprint("completions", __name__)
 
@@ -94,7 +94,7 @@ async def _collect(run: Run) -> Response:
         await run.record(outcome)  # noqa: ASYNC102  # record() shields its work, with a timeout
     failures = [c.error for c in run.choices.values() if c.error is not None]
     if failures:
-        raise_failure(failures[0])
+        _raise_failure(failures[0])
     model = run.lease.model
     choices = []
     for index in range(run.plan.n):
@@ -134,7 +134,7 @@ async def _collect(run: Run) -> Response:
     return jsonify(body)
 
 
-def raise_failure(failure: Failed) -> None:
+def _raise_failure(failure: Failed) -> None:
     if failure.code == "timeout":
         raise ApiError(503, failure.message, code="timeout", headers={"Retry-After": "5"})
     if failure.code == "invalid":

@@ -359,10 +359,10 @@ class Prompt(Field):
             prompt = prompt[0]
         if isinstance(prompt, str):
             return prompt
-        if isinstance(prompt, list) and prompt and _token_ids(prompt):
-            return list(prompt)
         if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            raise bad("prompt token ids must be inside the vocabulary", self.name)
+            if any(t < 0 for t in prompt):  # the upper bound is the model's (checked at admission)
+                raise bad("prompt token ids must be inside the vocabulary", self.name)
+            return list(prompt)
         raise bad("prompt must be a string, or a list of token ids (one prompt per request)", self.name)
 
     def _schema(self) -> dict[str, Any]:

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING, Any
 
 from quart import Blueprint, Response, jsonify
 
 from bitnet_actor.api.auth import handles
 from bitnet_actor.api.errors import json_body
 from bitnet_actor.api.openai.admission import chat_prompt, inference_access, lease
-from bitnet_actor.api.openai.protocol import DETOKENIZE, TOKENIZE, bad
+from bitnet_actor.api.openai.protocol import DETOKENIZE, TOKENIZE, RequestType, bad
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from bitnet_actor.engine import Model
 
 __all__ = ["blueprint"]
 
@@ -18,14 +24,20 @@ blueprint = Blueprint("tokenize", __name__)
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
+@contextlib.asynccontextmanager
+async def _leased(kind: RequestType) -> AsyncIterator[tuple[dict[str, Any], Model]]:
+    """Authenticate, read and check the body, and lease its model for the block."""
+    await inference_access()
+    body = await json_body(max_bytes=MAX_BODY_BYTES)
+    kind.check(body)
+    async with contextlib.AsyncExitStack() as stack:
+        yield body, (await lease(stack, handles(), body)).model
+
+
 @blueprint.post("/v1/tokenize")
 async def tokenize() -> Response:
     """Token ids of a prompt (or of chat messages through the template)."""
-    await inference_access()
-    body = await json_body(max_bytes=MAX_BODY_BYTES)
-    TOKENIZE.check(body)
-    async with contextlib.AsyncExitStack() as stack:
-        model = (await lease(stack, handles(), body)).model
+    async with _leased(TOKENIZE) as (body, model):
         if "messages" in body:
             ids = chat_prompt(model, TOKENIZE.parse(body, "messages"))
         else:
@@ -38,11 +50,7 @@ async def tokenize() -> Response:
 @blueprint.post("/v1/detokenize")
 async def detokenize() -> Response:
     """Text of token ids."""
-    await inference_access()
-    body = await json_body(max_bytes=MAX_BODY_BYTES)
-    DETOKENIZE.check(body)
-    async with contextlib.AsyncExitStack() as stack:
-        model = (await lease(stack, handles(), body)).model
+    async with _leased(DETOKENIZE) as (body, model):
         tokens = DETOKENIZE.parse(body, "tokens")
         if any(t >= model.vocab_size for t in tokens):
             raise bad("token ids must be inside the vocabulary", "tokens")
