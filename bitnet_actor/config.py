@@ -59,6 +59,11 @@ class Settings:
     no_demo_model: bool = False
     shutdown_grace: float = 30.0
     log_level: str = "info"
+    ratelimit_fail_open: float = 30.0
+    stripe_api_key: str = ""
+    stripe_api_base: str = ""
+    stripe_webhook_secret: str = ""
+    payment_grace_days: float = 7.0
 
     @property
     def base_url(self) -> str:
@@ -131,6 +136,14 @@ class Settings:
         for name, path in parse_models(self.models).items():
             if not Path(path).expanduser().exists():
                 raise ConfigError(f"--model {name}={path}: no such file or directory")
+        if self.ratelimit_fail_open < 0:
+            raise ConfigError(f"BITNET_RATELIMIT_FAIL_OPEN must be >= 0 seconds, not {self.ratelimit_fail_open}")
+        if self.payment_grace_days < 0:
+            raise ConfigError(f"BITNET_PAYMENT_GRACE_DAYS must be >= 0, not {self.payment_grace_days}")
+        if self.stripe_api_base and not self.stripe_api_base.startswith(("https://", "http://")):
+            raise ConfigError("BITNET_STRIPE_API_BASE must be an http(s) URL")
+        if self.stripe_api_key and not self.stripe_webhook_secret:
+            raise ConfigError("BITNET_STRIPE_WEBHOOK_SECRET is required with BITNET_STRIPE_API_KEY")
         if self.log_level.lower() not in {"debug", "info", "warning", "error"}:
             raise ConfigError(f"BITNET_LOG_LEVEL must be debug, info, warning or error, not {self.log_level!r}")
         return self
@@ -193,6 +206,8 @@ def _convert(name: str, raw: str) -> object:
         "max_queue": int,
         "request_timeout": float,
         "no_demo_model": _bool,
+        "ratelimit_fail_open": float,
+        "payment_grace_days": float,
     }.get(name, str)
     try:
         return kind(raw)  # type: ignore[operator]
@@ -232,4 +247,13 @@ SETTINGS_DOC: dict[str, tuple[str, str, str]] = {
     "BITNET_REQUEST_TIMEOUT": ("--request-timeout", "600", "seconds a generation may take"),
     "BITNET_SHUTDOWN_GRACE": ("--shutdown-grace", "30", "seconds in-flight requests get after SIGTERM"),
     "BITNET_LOG_LEVEL": ("--log-level", "info", "debug, info, warning or error"),
+    "BITNET_RATELIMIT_FAIL_OPEN": (
+        "--ratelimit-fail-open",
+        "30",
+        "seconds of a Redis outage limited in-process; then 503",
+    ),
+    "BITNET_STRIPE_API_KEY": ("--stripe-api-key", "unset", "Stripe secret key; unset: billing stays local"),
+    "BITNET_STRIPE_API_BASE": ("--stripe-api-base", "Stripe", "Stripe API base URL (a local Stripe server)"),
+    "BITNET_STRIPE_WEBHOOK_SECRET": ("--stripe-webhook-secret", "unset", "signing secret of Stripe webhooks"),
+    "BITNET_PAYMENT_GRACE_DAYS": ("--payment-grace-days", "7", "days after a failed payment before the free plan"),
 }
