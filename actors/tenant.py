@@ -1,10 +1,10 @@
 """Per-organization state for inference: the plan's limits and the requests in flight, while it is active.
 
-``Tenants`` keeps one ``TenantState`` per active organization: its plan (read through
-:func:`bitnet_actor.services.plans.org_plan` on the first request, refreshed every ``ttl_s``) and the number of
-its requests in flight. A request holds its organization through ``admit`` (an async context manager) from
-admission until its last event is delivered, so the count is exact; ``run`` drops organizations idle for
-``idle_s`` with nothing in flight. API keys are cached by ``bitnet_actor.services.api_keys.KeyCache``
+``Tenants`` keeps one ``TenantState`` per active organization: its plan and overrides (read through
+:func:`bitnet_actor.services.billing.plans.org_profile` on the first request, refreshed every ``ttl_s``) and
+the number of its requests in flight. A request holds its organization through ``admit`` (an async context
+manager) from admission until its last event is delivered, so the count is exact; ``run`` drops organizations
+idle for ``idle_s`` with nothing in flight. API keys are cached by ``bitnet_actor.services.api_keys.KeyCache``
 (invalidated over Redis pub/sub), so a warm tenant's request costs no database round trip.
 
 The handle's methods run in the caller's task (one trio thread: the state is never touched concurrently, and
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from bitnet_actor.services.plans import PlanLimits, limits_of, org_plan
+from bitnet_actor.services.billing.plans import OrgProfile, org_profile
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -37,15 +37,10 @@ class TenantState:
     """One active organization."""
 
     org_id: UUID
-    plan: str
+    profile: OrgProfile
     loaded_at: float
     last_seen: float = field(default_factory=time.monotonic)
     in_flight: int = 0
-
-    @property
-    def limits(self) -> PlanLimits:
-        """What the plan allows while requests run."""
-        return limits_of(self.plan)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,34 +61,44 @@ class Tenants:
         self._states: dict[UUID, TenantState] = {}
 
     async def get(self, org_id: UUID) -> TenantState:
-        """The state of ``org_id``, loading its plan when new or stale."""
+        """The state of ``org_id``, loading its plan and overrides when new or stale."""
         await trio.lowlevel.checkpoint()
         now = time.monotonic()
         state = self._states.get(org_id)
         if state is None or now - state.loaded_at > self.ttl_s:
-            plan = await org_plan(self.db, org_id)
+            profile = await org_profile(self.db, org_id)
             state = self._states.get(org_id)  # another request may have loaded it meanwhile
             if state is None:
-                state = self._states[org_id] = TenantState(org_id, plan, now)
+                state = self._states[org_id] = TenantState(org_id, profile, now)
             else:
-                state.plan, state.loaded_at = plan, now
+                state.profile, state.loaded_at = profile, now
         state.last_seen = now
         return state
 
     @asynccontextmanager
-    async def admit(self, org_id: UUID) -> AsyncIterator[PlanLimits]:
-        """Hold one request of ``org_id`` in flight for the block; yields the plan's limits.
+    async def admit(self, org_id: UUID) -> AsyncIterator[OrgProfile]:
+        """Hold one request of ``org_id`` in flight for the block; yields what it runs under (plan, limits).
 
         Entering waits for the plan (a database read when not cached); leaving never blocks.
         """
         state = await self.get(org_id)
         state.in_flight += 1
         try:
-            yield state.limits
+            yield state.profile
         finally:
             state.in_flight -= 1
             state.last_seen = time.monotonic()
             self._states.setdefault(org_id, state)  # evicted while running (it could not be): keep it counted
+
+    async def profile(self, org_id: UUID) -> OrgProfile:
+        """What ``org_id`` runs under (cached like ``admit``'s), without holding a request in flight."""
+        return (await self.get(org_id)).profile
+
+    def forget(self, org_id: UUID) -> None:
+        """Reload ``org_id``'s plan on its next request (its plan or overrides changed)."""
+        state = self._states.get(org_id)
+        if state is not None:
+            state.loaded_at = float("-inf")
 
     def active(self) -> int:
         """How many organizations are active."""

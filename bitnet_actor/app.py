@@ -2,7 +2,8 @@
 
 The app never starts actors or opens stores: ``bitnet_actor.system`` does, and passes ``Handles`` in. This module
 adds what every request gets: a request id (``X-Request-ID`` echoed or generated), one JSON access-log line,
-HTTP metrics by route template, and OpenAI-shaped errors.
+HTTP metrics by route template, OpenAI-shaped errors, and the rate-limit headers the /v1 routes' admission
+left in ``g`` (so a streamed response has them before its first byte).
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def create_app(handles: Handles) -> QuartTrio:
     async def _finish(response: Response) -> Response:
         request_id = g.get("request_id") or uuid.uuid4().hex
         response.headers["X-Request-ID"] = request_id
+        for name, value in (g.get("ratelimit_headers") or {}).items():  # set by the /v1 routes' admission
+            response.headers.setdefault(name, value)
         started = g.get("started")
         latency = time.perf_counter() - started if started is not None else 0.0
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"

@@ -9,7 +9,8 @@ behind it:
 - ``models``: which models exist and which are loaded (the model registry of [H] goes behind it);
 - ``tenants``: an organization's admission (its plan's limits, its requests in flight);
 - ``auth``: the authentication services; ``stores``: the storage adapters; ``settings``; ``metrics``;
-- ``usage``: the usage ledger's writer; ``readiness``: what ``/readyz`` waits for.
+- ``meter``: the usage meter (one event per request, never waits); ``limits``: rate limits and quotas;
+- ``readiness``: what ``/readyz`` waits for.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ if TYPE_CHECKING:
     from actors.scheduler import Event
     from bitnet_actor.config import Settings
     from bitnet_actor.observability import Metrics
+    from bitnet_actor.services.api_keys import KeyPrincipal
     from bitnet_actor.services.authn import AuthServices
-    from bitnet_actor.services.plans import PlanLimits
-    from bitnet_actor.services.usage import UsageEntry
+    from bitnet_actor.services.billing.ledger import UsageEvent
+    from bitnet_actor.services.billing.plans import OrgProfile
+    from bitnet_actor.services.ratelimit import Decision
     from bitnet_actor.stores.objects import ObjectStore
     from bitnet_actor.stores.postgres import Database
     from bitnet_actor.stores.redis import RedisStore
@@ -38,12 +41,13 @@ if TYPE_CHECKING:
 __all__ = [
     "Handles",
     "InferenceHandle",
+    "LimitsHandle",
     "LocalObjectServer",
+    "MeterHandle",
     "ModelsHandle",
     "Readiness",
     "StoresHandle",
     "TenantsHandle",
-    "UsageHandle",
 ]
 
 
@@ -74,16 +78,47 @@ class ModelsHandle(Protocol):
 class TenantsHandle(Protocol):
     """Organizations while their requests run."""
 
-    def admit(self, org_id: UUID) -> AbstractAsyncContextManager[PlanLimits]:
-        """Hold one request of ``org_id`` in flight for a block; yields its plan's limits."""
+    def admit(self, org_id: UUID) -> AbstractAsyncContextManager[OrgProfile]:
+        """Hold one request of ``org_id`` in flight for a block; yields what it runs under."""
+        ...
+
+    async def profile(self, org_id: UUID) -> OrgProfile:
+        """What ``org_id`` runs under (cached)."""
+        ...
+
+    def forget(self, org_id: UUID) -> None:
+        """Reload ``org_id``'s plan on its next request."""
         ...
 
 
-class UsageHandle(Protocol):
-    """The usage ledger."""
+class MeterHandle(Protocol):
+    """The usage ledger's meter."""
 
-    async def record(self, entry: UsageEntry) -> None:
-        """Record ``entry`` durably (retried, spooled on failure; never silently dropped)."""
+    def record(self, event: UsageEvent) -> None:
+        """Take one request's usage; never waits (buffered, batched, spilled to disk when the database is
+        away; never silently dropped)."""
+        ...
+
+
+class LimitsHandle(Protocol):
+    """Rate limits, concurrency caps and quotas, shared by every replica."""
+
+    async def admit(
+        self,
+        profile: OrgProfile,
+        *,
+        key: KeyPrincipal | None,
+        user_id: UUID | None,
+        request_id: str,
+        tokens: int = 0,
+        requests: int = 1,
+    ) -> Decision:
+        """Check (``requests=1``) or read (``requests=0``) a request's limits (raises
+        ``LimiterUnavailableError`` when Redis has been away past the fail-open window)."""
+        ...
+
+    async def settle(self, decision: Decision, *, used_tokens: int) -> None:
+        """Give back what an admitted request reserved and did not use; never raises for Redis."""
         ...
 
 
@@ -140,5 +175,6 @@ class Handles:
     inference: InferenceHandle
     models: ModelsHandle
     tenants: TenantsHandle
-    usage: UsageHandle
+    meter: MeterHandle
+    limits: LimitsHandle
     readiness: Readiness = field(default_factory=Readiness)

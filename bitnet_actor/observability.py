@@ -180,10 +180,30 @@ class Metrics:
             ["model", "reason"],
             registry=self.registry,
         )
-        self.usage_spooled = Counter(
-            "bitnet_usage_spooled",
-            "Usage entries the database refused, written to the local spool for replay.",
+        self.usage_events = Counter(
+            "bitnet_usage_events", "Usage events written to the ledger (new ones only).", registry=self.registry
+        )
+        self.usage_spilled = Counter(
+            "bitnet_usage_events_spilled",
+            "Usage events written to the local spill file while PostgreSQL was away (replayed later).",
             registry=self.registry,
+        )
+        self.usage_buffered = Gauge(
+            "bitnet_usage_events_buffered", "Usage events waiting in the meter's buffer.", registry=self.registry
+        )
+        self.ratelimited = Counter(
+            "bitnet_ratelimit_rejections",
+            "Requests refused with 429 by a rate limit (reason=rate) or the monthly quota (reason=quota).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.ratelimit_local = Counter(
+            "bitnet_ratelimit_local_checks",
+            "Rate-limit checks made in process because Redis was unavailable (the fail-open window).",
+            registry=self.registry,
+        )
+        self.outbox_pending = Gauge(
+            "bitnet_billing_outbox_pending", "Stripe meter events not yet accepted by Stripe.", registry=self.registry
         )
         self.live: Callable[[], dict[str, Any]] | None = None
         self.registry.register(_LiveCollector(self))

@@ -33,6 +33,7 @@ import trio_asyncio
 from actors import RestartPolicy, Supervisor
 from actors.inference import Inference, Models
 from actors.key_cache import KeyCache
+from actors.meter import UsageMeter
 from actors.model_cache import ModelCache
 from actors.scheduler import Scheduler
 from actors.tenant import Tenants
@@ -45,11 +46,12 @@ from bitnet_actor.services import platform_models
 from bitnet_actor.services.authn import AuthServices
 from bitnet_actor.services.email import LogEmailSender
 from bitnet_actor.services.jwt import JwtService
+from bitnet_actor.services.limits import RequestLimits
 from bitnet_actor.services.oidc import OidcClient, OidcSettings
+from bitnet_actor.services.ratelimit import RateLimiter
 from bitnet_actor.services.refresh import RefreshTokens
 from bitnet_actor.services.sessions import SessionStore
 from bitnet_actor.services.throttle import LoginThrottle
-from bitnet_actor.services.usage import UsageRecorder
 from bitnet_actor.stores import Stores, open_stores, secret_key
 
 if TYPE_CHECKING:
@@ -64,12 +66,29 @@ __all__ = ["build_handles", "check_data_dir", "run_system"]
 log = logging.getLogger(__name__)
 
 _MAINTENANCE_INTERVAL_S = 600
-_USAGE_REPLAY_S = 30
+_METER_DRAIN_S = 5.0
 
 
-def usage_recorder(settings: Settings, stores: Stores, metrics: Metrics) -> UsageRecorder:
-    """The usage ledger's writer, spooling to the data dir what the database refuses."""
-    return UsageRecorder(stores.db, settings.data_dir / "usage-spool.jsonl", on_spooled=metrics.usage_spooled.inc)
+def usage_meter(settings: Settings, stores: Stores, metrics: Metrics) -> UsageMeter:
+    """The usage meter, spilling to ``<data dir>/usage-spill`` what the database does not take."""
+    meter = UsageMeter(
+        stores.db,
+        settings.data_dir / "usage-spill",
+        on_written=metrics.usage_events.inc,
+        on_spilled=metrics.usage_spilled.inc,
+    )
+    metrics.usage_buffered.set_function(meter.buffered)
+    return meter
+
+
+def request_limits(settings: Settings, stores: Stores, metrics: Metrics) -> RequestLimits:
+    """Rate limits and quotas on the shared Redis, with the configured fail-open window."""
+    return RequestLimits(
+        RateLimiter(stores.redis),
+        stores.db,
+        fail_open_s=settings.ratelimit_fail_open,
+        on_fallback=metrics.ratelimit_local.inc,
+    )
 
 
 def build_handles(
@@ -80,11 +99,12 @@ def build_handles(
     auth: AuthServices,
     cache: ModelCache,
     tenants: Tenants,
-    usage: UsageRecorder | None = None,
+    meter: UsageMeter | None = None,
+    limits: RequestLimits | None = None,
     readiness: Readiness | None = None,
 ) -> Handles:
-    """The web layer's handles over the running parts (the caller starts the actors behind them)."""
-    usage = usage or usage_recorder(settings, stores, metrics)
+    """The web layer's handles over the running parts (the caller starts the actors behind them; a meter
+    made here is not running: its events wait in its buffer, or spill once it is full)."""
     return Handles(
         settings=settings,
         stores=stores,
@@ -93,7 +113,8 @@ def build_handles(
         inference=Inference(cache),
         models=Models(cache),
         tenants=tenants,
-        usage=usage,
+        meter=meter or usage_meter(settings, stores, metrics),
+        limits=limits or request_limits(settings, stores, metrics),
         readiness=readiness or Readiness(),
     )
 
@@ -251,7 +272,7 @@ async def _maintain(stores: Stores, auth: AuthServices) -> None:
     # on schedule (the next key is published an access-token lifetime before it signs).
     while True:
         try:
-            await stores.db.execute("SELECT bitnet_ensure_partitions('inference_requests')")
+            await stores.db.execute("SELECT bitnet_ensure_partitions('usage_events')")
             if auth.jwt is not None:
                 await auth.jwt.ensure_keys()
             if auth.refresh is not None:
@@ -261,16 +282,6 @@ async def _maintain(stores: Stores, auth: AuthServices) -> None:
             await trio.sleep(3600)
             continue
         await trio.sleep(_MAINTENANCE_INTERVAL_S)
-
-
-async def _replay_usage(usage: UsageRecorder) -> None:
-    # Usage entries the database refused (spooled by the recorder) go back in once it answers.
-    while True:
-        try:
-            await usage.replay()
-        except Exception:
-            log.exception("usage spool replay failed; retrying")
-        await trio.sleep(_USAGE_REPLAY_S)
 
 
 def _hypercorn_config(settings: Settings) -> hypercorn.config.Config:
@@ -298,7 +309,12 @@ class _Started:
 
 
 async def _serve_http(
-    handles: Handles, stop: trio.Event, root: trio.CancelScope, *, task_status: trio.TaskStatus[list[str]]
+    handles: Handles,
+    meter: UsageMeter,
+    stop: trio.Event,
+    root: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[list[str]],
 ) -> None:
     config = _hypercorn_config(handles.settings)
     listening = _Started(task_status)
@@ -316,7 +332,8 @@ async def _serve_http(
         where = f"{handles.settings.host}:{handles.settings.port}"
         reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
         raise StartupError(f"cannot listen on {where}: {reason}") from None
-    log.info("HTTP server stopped; stopping actors and closing stores")
+    log.info("HTTP server stopped; writing buffered usage, then stopping actors and closing stores")
+    await meter.drain(_METER_DRAIN_S)  # what is not written in time is spilled when the meter is cancelled
     root.cancel()
 
 
@@ -357,9 +374,9 @@ async def run_system(
             metrics = Metrics()
             cache = build_model_cache(settings, metrics, models)
             tenants = Tenants(stores.db)
-            usage = usage_recorder(settings, stores, metrics)
+            meter = usage_meter(settings, stores, metrics)
             handles = build_handles(
-                settings, stores, metrics=metrics, auth=auth, cache=cache, tenants=tenants, usage=usage
+                settings, stores, metrics=metrics, auth=auth, cache=cache, tenants=tenants, meter=meter
             )
             readiness = handles.readiness
             async with trio.open_nursery() as nursery:
@@ -369,6 +386,7 @@ async def run_system(
                 supervisors = [
                     Supervisor("api-key-invalidation", lambda: keys, policy),
                     Supervisor("tenants", lambda: tenants, policy),
+                    Supervisor("usage-meter", lambda: meter, policy),
                 ]
                 for supervisor in supervisors:
                     await nursery.start(supervisor.run)
@@ -389,8 +407,7 @@ async def run_system(
                 else:
                     nursery.start_soon(_drain_on, stop, readiness.draining)
                 nursery.start_soon(_maintain, stores, auth)
-                nursery.start_soon(_replay_usage, usage)
-                binds = await nursery.start(_serve_http, handles, stop, nursery.cancel_scope)
+                binds = await nursery.start(_serve_http, handles, meter, stop, nursery.cancel_scope)
                 log.info("serving on %s", ", ".join(binds), extra={"embedded": list(stores.embedded)})
                 task_status.started(binds)
     log.info("stopped")

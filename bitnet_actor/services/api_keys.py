@@ -106,6 +106,9 @@ class ApiKey:
     revoked_at: datetime | None
     last_used_at: datetime | None
     rotated_to: UUID | None
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrency: int | None = None
 
     @classmethod
     def from_row(cls, row: Record) -> ApiKey:
@@ -123,6 +126,9 @@ class ApiKey:
             revoked_at=row["revoked_at"],
             last_used_at=row["last_used_at"],
             rotated_to=row["rotated_to"],
+            rpm=row["rpm"],
+            tpm=row["tpm"],
+            max_concurrency=row["max_concurrency"],
         )
 
     @property
@@ -133,7 +139,8 @@ class ApiKey:
 
 
 _COLUMNS = (
-    "id, org_id, name, prefix, last4, scopes, created_by, created_at, expires_at, revoked_at, last_used_at, rotated_to"
+    "id, org_id, name, prefix, last4, scopes, created_by, created_at, expires_at, revoked_at, last_used_at, rotated_to,"
+    " rpm, tpm, max_concurrency"
 )
 
 
@@ -160,8 +167,19 @@ async def create_key(
     scopes: Sequence[str],
     actor: audit.Actor,
     expires_at: datetime | None = None,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    max_concurrency: int | None = None,
 ) -> tuple[str, ApiKey]:
-    """Create a key; return the secret (shown once) and its record."""
+    """Create a key; return the secret (shown once) and its record.
+
+    ``rpm`` / ``tpm`` / ``max_concurrency`` override the plan's per-key limits for this key (None: the plan's).
+    """
+    from bitnet_actor.services.billing.plans import check_limit
+
+    rpm = check_limit("rpm", rpm)
+    tpm = check_limit("tpm", tpm)
+    max_concurrency = check_limit("key_concurrency", max_concurrency)
     name = _check_name(name)
     checked = _check_scopes(scopes)
     if expires_at is not None and expires_at <= datetime.now(UTC):
@@ -169,8 +187,9 @@ async def create_key(
     secret = generate_key()
     async with db.transaction(org_id=org_id) as tx:
         row = await tx.fetchrow(
-            f"INSERT INTO api_keys (id, org_id, created_by, name, key_hash, prefix, last4, scopes, expires_at)"
-            f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {_COLUMNS}",
+            "INSERT INTO api_keys (id, org_id, created_by, name, key_hash, prefix, last4, scopes, expires_at,"
+            " rpm, tpm, max_concurrency) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+            f" RETURNING {_COLUMNS}",
             uuid4(),
             org_id,
             actor.user_id,
@@ -180,6 +199,9 @@ async def create_key(
             secret[-4:],
             list(checked),
             expires_at,
+            rpm,
+            tpm,
+            max_concurrency,
         )
         assert row is not None
         key = ApiKey.from_row(row)
@@ -272,15 +294,17 @@ async def rotate_key(
     secret = generate_key()
     async with db.transaction(org_id=org_id) as tx:
         old = await tx.fetchrow(
-            "SELECT name, scopes, expires_at, key_hash FROM api_keys WHERE id = $1 AND revoked_at IS NULL"
+            "SELECT name, scopes, expires_at, key_hash, rpm, tpm, max_concurrency FROM api_keys"
+            " WHERE id = $1 AND revoked_at IS NULL"
             " AND (expires_at IS NULL OR expires_at > now()) FOR UPDATE",
             key_id,
         )
         if old is None:
             raise NotFoundError("no such active API key")
         row = await tx.fetchrow(
-            f"INSERT INTO api_keys (id, org_id, created_by, name, key_hash, prefix, last4, scopes, expires_at)"
-            f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {_COLUMNS}",
+            "INSERT INTO api_keys (id, org_id, created_by, name, key_hash, prefix, last4, scopes, expires_at,"
+            " rpm, tpm, max_concurrency) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+            f" RETURNING {_COLUMNS}",
             uuid4(),
             org_id,
             actor.user_id,
@@ -290,6 +314,9 @@ async def rotate_key(
             secret[-4:],
             old["scopes"],
             old["expires_at"],
+            old["rpm"],
+            old["tpm"],
+            old["max_concurrency"],
         )
         assert row is not None
         new = ApiKey.from_row(row)
@@ -322,6 +349,9 @@ class KeyPrincipal:
     name: str
     scopes: frozenset[str]
     expires_at: datetime | None
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrency: int | None = None
 
 
 class KeyAuthority(Protocol):
@@ -342,7 +372,16 @@ async def principal_by_hash(db: Database, key_hash: bytes) -> KeyPrincipal | Non
     row = await db.fetchrow("SELECT * FROM bitnet_api_key_by_hash($1)", key_hash)
     if row is None or row["revoked_at"] is not None:
         return None
-    return KeyPrincipal(row["id"], row["org_id"], row["name"], frozenset(row["scopes"]), row["expires_at"])
+    return KeyPrincipal(
+        row["id"],
+        row["org_id"],
+        row["name"],
+        frozenset(row["scopes"]),
+        row["expires_at"],
+        rpm=row["rpm"],
+        tpm=row["tpm"],
+        max_concurrency=row["max_concurrency"],
+    )
 
 
 async def record_last_used(db: Database, used: dict[UUID, UUID]) -> None:

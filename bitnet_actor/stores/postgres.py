@@ -15,11 +15,13 @@ violations -> ``ConflictError``, anything else the server rejects -> ``QueryErro
 from __future__ import annotations
 
 import json
+import logging
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import asyncpg
 import trio
+import trio_asyncio
 from trio_asyncio import aio_as_trio
 
 from bitnet_actor.errors import ConflictError, QueryError, StoreUnavailableError
@@ -171,8 +173,12 @@ class Database:
                     except Exception:  # the original error matters more; a broken connection is dropped
                         raw.terminate()
                 raise
-            with _mapped("commit"):
-                await aio_as_trio(tx.commit)()
+            try:
+                with _mapped("commit"):
+                    await aio_as_trio(tx.commit)()
+            except BaseException:  # cancelled or failed mid-commit: the connection's state is unknown
+                raw.terminate()
+                raise
         finally:
             await self._release(raw)  # noqa: ASYNC102  # _release shields itself, with a timeout
 
@@ -224,6 +230,24 @@ class Database:
         return {"size": self._pool.get_size(), "idle": self._pool.get_idle_size()}
 
 
+_aio_log = logging.getLogger("bitnet_actor.asyncio")
+
+
+def _log_asyncio_error(loop: Any, context: dict[str, Any]) -> None:
+    # trio-asyncio's default handler re-raises every error asyncio only *logs* (an orphaned task of the
+    # driver: a pooled connection reset after its query was cancelled at shutdown), which would take the
+    # whole service down with it. Such an error concerns one connection, which the pool replaces: log it.
+    exc = context.get("exception")
+    _aio_log.error("asyncio: %s", context.get("message") or "error", exc_info=exc)
+
+
+def quiet_asyncio_errors() -> None:
+    """Log, not raise, what asyncio reports through its exception handler (called inside the loop)."""
+    loop = trio_asyncio.current_loop.get()
+    if loop is not None:
+        loop.set_exception_handler(_log_asyncio_error)
+
+
 @asynccontextmanager
 async def open_database(
     dsn: str, *, min_size: int = 1, max_size: int = 10, connect_timeout: float = 10.0
@@ -234,6 +258,7 @@ async def open_database(
         StoreUnavailableError: the server cannot be reached within ``connect_timeout`` seconds.
     """
     where = redact_dsn(dsn)
+    quiet_asyncio_errors()
     try:
         with trio.fail_after(connect_timeout):
             pool = await aio_as_trio(asyncpg.create_pool)(

@@ -7,7 +7,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from actors.tenant import Tenants
-from bitnet_actor.services.plans import PLANS
+from bitnet_actor.services.billing import plans
 
 if TYPE_CHECKING:
     from bitnet_actor.stores.postgres import Database
@@ -23,8 +23,9 @@ async def org_on(db: Database, plan: str) -> uuid.UUID:
 async def test_admission_yields_the_plans_limits_and_counts_in_flight(db: Database) -> None:
     org = await org_on(db, "pro")
     tenants = Tenants(db)
-    async with tenants.admit(org) as limits:
-        assert limits == PLANS["pro"]
+    async with tenants.admit(org) as profile:
+        assert profile.plan.name == "pro"
+        assert (profile.weight, profile.max_running) == (2, 8)  # the seeded pro plan's share
         async with tenants.admit(org):
             assert tenants.statistics().in_flight == 2
         assert tenants.statistics().in_flight == 1
@@ -44,7 +45,16 @@ async def test_idle_eviction_keeps_organizations_with_requests_in_flight(db: Dat
     assert tenants.active() == 0
 
 
-async def test_an_unknown_plan_gets_the_default_limits(db: Database) -> None:
-    org = await org_on(db, "platinum")
-    async with Tenants(db).admit(org) as limits:
-        assert limits == PLANS["free"]
+async def test_overrides_and_a_changed_plan_apply_after_forget(db: Database) -> None:
+    org = await org_on(db, "free")
+    tenants = Tenants(db)
+    async with tenants.admit(org) as profile:
+        assert (profile.plan.name, profile.rpm) == ("free", 60)
+    await plans.set_org_overrides(db, org, {"rpm": 7, "monthly_token_quota": 1000})
+    await plans.set_org_plan(db, org, "enterprise")
+    async with tenants.admit(org) as profile:
+        assert profile.plan.name == "free"  # cached until its TTL or forget()
+    tenants.forget(org)
+    async with tenants.admit(org) as profile:
+        assert (profile.plan.name, profile.rpm, profile.monthly_token_quota) == ("enterprise", 7, 1000)
+        assert profile.tpm == profile.plan.tpm  # not overridden: the plan's

@@ -130,6 +130,7 @@ async def open_harness(settings: Settings) -> AsyncIterator[Harness]:
         )
         async with trio.open_nursery() as inner:
             await inner.start(keys.run)
+            await inner.start(system.meter.run)  # type: ignore[attr-defined]
             app = create_app(system)
             async with app.test_app():
                 yield Harness(app.test_client(use_cookies=False), mailer, system)

@@ -16,6 +16,7 @@ import trio_asyncio
 
 from bitnet_actor.config import Settings
 from bitnet_actor.services import api_keys, audit, tenancy
+from bitnet_actor.services.billing import plans
 from bitnet_actor.stores.postgres import open_database
 from bitnet_actor.system import run_system
 
@@ -89,13 +90,16 @@ class Served:
     stop: trio.Event
 
 
-def _org_with_key(dsn: str, name: str, scopes: list[str]) -> tuple[Any, str]:
-    """Create an organization (with its owner) and one key through the services, as ``bitnet-actor admin``
-    does: in a worker thread with a trio-asyncio loop of its own (the server's loop belongs to its task)."""
+def _org_with_key(dsn: str, name: str, scopes: list[str], plan: str = "pro") -> tuple[Any, str]:
+    """Create an organization (with its owner) on ``plan`` and one key through the services, as ``bitnet-actor
+    admin`` does: in a worker thread with a trio-asyncio loop of its own (the server's loop belongs to its task).
+    The serving tests run on the pro plan: the free plan's 60 requests a minute and 4 per key at once would
+    refuse their floods (the limits have tests of their own)."""
 
     async def create() -> tuple[Any, str]:
         async with trio_asyncio.open_loop(), open_database(dsn, min_size=1, max_size=1) as db:
             org, _, _ = await tenancy.admin_create_org(db, name=name, owner_email=f"owner@{name}.example.com")
+            await plans.set_org_plan(db, org.id, plan)
             secret, _ = await api_keys.create_key(
                 db, org_id=org.id, name="test", scopes=scopes, actor=audit.SYSTEM_ACTOR
             )

@@ -190,8 +190,11 @@ async def test_rls_hides_other_tenants_rows_without_where(harness: Harness, pg_d
         "invitations",
         "audit_log",
         "models",
-        "inference_requests",
-        "usage_records",
+        "org_billing",
+        "usage_events",
+        "usage_rollups",
+        "invoices",
+        "invoice_lines",
     }
     async with db.transaction(org_id=w.org_b) as tx:
         for table in ("api_keys", "memberships", "invitations", "audit_log", "organizations"):

@@ -176,7 +176,7 @@ async def test_tokenize_detokenize(served: Served) -> None:
 async def test_usage_recorded_server_side(served: Served, pg_dsn: str) -> None:
     def go():
         with client(served) as c:
-            return c.completions.create(model="tiny", prompt="count", max_tokens=5, temperature=0)
+            return c.completions.create(model="tiny", prompt="count", max_tokens=5, temperature=0, user="u-1")
 
     out = await in_thread(go)
     import asyncpg
@@ -184,20 +184,32 @@ async def test_usage_recorded_server_side(served: Served, pg_dsn: str) -> None:
     async def rows():
         conn = await asyncpg.connect(pg_dsn)
         try:
-            req = await conn.fetchrow("SELECT * FROM inference_requests WHERE org_id = $1", served.org_id)
-            usage = await conn.fetchval(
-                "SELECT sum(operation_count) FROM usage_records WHERE org_id = $1", served.org_id
+            for _ in range(100):  # the meter writes in batches, a few milliseconds after the request
+                event = await conn.fetchrow("SELECT * FROM usage_events WHERE request_id = $1", out.id)
+                if event is not None:
+                    break
+                await asyncio.sleep(0.05)
+            rolled = await conn.fetchrow(
+                "SELECT sum(requests) AS requests, sum(input_tokens) AS input, sum(output_tokens) AS output"
+                " FROM usage_rollups WHERE org_id = $1 AND width = '1m'",
+                served.org_id,
             )
-            return req, usage
+            return event, rolled
         finally:
             await conn.close()
 
     import asyncio
 
-    req, usage = await trio.to_thread.run_sync(asyncio.run, rows())
-    assert usage == out.usage.total_tokens
-    assert req["model_id"] is not None
-    assert req["latency_ms"] >= 0
+    event, rolled = await trio.to_thread.run_sync(asyncio.run, rows())
+    assert event is not None, "the request's usage event never reached the ledger"
+    assert (event["input_tokens"], event["output_tokens"]) == (out.usage.prompt_tokens, out.usage.completion_tokens)
+    assert str(event["org_id"]) == str(served.org_id) and event["api_key_id"] is not None
+    assert event["model"] == "tiny" and event["endpoint"] == "completions" and event["outcome"] == "completed"
+    assert event["latency_ms"] >= 0 and event["ttft_ms"] is not None
+    data = json.loads(event["request_data"])
+    assert "prompt" not in data and data["user"] == "u-1"
+    # The rollups hold at least this request (other tests of the module use the same organization).
+    assert rolled["requests"] >= 1 and rolled["input"] >= out.usage.prompt_tokens
 
 
 async def test_client_disconnect_frees_the_slot(served: Served) -> None:

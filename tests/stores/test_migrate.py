@@ -12,7 +12,16 @@ from bitnet_actor.stores.postgres import open_database
 if TYPE_CHECKING:
     from pathlib import Path
 
-CORE_TABLES = {"organizations", "users", "models", "inference_requests", "usage_records"}
+CORE_TABLES = {
+    "organizations",
+    "users",
+    "models",
+    "plans",
+    "usage_events",
+    "usage_rollups",
+    "invoices",
+    "billing_outbox",
+}
 
 
 async def test_migrate_fresh_database_then_noop(fresh_dsn: str) -> None:
@@ -23,7 +32,7 @@ async def test_migrate_fresh_database_then_noop(fresh_dsn: str) -> None:
         assert tables >= CORE_TABLES | {"schema_migrations"}
         # A partition for this month exists, so inserts don't land in the default partition.
         parts = await db.fetch(
-            "SELECT inhrelid::regclass::text AS p FROM pg_inherits WHERE inhparent = 'inference_requests'::regclass"
+            "SELECT inhrelid::regclass::text AS p FROM pg_inherits WHERE inhparent = 'usage_events'::regclass"
         )
         assert len(parts) >= 4
         assert await migrate(db) == []

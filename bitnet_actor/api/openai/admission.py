@@ -2,8 +2,11 @@
 
 ``admit`` takes an authenticated caller and a checked body and returns a started :class:`Run`: it leases the
 model (404 / 503 as the model cache says), parses the body against the model (vocabulary, context length,
-chat template), holds the organization's admission (its plan's weight and cap) and submits the generation
-(429 with Retry-After when the queue is full). Whatever fails on the way gives back what was taken.
+chat template), holds the organization's admission (its plan's weight and cap), checks the rate limits and
+the monthly quota (429 ``rate_limit_exceeded`` with Retry-After, 429 ``insufficient_quota``, 503 when the
+limiter is away past its fail-open window) reserving the prompt plus ``max_tokens`` of every choice, and
+submits the generation (429 with Retry-After when the queue is full). Whatever fails on the way gives back
+what was taken; the rate-limit headers of the decision go on the response (:func:`expose_limits`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import trio
+from quart import g, has_request_context, has_websocket_context
 
 from actors.inference import Generate
 from actors.model_cache import ModelCapacityError, ModelLoadFailedError, UnknownModelError
@@ -23,21 +27,27 @@ from bitnet_actor.api.errors import ApiError
 from bitnet_actor.api.openai.protocol import CHAT, COMPLETION, RequestType, bad
 from bitnet_actor.api.openai.run import Run
 from bitnet_actor.services import tenancy
+from bitnet_actor.services.limits import LimiterUnavailableError
 
 if TYPE_CHECKING:
     from actors.model_cache import Lease
     from bitnet_actor.engine import Model, SamplingParams
     from bitnet_actor.handles import Handles
     from bitnet_actor.services.authn import Principal
+    from bitnet_actor.services.billing.plans import OrgProfile
+    from bitnet_actor.services.ratelimit import Decision
 
 __all__ = [
     "Plan",
     "admit",
     "chat_prompt",
+    "check_limits",
+    "expose_limits",
     "inference_access",
     "inference_org",
     "lease",
     "new_run_id",
+    "peek_limits",
     "plan_generation",
 ]
 
@@ -206,6 +216,84 @@ def plan_generation(kind: RequestType, body: dict[str, Any], model: Model, name:
     return Plan(name, tuple(prompt_ids), params, n, stream, include_usage, logprobs, chat, request_data)
 
 
+def expose_limits(decision: Decision) -> None:
+    """Put ``decision``'s rate-limit headers on the current response (``bitnet_actor.app`` adds them)."""
+    if has_request_context() or has_websocket_context():
+        g.ratelimit_headers = decision.headers()
+
+
+def _refusal(decision: Decision, tokens: int) -> ApiError:
+    headers = decision.headers()
+    if decision.quota_exhausted:
+        return ApiError(
+            429,
+            "You exceeded your current quota: this organization's monthly tokens are used up; "
+            "upgrade the plan or wait for the next month.",
+            type_="insufficient_quota",
+            code="insufficient_quota",
+            headers=headers,
+        )
+    from bitnet_actor.services.ratelimit import openai_duration
+
+    wait = openai_duration(decision.retry_after_s)
+    for state in decision.states:
+        cost = 1 if state.kind == "requests" else tokens
+        if state.remaining < cost:
+            what = "requests per min (RPM)" if state.kind == "requests" else "tokens per min (TPM)"
+            scope = state.scope.split(":", 1)[0]
+            scope = {"org": "organization", "key": "API key", "user": "user"}.get(scope, scope)
+            return ApiError(
+                429,
+                f"Rate limit reached for {what} on this {scope}: limit {state.limit}, remaining "
+                f"{state.remaining}, requested {cost}. Please try again in {wait}.",
+                code="rate_limit_exceeded",
+                headers=headers,
+            )
+    return ApiError(
+        429,
+        f"Too many requests in flight at once for this API key. Please try again in {wait}.",
+        code="rate_limit_exceeded",
+        headers=headers,
+    )
+
+
+async def check_limits(
+    h: Handles, access: OrgAccess, profile: OrgProfile, *, request_id: str, tokens: int, requests: int = 1
+) -> Decision:
+    """Admit one request against its key's and organization's limits and quota (``requests=0``: only read
+    them, for the headers of routes that cost nothing); the headers go on the response.
+
+    Raises:
+        ApiError: 429 (rate limit, concurrency, quota) / 503 (the limiter is away past its fail-open window).
+    """
+    principal = access.principal
+    try:
+        decision = await h.limits.admit(
+            profile,
+            key=principal.key,
+            user_id=principal.user_id,
+            request_id=request_id,
+            tokens=tokens,
+            requests=requests,
+        )
+    except LimiterUnavailableError as exc:
+        raise ApiError(503, str(exc), code="rate_limiter_unavailable", headers={"Retry-After": "5"}) from None
+    if not decision.allowed and requests:
+        h.metrics.ratelimited.labels("quota" if decision.quota_exhausted else "rate").inc()
+        raise _refusal(decision, tokens)
+    expose_limits(decision)
+    return decision
+
+
+async def peek_limits(access: OrgAccess) -> None:
+    """Put the caller's rate-limit state on the response of a route that costs nothing (``/v1/models``,
+    tokenize): read, not taken; nothing when the limiter is away (the route still answers)."""
+    h = handles()
+    profile = await h.tenants.profile(access.org_id)
+    with contextlib.suppress(ApiError):
+        await check_limits(h, access, profile, request_id="", tokens=0, requests=0)
+
+
 async def admit(h: Handles, access: OrgAccess, kind: RequestType, body: dict[str, Any], *, run_id: str) -> Run:
     """Lease, plan, hold the organization's admission and submit: a started :class:`Run`.
 
@@ -216,10 +304,13 @@ async def admit(h: Handles, access: OrgAccess, kind: RequestType, body: dict[str
         ApiError: 400 / 404 / 429 / 503.
     """
     stack = contextlib.AsyncExitStack()
+    decision: Decision | None = None
     try:
         leased = await lease(stack, h, body)
         plan = plan_generation(kind, body, leased.model, leased.name)
         limits = await stack.enter_async_context(h.tenants.admit(access.org_id))
+        reserve = (len(plan.prompt_ids) + plan.params["max_tokens"]) * plan.n
+        decision = await check_limits(h, access, limits, request_id=run_id, tokens=reserve)
         generate = Generate(
             org_id=access.org_id,
             prompt_ids=plan.prompt_ids,
@@ -240,8 +331,10 @@ async def admit(h: Handles, access: OrgAccess, kind: RequestType, body: dict[str
     except BaseException:
         with trio.CancelScope(shield=True):
             await stack.aclose()
+            if decision is not None:  # admitted, then refused further on: it used nothing
+                await h.limits.settle(decision, used_tokens=0)
         raise
-    return Run(plan, leased, access, recv, run_id, int(time.time()), h, stack)
+    return Run(plan, leased, access, recv, run_id, int(time.time()), h, stack, decision)
 
 
 def new_run_id(prefix: str) -> str:

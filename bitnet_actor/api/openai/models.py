@@ -5,7 +5,7 @@ from __future__ import annotations
 from quart import Blueprint, Response, jsonify
 
 from bitnet_actor.api.auth import handles
-from bitnet_actor.api.openai.admission import inference_access
+from bitnet_actor.api.openai.admission import inference_access, peek_limits
 
 __all__ = ["blueprint"]
 
@@ -15,7 +15,7 @@ blueprint = Blueprint("models", __name__)
 @blueprint.get("/v1/models")
 async def list_models() -> Response:
     """The models this organization may use (``loaded``: in memory now, else loaded on the first request)."""
-    await inference_access()
+    await peek_limits(await inference_access())
     models = handles().models
     loaded = models.loaded()
     data = [

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from actors.scheduler import Failed, Finished, Token
-from bitnet_actor.services.usage import UsageEntry
+from bitnet_actor.services.billing.ledger import UsageEvent
 
 if TYPE_CHECKING:
     import contextlib
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from bitnet_actor.api.auth import OrgAccess
     from bitnet_actor.api.openai.admission import Plan
     from bitnet_actor.handles import Handles
+    from bitnet_actor.services.ratelimit import Decision
 
 __all__ = ["Choice", "Run"]
 
@@ -43,7 +44,8 @@ class Choice:
 class Run:
     """One admitted generation: its plan, lease, reply channel and what it has produced so far.
 
-    ``resources`` holds the lease and the organization's admission; :meth:`record` gives them back (once).
+    ``resources`` holds the lease and the organization's admission; :meth:`record` gives them back (once),
+    settles the rate-limit ``decision`` with the tokens really used and hands the usage event to the meter.
     The handles travel with it: an SSE body is sent outside the request's app context.
     """
 
@@ -55,6 +57,7 @@ class Run:
     created: int
     handles: Handles
     resources: contextlib.AsyncExitStack
+    decision: Decision | None = None
     started: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     last_token_at: float | None = None
@@ -92,8 +95,8 @@ class Run:
         }
 
     async def record(self, outcome: str, *, endpoint: str | None = None) -> None:
-        """Give back the lease and admission, count metrics and write the usage ledger: once, whatever
-        happened (shielded, with a grace period: the client may be gone)."""
+        """Give back the lease, admission and unused reservation, count metrics and meter the usage: once,
+        whatever happened (shielded, with a grace period: the client may be gone)."""
         if self.recorded:
             return
         self.recorded = True
@@ -109,24 +112,24 @@ class Run:
             for choice in self.choices.values() or [Choice(finish_reason=outcome)]:
                 metrics.finished.labels(model, choice.finish_reason or outcome).inc()
             usage = self.usage()
-            reasons = {
-                str(i): c.finish_reason or (c.error.code if c.error else outcome) for i, c in self.choices.items()
-            }
+            if self.decision is not None:
+                await self.handles.limits.settle(self.decision, used_tokens=usage["total_tokens"])
+            first = self.choices.get(0)
+            finish = (first.finish_reason or (first.error.code if first.error else None)) if first else None
             key = self.access.principal.key
-            entry = UsageEntry(
+            event = UsageEvent(
+                request_id=self.id,
                 org_id=self.access.org_id,
+                api_key_id=key.key_id if key else None,
+                user_id=self.access.principal.user_id,
                 model=model,
-                request_data={
-                    **self.plan.request_data,
-                    "endpoint": endpoint or ("chat" if self.plan.chat else "completions"),
-                    "request_id": self.id,
-                    "api_key_id": str(key.key_id) if key else None,
-                },
-                response_data={"usage": usage, "finish_reasons": reasons, "outcome": outcome},
+                endpoint=endpoint or ("chat" if self.plan.chat else "completions"),
+                input_tokens=usage["prompt_tokens"],
+                output_tokens=usage["completion_tokens"],
                 latency_ms=int(elapsed * 1000),
-                total_tokens=usage["total_tokens"],
+                ttft_ms=int((self.first_token_at - self.started) * 1000) if self.first_token_at is not None else None,
+                finish_reason=finish,
+                outcome=outcome,
+                request_data=self.plan.request_data,
             )
-            try:
-                await self.handles.usage.record(entry)
-            except OSError:  # neither the database nor the spool took it: the recorder logged the entry
-                log.exception("usage of request %s could not be kept", self.id)
+            self.handles.meter.record(event)

@@ -9,7 +9,7 @@ from quart import Blueprint, Response, jsonify
 
 from bitnet_actor.api.auth import handles
 from bitnet_actor.api.errors import json_body
-from bitnet_actor.api.openai.admission import chat_prompt, inference_access, lease
+from bitnet_actor.api.openai.admission import chat_prompt, inference_access, lease, peek_limits
 from bitnet_actor.api.openai.protocol import DETOKENIZE, TOKENIZE, RequestType, bad
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 @contextlib.asynccontextmanager
 async def _leased(kind: RequestType) -> AsyncIterator[tuple[dict[str, Any], Model]]:
     """Authenticate, read and check the body, and lease its model for the block."""
-    await inference_access()
+    await peek_limits(await inference_access())
     body = await json_body(max_bytes=MAX_BODY_BYTES)
     kind.check(body)
     async with contextlib.AsyncExitStack() as stack:

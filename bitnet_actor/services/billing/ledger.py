@@ -19,9 +19,10 @@ if TYPE_CHECKING:
 
     from bitnet_actor.stores.postgres import Database
 
-__all__ = ["OK_OUTCOMES", "UsageEvent", "record_batch"]
+__all__ = ["ERROR_OUTCOMES", "UsageEvent", "record_batch"]
 
-OK_OUTCOMES = frozenset({"ok", "stop", "length"})
+# Outcomes the rollups count as errors (a client that went away is not one).
+ERROR_OUTCOMES = frozenset({"failed", "error", "timeout"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,7 +36,7 @@ class UsageEvent:
         endpoint: ``completions``, ``chat``, ``responses``.
         input_tokens / output_tokens / cached_tokens: counted as the response's usage reports them.
         latency_ms: end-to-end. ttft_ms: to the first token (None: none came).
-        finish_reason: of the first choice. outcome: ``ok``, ``client_disconnected``, ``error``, ``timeout``...
+        finish_reason: of the first choice. outcome: ``completed``, ``cancelled`` (the client left), ``failed``.
         request_data: the sampling parameters (never the prompt).
         created_at: when the request ended (part of the ledger's key: it travels with the event).
     """

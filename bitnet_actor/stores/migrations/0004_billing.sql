@@ -178,7 +178,7 @@ LANGUAGE sql SECURITY DEFINER SET search_path = public, pg_temp SET TimeZone = '
                                         output_tokens, cached_tokens, errors)
         SELECT n.org_id, w.width, date_trunc(w.unit, n.created_at), n.api_key_id, n.model, count(*),
                sum(n.input_tokens), sum(n.output_tokens), sum(n.cached_tokens),
-               count(*) FILTER (WHERE n.outcome NOT IN ('ok', 'stop', 'length'))
+               count(*) FILTER (WHERE n.outcome IN ('failed', 'error', 'timeout'))
         FROM ins n CROSS JOIN (VALUES ('1m', 'minute'), ('1h', 'hour'), ('1d', 'day')) AS w(width, unit)
         GROUP BY n.org_id, w.width, date_trunc(w.unit, n.created_at), n.api_key_id, n.model
         ON CONFLICT ON CONSTRAINT usage_rollups_bucket_key DO UPDATE SET
