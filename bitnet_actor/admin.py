@@ -49,12 +49,28 @@ def _scopes(raw: str) -> list[str]:
     return scopes
 
 
-async def create_key(settings: Settings, *, org: str, name: str, scopes: str) -> str:
-    """Create an API key; return the key (the only thing printed)."""
+async def create_key(
+    settings: Settings,
+    *,
+    org: str,
+    name: str,
+    scopes: str,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    max_concurrency: int | None = None,
+) -> str:
+    """Create an API key (with its own limits, if given); return the key (the only thing printed)."""
     async with trio_asyncio.open_loop(), open_database_only(settings) as db:
         org_id = await tenancy.org_id_by_name(db, org)
         secret, _ = await api_keys.create_key(
-            db, org_id=org_id, name=name, scopes=_scopes(scopes), actor=audit.Actor(user_agent="bitnet-actor admin")
+            db,
+            org_id=org_id,
+            name=name,
+            scopes=_scopes(scopes),
+            actor=audit.Actor(user_agent="bitnet-actor admin"),
+            rpm=rpm,
+            tpm=tpm,
+            max_concurrency=max_concurrency,
         )
     return secret
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import trio_asyncio  # imported before anything that may capture asyncio
 
-from bitnet_actor import __version__
+from bitnet_actor import __version__, cli_plans
 from bitnet_actor.config import SETTINGS_DOC, Settings
 from bitnet_actor.errors import BitnetError, ConfigError
 
@@ -90,11 +90,14 @@ def _build_parser() -> argparse.ArgumentParser:
     create_key.add_argument("--org", required=True, help="organization name")
     create_key.add_argument("--name", required=True, help="key name")
     create_key.add_argument("--scopes", required=True, help="comma-separated: inference,models:read,...")
+    for flag, what in (("--rpm", "requests"), ("--tpm", "tokens"), ("--max-concurrency", "concurrent requests")):
+        create_key.add_argument(flag, metavar="N", help=f"this key's own limit of {what} (default: the plan's)")
     revoke_key = admin_sub.add_parser("revoke-key", help="revoke the organization's active keys of that name")
     revoke_key.add_argument("--org", required=True, help="organization name")
     revoke_key.add_argument("--name", required=True, help="key name")
     for p in (create_org, create_key, revoke_key):
         _add_settings_flags(p, local)
+    cli_plans.add_parsers(admin_sub, lambda p: _add_settings_flags(p, local))
     audit = sub.add_parser("audit", help="audit log tools")
     audit_sub = audit.add_subparsers(dest="audit_command", metavar="ACTION", parser_class=_Parser)
     audit_sub.required = True
@@ -129,7 +132,7 @@ async def _migrate(settings: Settings) -> list[int]:
 def _run_admin(args: argparse.Namespace, settings: Settings) -> int:
     import trio
 
-    from bitnet_actor import admin
+    from bitnet_actor import admin, admin_plans
 
     if not settings.database_url:
         from bitnet_actor.system import check_data_dir
@@ -142,7 +145,12 @@ def _run_admin(args: argparse.Namespace, settings: Settings) -> int:
     if args.admin_command == "create-org":
         print(trio.run(partial(admin.create_org, settings, name=args.name, owner_email=args.owner_email)))
     elif args.admin_command == "create-key":
-        print(trio.run(partial(admin.create_key, settings, org=args.org, name=args.name, scopes=args.scopes)))
+        limits = {k: admin_plans.parse_limit(n, v) for k, n, v in (
+            ("rpm", "rpm", args.rpm), ("tpm", "tpm", args.tpm),
+            ("max_concurrency", "key_concurrency", args.max_concurrency)) if v is not None}  # fmt: skip
+        print(trio.run(partial(admin.create_key, settings, org=args.org, name=args.name, scopes=args.scopes, **limits)))
+    elif args.admin_command in cli_plans.COMMANDS:
+        print(cli_plans.run(args, settings))
     else:
         print(trio.run(partial(admin.revoke_key, settings, org=args.org, name=args.name)))
     return 0

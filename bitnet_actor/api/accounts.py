@@ -17,6 +17,7 @@ from bitnet_actor.api.auth import authenticate, client_ip, handles, org_access, 
 from bitnet_actor.api.errors import ApiError
 from bitnet_actor.api.validate import Field, parse_body, parse_datetime
 from bitnet_actor.services import api_keys, audit, tenancy
+from bitnet_actor.services.billing.plans import check_limit
 from bitnet_actor.services.permissions import ROLE_PERMISSIONS, SCOPES, scopes_allowed
 from bitnet_actor.services.sessions import COOKIE_NAME
 
@@ -306,8 +307,12 @@ async def create_key(org_id: UUID) -> Response:
             "name": Field(str, max_len=100),
             "scopes": Field(list, max_len=10),
             "expires_at": Field((str, int), required=False, max_len=64),
+            "rpm": Field(int, required=False),
+            "tpm": Field(int, required=False),
+            "max_concurrency": Field(int, required=False),
         }
     )
+    limits = await _key_limits(org_id, body)
     allowed = scopes_allowed(access.role) if access.role else access.principal.key.scopes  # type: ignore[union-attr]
     excess = sorted(set(body["scopes"]) - allowed)
     if excess and set(body["scopes"]) <= set(SCOPES):
@@ -320,8 +325,26 @@ async def create_key(org_id: UUID) -> Response:
         scopes=body["scopes"],
         actor=access.actor,
         expires_at=expires,
+        **limits,
     )
     return _json({**_key_json(key), "key": secret}, 201)
+
+
+async def _key_limits(org_id: UUID, body: dict[str, Any]) -> dict[str, int]:
+    """A new key's own limits from ``body``: they may tighten the plan's per-key limits, never loosen them
+    (an operator raises them with ``bitnet-actor admin create-key``)."""
+    profile = await handles().tenants.profile(org_id)
+    caps = {"rpm": profile.key_rpm, "tpm": profile.key_tpm, "max_concurrency": profile.key_concurrency}
+    out: dict[str, int] = {}
+    for name, cap in caps.items():
+        if name not in body:
+            continue
+        value = check_limit("key_concurrency" if name == "max_concurrency" else name, body[name])
+        assert value is not None
+        if cap is not None and value > cap:
+            raise ApiError(400, f"{name} may not exceed the plan's per-key limit of {cap}", param=name)
+        out[name] = value
+    return out
 
 
 @blueprint.delete("/orgs/<uuid:org_id>/keys/<uuid:key_id>")

@@ -38,6 +38,7 @@ def _ok(description: str, schema: dict[str, Any] | None = None, status: str = "2
 
 
 _S = {"type": "string"}
+_LIMIT = {"type": ["integer", "null"], "minimum": 0, "description": "this key's own limit (null: the plan's)"}
 _ORG = {"name": "org_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 
 
@@ -106,6 +107,9 @@ SPEC: dict[str, Any] = {
                     "expires_at": {"type": ["string", "null"]},
                     "revoked_at": {"type": ["string", "null"]},
                     "last_used_at": {"type": ["string", "null"]},
+                    "rpm": _LIMIT,
+                    "tpm": _LIMIT,
+                    "max_concurrency": _LIMIT,
                     "key": {"type": "string", "description": "the secret; only in create/rotate responses"},
                 },
             },
@@ -235,7 +239,17 @@ SPEC: dict[str, Any] = {
             "get": {"summary": "API keys", "responses": _ok("list")},
             "post": {
                 "summary": "Create an API key (the secret is shown once)",
-                "requestBody": _body({"name": _S, "scopes": _SCOPES, "expires_at": _S}, ["name", "scopes"]),
+                "requestBody": _body(
+                    {
+                        "name": _S,
+                        "scopes": _SCOPES,
+                        "expires_at": _S,
+                        "rpm": _LIMIT,
+                        "tpm": _LIMIT,
+                        "max_concurrency": _LIMIT,
+                    },
+                    ["name", "scopes"],
+                ),
                 "responses": _ok("created", _ref("ApiKey"), "201"),
             },
         },

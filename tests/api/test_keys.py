@@ -149,3 +149,34 @@ async def test_last_used_is_recorded_off_the_request_path(harness: Harness) -> N
     await harness.system.auth.keys.flush_last_used()
     keys = await api_keys.list_keys(harness.system.stores.db, uuid.UUID(org))
     assert next(k for k in keys if str(k.id) == key_id).last_used_at is not None
+
+
+async def test_key_limits_tighten_the_plan_never_loosen_it(harness: Harness) -> None:
+    owner = await harness.signup()  # on the free plan: 4 concurrent requests per key
+    org = next(iter(owner.orgs.values()))
+    path = f"/api/v1/orgs/{org}/keys"
+    r = await harness.call(
+        "POST", path, owner, json={"name": "tight", "scopes": ["inference"], "rpm": 5, "tpm": 900, "max_concurrency": 2}
+    )
+    assert r.status_code == 201, await r.get_data()
+    body = await r.get_json()
+    assert (body["rpm"], body["tpm"], body["max_concurrency"]) == (5, 900, 2)
+    listed = (await (await harness.call("GET", path, owner)).get_json())["data"]
+    assert [(k["rpm"], k["max_concurrency"]) for k in listed if k["id"] == body["id"]] == [(5, 2)]
+    row = await harness.system.stores.db.fetchrow(
+        "SELECT * FROM bitnet_api_key_by_hash($1)", hashlib.sha256(body["key"].encode()).digest()
+    )
+    assert (row["rpm"], row["tpm"], row["max_concurrency"]) == (5, 900, 2)
+
+    for extra, param in (
+        ({"max_concurrency": 5}, "max_concurrency"),  # above the plan's 4
+        ({"rpm": -1}, "rpm"),
+        ({"tpm": 10**13}, "tpm"),
+        ({"rpm": 1.5}, "rpm"),
+        ({"rpm": True}, "rpm"),
+    ):
+        r = await harness.call("POST", path, owner, json={"name": "bad", "scopes": ["inference"], **extra})
+        assert r.status_code == 400, (extra, await r.get_data())
+        assert (await r.get_json())["error"]["param"] == param
+    listed = (await (await harness.call("GET", path, owner)).get_json())["data"]
+    assert [k["name"] for k in listed] == ["tight"], "a refused key must not be created"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
+from bitnet_actor.services import audit
 from bitnet_actor.services.errors import NotFoundError, ValidationError
 
 if TYPE_CHECKING:
@@ -313,10 +314,13 @@ async def upsert_plan(db: Database, name: str, values: Mapping[str, Any]) -> Pla
         return await get_plan(tx, name)
 
 
-async def set_org_plan(db: Database | Connection, org_id: UUID, plan: str) -> None:
-    """Put ``org_id`` on ``plan`` (and end any payment grace period).
+async def set_org_plan(
+    db: Database | Connection, org_id: UUID, plan: str, *, actor: audit.Actor = audit.SYSTEM_ACTOR
+) -> None:
+    """Put ``org_id`` on ``plan`` (and end any payment grace period); the change is in the audit log.
 
-    ``db`` may be a connection in a transaction already acting for ``org_id``.
+    ``db`` may be a connection in a transaction already acting for ``org_id``. Running replicas apply it
+    when they next refresh the organization (``actors.tenant``: within a minute).
 
     Raises:
         NotFoundError: no such plan or organization.
@@ -325,20 +329,32 @@ async def set_org_plan(db: Database | Connection, org_id: UUID, plan: str) -> No
 
     if isinstance(db, _Db):
         async with db.transaction(org_id=org_id) as tx:
-            await set_org_plan(tx, org_id, plan)
+            await set_org_plan(tx, org_id, plan, actor=actor)
         return
     if not await db.fetchval("SELECT 1 FROM plans WHERE name = $1", plan):
         raise NotFoundError(f"there is no plan {plan!r}")
-    status = await db.execute("UPDATE organizations SET plan = $2 WHERE id = $1", org_id, plan)
-    if status.split()[-1] == "0":
+    before = await db.fetchval("SELECT plan FROM organizations WHERE id = $1", org_id)
+    if before is None:
         raise NotFoundError("no such organization")
+    await db.execute("UPDATE organizations SET plan = $2 WHERE id = $1", org_id, plan)
+    await audit.record(
+        db,
+        org_id=org_id,
+        actor=actor,
+        action="billing.plan_changed",
+        target_type="organization",
+        target_id=org_id,
+        details={"from": before, "to": plan},
+    )
     await db.execute(
         "UPDATE org_billing SET payment_failed_at = NULL, grace_until = NULL, updated_at = now() WHERE org_id = $1",
         org_id,
     )
 
 
-async def set_org_overrides(db: Database, org_id: UUID, values: Mapping[str, Any]) -> None:
+async def set_org_overrides(
+    db: Database, org_id: UUID, values: Mapping[str, Any], *, actor: audit.Actor = audit.SYSTEM_ACTOR
+) -> None:
     """Override ``org_id``'s plan limits / quota (``values``: any of LIMIT_FIELDS and ``quota_mode``; None
     clears an override).
 
@@ -366,4 +382,13 @@ async def set_org_overrides(db: Database, org_id: UUID, values: Mapping[str, Any
             f" ON CONFLICT (org_id) DO UPDATE SET {updates}, updated_at = now()",
             org_id,
             *cols.values(),
+        )
+        await audit.record(
+            tx,
+            org_id=org_id,
+            actor=actor,
+            action="billing.limits_changed",
+            target_type="organization",
+            target_id=org_id,
+            details=dict(cols),
         )
