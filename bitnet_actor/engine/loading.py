@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bitnet_actor.engine import ops
-from bitnet_actor.engine.errors import DeviceError, ModelLoadError
+from bitnet_actor.engine.errors import DeviceError, ModelLoadError, UnsupportedModelError
 from bitnet_actor.engine.loader import load_weights
 from bitnet_actor.engine.model import Model
 from kernels_opencl.device import OpenCLError
@@ -70,6 +70,11 @@ def load_model(
         ctx = open_opencl(opencl_device, required=device == "opencl")
     weights = load_weights(Path(path), progress)
     tokenizer = load_tokenizer(weights.tokenizer_source)
+    if tokenizer is not None and tokenizer.vocab_size > weights.config.vocab_size:
+        raise UnsupportedModelError(
+            f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model's embedding has only"
+            f" {weights.config.vocab_size} rows: ids past it could not be fed to the model"
+        )
     if ctx is None:
         return Model(weights, tokenizer, output=output, kv_cache=kv_cache)
     try:

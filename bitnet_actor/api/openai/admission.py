@@ -26,6 +26,7 @@ from bitnet_actor.api.auth import OrgAccess, authenticate, check_permission, han
 from bitnet_actor.api.errors import ApiError
 from bitnet_actor.api.openai.protocol import CHAT, COMPLETION, RequestType, bad
 from bitnet_actor.api.openai.run import Run
+from bitnet_actor.engine.tokenizer import TokenizerError
 from bitnet_actor.services import tenancy
 from bitnet_actor.services.limits import LimiterUnavailableError
 
@@ -131,8 +132,27 @@ class Plan:
 
 
 def chat_prompt(model: Model, messages: list[dict[str, str]]) -> list[int]:
-    """The token ids of ``messages`` through the model's chat template."""
-    return list(model.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+    """The token ids of ``messages`` through the model's chat template.
+
+    Raises:
+        ApiError: 400 when the template refuses the conversation or the vocabulary cannot encode it.
+    """
+    try:
+        return list(model.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+    except TokenizerError as exc:
+        raise bad(str(exc), "messages") from None
+
+
+def encode_prompt(model: Model, prompt: str, *, add_special_tokens: bool = True) -> list[int]:
+    """The token ids of a text prompt.
+
+    Raises:
+        ApiError: 400 when the model's vocabulary cannot encode it.
+    """
+    try:
+        return list(model.tokenizer.encode(prompt, add_special_tokens=add_special_tokens))
+    except TokenizerError as exc:
+        raise bad(str(exc), "prompt") from None
 
 
 def _prompt_ids(kind: RequestType, body: dict[str, Any], model: Model) -> list[int]:
@@ -140,7 +160,7 @@ def _prompt_ids(kind: RequestType, body: dict[str, Any], model: Model) -> list[i
         return chat_prompt(model, CHAT.parse(body, "messages"))
     prompt = COMPLETION.parse(body, "prompt")
     if isinstance(prompt, str):
-        ids: list[int] = model.tokenizer.encode(prompt)
+        ids = encode_prompt(model, prompt)
     else:
         ids = prompt
         if any(t >= model.vocab_size for t in ids):

@@ -9,7 +9,7 @@ from quart import Blueprint, Response, jsonify
 
 from bitnet_actor.api.auth import handles
 from bitnet_actor.api.errors import json_body
-from bitnet_actor.api.openai.admission import chat_prompt, inference_access, lease, peek_limits
+from bitnet_actor.api.openai.admission import chat_prompt, encode_prompt, inference_access, lease, peek_limits
 from bitnet_actor.api.openai.protocol import DETOKENIZE, TOKENIZE, RequestType, bad
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ async def tokenize() -> Response:
         else:
             prompt = TOKENIZE.parse(body, "prompt")
             add = TOKENIZE.parse(body, "add_special_tokens")
-            ids = list(model.tokenizer.encode(prompt, add_special_tokens=add))
+            ids = encode_prompt(model, prompt, add_special_tokens=add)
         return jsonify({"tokens": ids, "count": len(ids), "max_model_len": model.context_length})
 
 

@@ -109,8 +109,7 @@ class Tokenizer:
         eos.update(int(i) for i in extra_eos_ids)
         self.eos_token_ids: frozenset[int] = frozenset(eos)
         self.chat_templates: dict[str, str] = dict(chat_templates or {})
-        probe_plain = backend.encode("a", add_special_tokens=False).ids
-        probe = backend.encode("a", add_special_tokens=True).ids
+        probe_plain, probe = _bos_eos_probe(backend, self.special_ids)
         self.add_bos_token: bool = (
             self.bos_token_id is not None
             and len(probe) > len(probe_plain)
@@ -212,7 +211,10 @@ class Tokenizer:
         Returns:
             The ids.
         """
-        return list(self.backend.encode(text, add_special_tokens=add_special_tokens).ids)
+        try:
+            return list(self.backend.encode(text, add_special_tokens=add_special_tokens).ids)
+        except Exception as exc:  # the tokenizers library raises plain Exceptions
+            raise TokenizerError(f"cannot encode the text: {exc}") from None
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         """Text for ``ids``.
@@ -237,7 +239,10 @@ class Tokenizer:
         splits = [text]
         if backend.pre_tokenizer is not None:
             splits = [piece for piece, _ in backend.pre_tokenizer.pre_tokenize_str(text)]
-        return [int(token.id) for piece in splits for token in backend.model.tokenize(piece)]
+        try:
+            return [int(token.id) for piece in splits for token in backend.model.tokenize(piece)]
+        except Exception as exc:  # the tokenizers library raises plain Exceptions
+            raise TokenizerError(f"cannot encode the text: {exc}") from None
 
     def control_tokens(self, chat_template: str | None = None) -> tuple[str, ...]:
         """The tokens chat sanitization treats as control tokens for a template.
@@ -438,3 +443,30 @@ class Tokenizer:
         if tokenize:
             return self.encode(text, add_special_tokens=False)
         return text
+
+
+def _bos_eos_probe(backend: Backend, special_ids: frozenset[int]) -> tuple[list[int], list[int]]:
+    """Ids of one probe text without and with special tokens, which tell whether the post-processor adds
+    BOS and EOS.
+
+    The text must be one the vocabulary covers: a WordLevel model without an unknown token cannot encode a
+    word it lacks, so after "a" the probe tries the spelling of the vocabulary's own first ordinary tokens,
+    then the empty text (which every model encodes, though it cannot tell BOS from EOS when they are one).
+    """
+    vocab = backend.get_vocab(with_added_tokens=False)
+    candidates = ["a", "the"]
+    for i in sorted(vocab.values())[:64]:
+        if i in special_ids:
+            continue
+        text = backend.decode([i], skip_special_tokens=True)
+        if text.strip():
+            candidates.append(text.strip())
+    for text in [*candidates, ""]:
+        try:
+            plain = list(backend.encode(text, add_special_tokens=False).ids)
+            full = list(backend.encode(text, add_special_tokens=True).ids)
+        except Exception:  # the vocabulary does not cover it: try the next text
+            continue
+        if plain or not text:
+            return plain, full
+    return [], []
