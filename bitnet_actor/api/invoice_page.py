@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import jinja2
@@ -52,7 +53,7 @@ _TEMPLATE = """<!DOCTYPE html>
 <dt>Organization</dt><dd>{{ org_name }}</dd>
 <dt>Invoice</dt><dd>{{ invoice.id }}</dd>
 <dt>Plan</dt><dd>{{ invoice.plan }}</dd>
-<dt>Period</dt><dd>{{ start }} to {{ end }} (UTC)</dd>
+<dt>Period</dt><dd>{{ start }} to {{ end }}, inclusive (UTC)</dd>
 {% if invoice.finalized_at %}<dt>Finalized</dt><dd>{{ invoice.finalized_at.isoformat() }}</dd>{% endif %}
 </dl>
 <table>
@@ -84,7 +85,8 @@ def _money(cents: int) -> str:
 
 
 def _price(cents_per_m: Decimal) -> str:
-    return f"${(cents_per_m / 100).normalize():f}"
+    whole, _, frac = f"{(cents_per_m / 100).normalize():f}".partition(".")
+    return f"${whole}.{frac.ljust(2, '0')}"
 
 
 def render_invoice(invoice: Invoice, *, org_name: str) -> str:
@@ -92,12 +94,13 @@ def render_invoice(invoice: Invoice, *, org_name: str) -> str:
     from bitnet_actor.services.billing.invoices import period_bounds
 
     start, end = period_bounds(invoice.period)
+    last = end - timedelta(days=1)
     return _PAGE.render(
         invoice=invoice,
         org_name=org_name,
         style=_STYLE,
         start=start.date().isoformat(),
-        end=end.date().isoformat(),
+        end=last.date().isoformat(),
         money=_money,
         price=_price,
     )
