@@ -221,3 +221,22 @@ async def test_invoices_json_and_an_escaped_html_page(harness: Harness, org: Org
     for caller in (org.member, Caller(bearer=org.inference_key)):
         r = await harness.call("GET", f"/api/v1/orgs/{org.id}/invoices/{live['id']}.html", caller)
         assert r.status_code == 403
+
+
+@pytest.mark.filterwarnings("ignore:get_jwt_config:DeprecationWarning")
+async def test_current_for_an_access_token_bound_to_an_organization(harness: Harness, org: Org) -> None:
+    from tests.api.conftest import PASSWORD
+
+    r = await harness.call("POST", "/api/v1/orgs", org.owner, json={"name": f"second-{uuid.uuid4().hex[:6]}"})
+    second = (await r.get_json())["id"]
+    r = await harness.call(
+        "POST",
+        "/api/v1/token",
+        json={"grant_type": "password", "email": org.owner.email, "password": PASSWORD, "org_id": second},
+    )
+    assert r.status_code == 200, await r.get_data()
+    bearer = Caller(bearer=(await r.get_json())["access_token"])
+    status, body = await get(harness, "/api/v1/orgs/current", bearer)
+    assert status == 200 and body["id"] == second  # the token's organization, though the user has two
+    status, page = await get(harness, usage_path("current"), bearer)
+    assert status == 200 and all(b["results"] == [] for b in page["data"])  # not the first org's usage
