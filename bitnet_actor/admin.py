@@ -7,13 +7,16 @@ announced over Redis so running replicas drop the key from their caches at once.
 
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import trio_asyncio
 
 from bitnet_actor.services import api_keys, audit, tenancy
+from bitnet_actor.services.billing import invoices, usage
 from bitnet_actor.services.errors import NotFoundError, ValidationError
 from bitnet_actor.stores import open_database_only
 from bitnet_actor.stores.embedded import EmbeddedRedis, redis_answers
@@ -23,7 +26,7 @@ if TYPE_CHECKING:
     from bitnet_actor.config import Settings
     from bitnet_actor.stores.redis import RedisStore
 
-__all__ = ["create_key", "create_org", "revoke_key", "verify_audit"]
+__all__ = ["create_key", "create_org", "invoice_json", "revoke_key", "usage_table", "verify_audit"]
 
 log = logging.getLogger(__name__)
 
@@ -113,3 +116,81 @@ async def verify_audit(settings: Settings) -> tuple[bool, str]:
     return False, (
         f"audit log tampered: first bad row id={bad.row_id} (organization {bad.org_id}, seq {bad.seq}): {bad.reason}"
     )
+
+
+# ------------------------------------------------------------------ usage and invoices
+
+
+def _when(value: str | None, *, flag: str) -> datetime | None:
+    """``--start`` / ``--end``: an ISO 8601 date or time (UTC when it names no zone)."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValidationError(f"{flag} must be an ISO 8601 date or time, not {value!r}", field=flag) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+async def usage_table(
+    settings: Settings, *, org: str, start: str | None = None, end: str | None = None, width: str = "1d"
+) -> str:
+    """The organization's usage per bucket and model as a text table (default: the width's default page,
+    ending now)."""
+    if width not in usage.WIDTHS:
+        raise ValidationError(f"--width must be one of {', '.join(usage.WIDTHS)}, not {width!r}", field="width")
+    seconds, default_limit, max_limit = usage.WIDTHS[width]
+    end_at = _when(end, flag="--end") or datetime.now(UTC)
+    start_at = _when(start, flag="--start") or end_at - timedelta(seconds=seconds * default_limit)
+    if end_at <= start_at:
+        raise ValidationError("--end must be after --start", field="end")
+    args = {
+        "start_time": [str(int(start_at.timestamp()))],
+        "end_time": [str(-(-int(end_at.timestamp() * 1_000_000) // 1_000_000))],
+        "bucket_width": [width],
+        "group_by": ["model"],
+        "limit": [str(max_limit)],
+    }
+    rows: list[tuple[str, str, int, int, int]] = []
+    async with trio_asyncio.open_loop(), open_database_only(settings) as db:
+        org_id = await tenancy.org_id_by_name(db, org)
+        page: str | None = None
+        while True:
+            query = usage.parse_usage_query({**args, **({"page": [page]} if page else {})})
+            answer = await usage.query_usage(db, org_id, query)
+            for bucket in answer["data"]:
+                stamp = datetime.fromtimestamp(bucket["start_time"], UTC).strftime("%Y-%m-%d %H:%M")
+                for r in bucket["results"]:
+                    rows.append((stamp, r["model"], r["input_tokens"], r["output_tokens"], r["num_model_requests"]))
+            page = answer["next_page"]
+            if page is None:
+                break
+    span = f"{start_at.isoformat()} to {end_at.isoformat()}"
+    if not rows:
+        return f"no usage in {org} from {span} ({width} buckets)"
+    header = ("bucket (UTC)", "model", "input_tokens", "output_tokens", "requests")
+    totals = ("total", "", sum(r[2] for r in rows), sum(r[3] for r in rows), sum(r[4] for r in rows))
+    table = [header, *[tuple(map(str, r)) for r in rows], tuple(map(str, totals))]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+
+    def fmt(row: tuple[str, ...]) -> str:
+        cells = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        return "  ".join(cells).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    lines = [f"usage of {org} from {span} ({width} buckets)", fmt(header), rule]
+    lines += [fmt(row) for row in table[1:-1]] + [rule, fmt(table[-1])]
+    return "\n".join(lines)
+
+
+async def invoice_json(settings: Settings, *, org: str, period: str, finalize: bool = False) -> str:
+    """The organization's invoice of ``period`` (YYYY-MM) as JSON; with ``finalize``, fixed first (only a
+    month that is over; finalizing again changes nothing)."""
+    month = invoices.parse_period(period, field="period")
+    async with trio_asyncio.open_loop(), open_database_only(settings) as db:
+        org_id = await tenancy.org_id_by_name(db, org)
+        if finalize:
+            found = await invoices.finalize_invoice(db, org_id, month)
+        else:
+            found = await invoices.invoice_for_period(db, org_id, month)
+    return json.dumps(found.to_json(), indent=2)

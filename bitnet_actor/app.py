@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 from quart import Response, g, request
 from quart_trio import QuartTrio
 
-from bitnet_actor.api import accounts, health, objects, openai, openapi, tokens
+from bitnet_actor.api import accounts, billing, health, objects, openai, openapi, tokens
+from bitnet_actor.api.auth import OrgConverter
 from bitnet_actor.api.errors import install_error_handlers
 
 if TYPE_CHECKING:
@@ -42,10 +43,12 @@ def create_app(handles: Handles) -> QuartTrio:
         JSON_SORT_KEYS=False,
         PROVIDE_AUTOMATIC_OPTIONS=True,
     )
+    app.url_map.converters["org"] = OrgConverter  # before any blueprint's rules are bound
     install_error_handlers(app)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(objects.blueprint)
     app.register_blueprint(accounts.blueprint)
+    app.register_blueprint(billing.blueprint)
     app.register_blueprint(openapi.blueprint)
     app.register_blueprint(tokens.blueprint)
     for blueprint in openai.BLUEPRINTS:

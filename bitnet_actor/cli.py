@@ -98,12 +98,40 @@ def _build_parser() -> argparse.ArgumentParser:
     for p in (create_org, create_key, revoke_key):
         _add_settings_flags(p, local)
     cli_plans.add_parsers(admin_sub, lambda p: _add_settings_flags(p, local))
+    _add_billing_commands(admin_sub, local)
     audit = sub.add_parser("audit", help="audit log tools")
     audit_sub = audit.add_subparsers(dest="audit_command", metavar="ACTION", parser_class=_Parser)
     audit_sub.required = True
     verify = audit_sub.add_parser("verify", help="check the audit log's hash chains; exit 1 if tampered")
     _add_settings_flags(verify, local)
     return parser
+
+
+def _add_billing_commands(admin_sub: argparse._SubParsersAction[_Parser], local: list[str]) -> None:
+    """``admin usage`` and ``admin invoice``."""
+    usage = admin_sub.add_parser("usage", help="print an organization's usage per time bucket and model")
+    usage.add_argument("--org", required=True, help="organization name")
+    usage.add_argument("--start", help="ISO 8601 date or time (UTC unless it says); default: one page back")
+    usage.add_argument("--end", help="ISO 8601 date or time (UTC unless it says); default: now")
+    usage.add_argument("--width", default="1d", choices=["1m", "1h", "1d"], help="bucket width (default 1d)")
+    invoice = admin_sub.add_parser("invoice", help="print an organization's invoice of a month as JSON")
+    invoice.add_argument("--org", required=True, help="organization name")
+    invoice.add_argument("--period", required=True, help="the month, YYYY-MM")
+    invoice.add_argument("--finalize", action="store_true", help="finalize it (a month that is over; idempotent)")
+    for p in (usage, invoice):
+        _add_settings_flags(p, local)
+
+
+def _run_billing_admin(args: argparse.Namespace, settings: Settings) -> str:
+    import trio
+
+    from bitnet_actor import admin
+
+    if args.admin_command == "usage":
+        run = partial(admin.usage_table, settings, org=args.org, start=args.start, end=args.end, width=args.width)
+    else:
+        run = partial(admin.invoice_json, settings, org=args.org, period=args.period, finalize=args.finalize)
+    return trio.run(run)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -144,6 +172,8 @@ def _run_admin(args: argparse.Namespace, settings: Settings) -> int:
         return 0 if intact else 1
     if args.admin_command == "create-org":
         print(trio.run(partial(admin.create_org, settings, name=args.name, owner_email=args.owner_email)))
+    elif args.admin_command in ("usage", "invoice"):
+        print(_run_billing_admin(args, settings))
     elif args.admin_command == "create-key":
         limits = {k: admin_plans.parse_limit(n, v) for k, n, v in (
             ("rpm", "rpm", args.rpm), ("tpm", "tpm", args.tpm),

@@ -13,7 +13,15 @@ from uuid import UUID
 
 from quart import Blueprint, Response, jsonify, request
 
-from bitnet_actor.api.auth import authenticate, client_ip, handles, org_access, request_actor, require_user
+from bitnet_actor.api.auth import (
+    OrgRef,
+    authenticate,
+    client_ip,
+    handles,
+    org_access,
+    request_actor,
+    require_user,
+)
 from bitnet_actor.api.errors import ApiError
 from bitnet_actor.api.validate import Field, parse_body, parse_datetime
 from bitnet_actor.services import api_keys, audit, tenancy
@@ -178,72 +186,77 @@ async def create_org() -> Response:
     return _json({**json_ready(org), "role": "owner"}, 201)
 
 
-@blueprint.get("/orgs/<uuid:org_id>")
-async def get_org(org_id: UUID) -> Response:
+@blueprint.get("/orgs/<org:org_id>")
+async def get_org(org_id: OrgRef) -> Response:
     """One organization."""
     access = await org_access(org_id, "org:read")
-    org = await tenancy.get_org(handles().stores.db, org_id)
+    org = await tenancy.get_org(handles().stores.db, access.org_id)
     return _json({**json_ready(org), "role": access.role})
 
 
-@blueprint.patch("/orgs/<uuid:org_id>")
-async def update_org(org_id: UUID) -> Response:
+@blueprint.patch("/orgs/<org:org_id>")
+async def update_org(org_id: OrgRef) -> Response:
     """Rename an organization."""
     access = await org_access(org_id, "org:update")
     body = await parse_body({"name": Field(str, max_len=200)})
-    org = await tenancy.update_org(handles().stores.db, org_id, name=body["name"], actor=access.actor)
+    org = await tenancy.update_org(handles().stores.db, access.org_id, name=body["name"], actor=access.actor)
     return _json(org)
 
 
 # ------------------------------------------------------------------ members and invitations
 
 
-@blueprint.get("/orgs/<uuid:org_id>/members")
-async def list_members(org_id: UUID) -> Response:
+@blueprint.get("/orgs/<org:org_id>/members")
+async def list_members(org_id: OrgRef) -> Response:
     """Members and their roles."""
-    await org_access(org_id, "members:read")
-    return _json({"data": await tenancy.list_members(handles().stores.db, org_id)})
+    access = await org_access(org_id, "members:read")
+    return _json({"data": await tenancy.list_members(handles().stores.db, access.org_id)})
 
 
-@blueprint.patch("/orgs/<uuid:org_id>/members/<uuid:user_id>")
-async def change_member(org_id: UUID, user_id: UUID) -> Response:
+@blueprint.patch("/orgs/<org:org_id>/members/<uuid:user_id>")
+async def change_member(org_id: OrgRef, user_id: UUID) -> Response:
     """Change a member's role."""
     access = await org_access(org_id, "members:manage")
     body = await parse_body({"role": Field(str, max_len=20)})
     member = await tenancy.change_role(
-        handles().stores.db, org_id, user_id, role=body["role"], actor_role=access.role or "admin", actor=access.actor
+        handles().stores.db,
+        access.org_id,
+        user_id,
+        role=body["role"],
+        actor_role=access.role or "admin",
+        actor=access.actor,
     )
     return _json(member)
 
 
-@blueprint.delete("/orgs/<uuid:org_id>/members/<uuid:user_id>")
-async def remove_member(org_id: UUID, user_id: UUID) -> Response:
+@blueprint.delete("/orgs/<org:org_id>/members/<uuid:user_id>")
+async def remove_member(org_id: OrgRef, user_id: UUID) -> Response:
     """Remove a member (anyone may leave; removing others needs members:manage)."""
     access = await org_access(org_id, "org:read")
     if access.principal.user_id != user_id:
         access = await org_access(org_id, "members:manage")
     await tenancy.remove_member(
-        handles().stores.db, org_id, user_id, actor_role=access.role or "admin", actor=access.actor
+        handles().stores.db, access.org_id, user_id, actor_role=access.role or "admin", actor=access.actor
     )
     return Response(b"", status=204)
 
 
-@blueprint.get("/orgs/<uuid:org_id>/invitations")
-async def list_invitations(org_id: UUID) -> Response:
+@blueprint.get("/orgs/<org:org_id>/invitations")
+async def list_invitations(org_id: OrgRef) -> Response:
     """Invitations and their status."""
-    await org_access(org_id, "members:manage")
-    return _json({"data": await tenancy.list_invitations(handles().stores.db, org_id)})
+    access = await org_access(org_id, "members:manage")
+    return _json({"data": await tenancy.list_invitations(handles().stores.db, access.org_id)})
 
 
-@blueprint.post("/orgs/<uuid:org_id>/invitations")
-async def invite(org_id: UUID) -> Response:
+@blueprint.post("/orgs/<org:org_id>/invitations")
+async def invite(org_id: OrgRef) -> Response:
     """Invite someone by email (the link is mailed, never returned)."""
     access = await org_access(org_id, "members:manage")
     body = await parse_body({"email": Field(str, max_len=320), "role": Field(str, max_len=20)})
     invitation = await tenancy.create_invitation(
         handles().stores.db,
         handles().auth.mailer,
-        org_id,
+        access.org_id,
         email=body["email"],
         role=body["role"],
         actor_role=access.role or "admin",
@@ -253,11 +266,11 @@ async def invite(org_id: UUID) -> Response:
     return _json(invitation, 201)
 
 
-@blueprint.delete("/orgs/<uuid:org_id>/invitations/<uuid:invitation_id>")
-async def revoke_invitation(org_id: UUID, invitation_id: UUID) -> Response:
+@blueprint.delete("/orgs/<org:org_id>/invitations/<uuid:invitation_id>")
+async def revoke_invitation(org_id: OrgRef, invitation_id: UUID) -> Response:
     """Withdraw a pending invitation."""
     access = await org_access(org_id, "members:manage")
-    await tenancy.revoke_invitation(handles().stores.db, org_id, invitation_id, actor=access.actor)
+    await tenancy.revoke_invitation(handles().stores.db, access.org_id, invitation_id, actor=access.actor)
     return Response(b"", status=204)
 
 
@@ -291,15 +304,15 @@ def _key_json(key: api_keys.ApiKey) -> dict[str, Any]:
     return out
 
 
-@blueprint.get("/orgs/<uuid:org_id>/keys")
-async def list_keys(org_id: UUID) -> Response:
+@blueprint.get("/orgs/<org:org_id>/keys")
+async def list_keys(org_id: OrgRef) -> Response:
     """The organization's API keys (never their secrets)."""
-    await org_access(org_id, "keys:read")
-    return _json({"data": [_key_json(k) for k in await api_keys.list_keys(handles().stores.db, org_id)]})
+    access = await org_access(org_id, "keys:read")
+    return _json({"data": [_key_json(k) for k in await api_keys.list_keys(handles().stores.db, access.org_id)]})
 
 
-@blueprint.post("/orgs/<uuid:org_id>/keys")
-async def create_key(org_id: UUID) -> Response:
+@blueprint.post("/orgs/<org:org_id>/keys")
+async def create_key(org_id: OrgRef) -> Response:
     """Create a key; the secret is in this response only."""
     access = await org_access(org_id, "keys:manage")
     body = await parse_body(
@@ -312,7 +325,7 @@ async def create_key(org_id: UUID) -> Response:
             "max_concurrency": Field(int, required=False),
         }
     )
-    limits = await _key_limits(org_id, body)
+    limits = await _key_limits(access.org_id, body)
     allowed = scopes_allowed(access.role) if access.role else access.principal.key.scopes  # type: ignore[union-attr]
     excess = sorted(set(body["scopes"]) - allowed)
     if excess and set(body["scopes"]) <= set(SCOPES):
@@ -320,7 +333,7 @@ async def create_key(org_id: UUID) -> Response:
     expires = parse_datetime(body["expires_at"], param="expires_at") if "expires_at" in body else None
     secret, key = await api_keys.create_key(
         handles().stores.db,
-        org_id=org_id,
+        org_id=access.org_id,
         name=body["name"],
         scopes=body["scopes"],
         actor=access.actor,
@@ -347,14 +360,14 @@ async def _key_limits(org_id: UUID, body: dict[str, Any]) -> dict[str, int]:
     return out
 
 
-@blueprint.delete("/orgs/<uuid:org_id>/keys/<uuid:key_id>")
-async def revoke_key(org_id: UUID, key_id: UUID) -> Response:
+@blueprint.delete("/orgs/<org:org_id>/keys/<uuid:key_id>")
+async def revoke_key(org_id: OrgRef, key_id: UUID) -> Response:
     """Revoke a key on every replica."""
     access = await org_access(org_id, "keys:manage")
     key = await api_keys.revoke_key(
         handles().stores.db,
         handles().stores.redis,
-        org_id=org_id,
+        org_id=access.org_id,
         key_id=key_id,
         actor=access.actor,
         cache=handles().auth.keys,
@@ -362,15 +375,15 @@ async def revoke_key(org_id: UUID, key_id: UUID) -> Response:
     return _json(_key_json(key))
 
 
-@blueprint.post("/orgs/<uuid:org_id>/keys/<uuid:key_id>/rotate")
-async def rotate_key(org_id: UUID, key_id: UUID) -> Response:
+@blueprint.post("/orgs/<org:org_id>/keys/<uuid:key_id>/rotate")
+async def rotate_key(org_id: OrgRef, key_id: UUID) -> Response:
     """Replace a key; the old one keeps working for ``grace_seconds`` (default one day)."""
     access = await org_access(org_id, "keys:manage")
     body = await parse_body({"grace_seconds": Field(int, required=False)})
     secret, key = await api_keys.rotate_key(
         handles().stores.db,
         handles().stores.redis,
-        org_id=org_id,
+        org_id=access.org_id,
         key_id=key_id,
         actor=access.actor,
         grace_s=body.get("grace_seconds", 86400),
@@ -382,16 +395,16 @@ async def rotate_key(org_id: UUID, key_id: UUID) -> Response:
 # ------------------------------------------------------------------ audit log
 
 
-@blueprint.get("/orgs/<uuid:org_id>/audit")
-async def audit_log(org_id: UUID) -> Response:
+@blueprint.get("/orgs/<org:org_id>/audit")
+async def audit_log(org_id: OrgRef) -> Response:
     """The organization's audit log, newest first; page with ``before`` (a ``seq``)."""
-    await org_access(org_id, "audit:read")
+    access = await org_access(org_id, "audit:read")
     try:
         limit = min(max(int(request.args.get("limit", "100")), 1), 500)
         before = int(request.args["before"]) if "before" in request.args else None
     except ValueError:
         raise ApiError(400, "limit and before must be integers", param="limit") from None
-    entries = await audit.list_entries(handles().stores.db, org_id, limit=limit, before_seq=before)
+    entries = await audit.list_entries(handles().stores.db, access.org_id, limit=limit, before_seq=before)
     return _json({"data": entries, "next_before": entries[-1].seq if len(entries) == limit else None})
 
 

@@ -6,17 +6,21 @@ Credentials, in order:
 3. The portal session cookie (``__Host-bitnet_session``); unsafe methods must then carry the session's CSRF
    token in ``X-CSRF-Token``.
 
-Tenant routes are ``/api/v1/orgs/<org_id>/...``; ``org_access`` resolves the caller's role (or key scopes)
-there, and answers 404, not 403, when the caller does not belong to the organization, so nobody learns which
+Tenant routes are ``/api/v1/orgs/<org:org_id>/...``: an organization's id, or ``current`` for the caller's
+own (an API key's organization; an access token's bound organization; a signed-in user's only organization,
+else a 400 asking for the id). ``org_access`` resolves it and the caller's role (or key scopes) there, and
+answers 404, not 403, when the caller does not belong to the organization, so nobody learns which
 organizations exist. Inside an organization a missing permission is 403.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, Literal
+from uuid import UUID
 
 from quart import current_app, request
+from werkzeug.routing import BaseConverter
 
 from bitnet_actor.api.errors import ApiError
 from bitnet_actor.services import audit, authn, tenancy
@@ -26,12 +30,13 @@ from bitnet_actor.services.permissions import Permission, require
 from bitnet_actor.services.sessions import COOKIE_NAME
 
 if TYPE_CHECKING:
-    from uuid import UUID
-
     from bitnet_actor.handles import Handles
 
 __all__ = [
+    "CURRENT",
     "OrgAccess",
+    "OrgConverter",
+    "OrgRef",
     "Principal",
     "authenticate",
     "check_permission",
@@ -42,6 +47,24 @@ __all__ = [
 ]
 
 _UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+
+CURRENT: Final = "current"
+OrgRef = UUID | Literal["current"]
+
+
+class OrgConverter(BaseConverter):
+    """``<org:org_id>``: an organization's UUID, or the literal ``current`` (resolved by ``org_access``)."""
+
+    regex = r"current|[A-Fa-f0-9]{8}-[A-Fa-f0-9]{4}-[A-Fa-f0-9]{4}-[A-Fa-f0-9]{4}-[A-Fa-f0-9]{12}"
+    part_isolating = True
+
+    def to_python(self, value: str) -> OrgRef:
+        """``current`` as is, anything else as a UUID."""
+        return CURRENT if value == CURRENT else UUID(value)
+
+    def to_url(self, value: object) -> str:
+        """The id (or ``current``) as text."""
+        return str(value)
 
 
 def handles() -> Handles:
@@ -127,14 +150,39 @@ class OrgAccess:
         return request_actor(self.principal)
 
 
-async def org_access(org_id: UUID, permission: Permission) -> OrgAccess:
-    """Authenticate, resolve the caller's standing in ``org_id`` and check ``permission``.
+async def _resolve(principal: Principal, org: OrgRef) -> UUID:
+    if org != CURRENT:
+        return org
+    if principal.key is not None:
+        return principal.key.org_id
+    if principal.token_org is not None:
+        return principal.token_org
+    assert principal.user_id is not None
+    memberships = await tenancy.user_memberships(handles().stores.db, principal.user_id)
+    if not memberships:
+        raise ApiError(404, "you belong to no organization")
+    if len(memberships) > 1:
+        raise ApiError(
+            400,
+            "you belong to several organizations: name one by its id instead of 'current'",
+            param="org_id",
+            code="ambiguous_organization",
+        )
+    return memberships[0].org.id
+
+
+async def org_access(org: OrgRef, permission: Permission) -> OrgAccess:
+    """Authenticate, resolve ``org`` (an id or ``current``) and the caller's standing there; check ``permission``.
+
+    Routes act on the returned ``OrgAccess.org_id``, never on the raw path value.
 
     Raises:
-        ApiError: 401 unauthenticated; 404 not a member / other organization's key; 403 not allowed.
+        ApiError: 401 unauthenticated; 404 not a member / other organization's key; 403 not allowed;
+            400 ``current`` for a user of several organizations.
     """
     principal = await authenticate()
     assert principal is not None
+    org_id = await _resolve(principal, org)
     not_found = ApiError(404, "no such organization")
     if principal.key is not None:
         if principal.key.org_id != org_id:

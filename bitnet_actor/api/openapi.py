@@ -39,7 +39,14 @@ def _ok(description: str, schema: dict[str, Any] | None = None, status: str = "2
 
 _S = {"type": "string"}
 _LIMIT = {"type": ["integer", "null"], "minimum": 0, "description": "this key's own limit (null: the plan's)"}
-_ORG = {"name": "org_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+_ORG = {
+    "name": "org_id",
+    "in": "path",
+    "required": True,
+    "description": "an organization's id, or `current`: the calling API key's organization (for a signed-in"
+    " user: the access token's organization, else their only one)",
+    "schema": {"anyOf": [{"type": "string", "format": "uuid"}, {"type": "string", "const": "current"}]},
+}
 
 
 def _id(name: str) -> dict[str, Any]:
@@ -50,6 +57,154 @@ _ROLE = {"type": "string", "enum": ["owner", "admin", "member", "viewer", "billi
 _SCOPES = {
     "type": "array",
     "items": {"type": "string", "enum": ["inference", "models:read", "models:write", "billing:read", "admin"]},
+}
+
+
+def _q(name: str, schema: dict[str, Any], description: str, *, required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
+
+
+_INT = {"type": "integer"}
+_NULL_S = {"type": ["string", "null"]}
+_BUCKET_PARAMS = [
+    _q("start_time", _INT, "Unix seconds, inclusive (rounded down to its bucket's start)", required=True),
+    _q("end_time", _INT, "Unix seconds, exclusive (rounded up to a bucket's end); default now"),
+    _q("limit", _INT, "buckets per page (1d: default 7, max 31; 1h: 24, 168; 1m: 60, 1440; costs: 7, 180)"),
+    _q("page", _S, "the next_page cursor of the previous page"),
+]
+_ARRAY = {"type": "array", "items": _S}
+
+
+def _page_of(result: dict[str, Any]) -> dict[str, Any]:
+    bucket = {
+        "type": "object",
+        "properties": {
+            "object": {"const": "bucket"},
+            "start_time": _INT,
+            "end_time": _INT,
+            "results": {"type": "array", "items": result},
+        },
+    }
+    return {
+        "type": "object",
+        "properties": {
+            "object": {"const": "page"},
+            "data": {"type": "array", "items": bucket},
+            "has_more": {"type": "boolean"},
+            "next_page": _NULL_S,
+        },
+    }
+
+
+_USAGE_RESULT = {
+    "type": "object",
+    "properties": {
+        "object": {"const": "organization.usage.completions.result"},
+        "input_tokens": _INT,
+        "output_tokens": _INT,
+        "input_cached_tokens": _INT,
+        "num_model_requests": _INT,
+        "model": _NULL_S,
+        "api_key_id": _NULL_S,
+        "project_id": {"type": "null"},
+        "user_id": {"type": "null"},
+    },
+}
+_COST_RESULT = {
+    "type": "object",
+    "properties": {
+        "object": {"const": "organization.costs.result"},
+        "amount": {"type": "object", "properties": {"value": {"type": "number"}, "currency": {"const": "usd"}}},
+        "line_item": _NULL_S,
+        "project_id": {"type": "null"},
+    },
+}
+_INVOICE_ID = {"name": "invoice_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+BILLING_PATHS: dict[str, Any] = {
+    "/api/v1/orgs/{org_id}/usage/completions": {
+        "parameters": [
+            _ORG,
+            *_BUCKET_PARAMS,
+            _q("bucket_width", {"type": "string", "enum": ["1m", "1h", "1d"]}, "bucket width; default 1d"),
+            _q("group_by", {"type": "array", "items": {"enum": ["model", "api_key_id"]}}, "group results by"),
+            _q("models", _ARRAY, "only these models"),
+            _q("api_key_ids", _ARRAY, "only these API keys"),
+        ],
+        "get": {
+            "summary": "Completions usage per time bucket (OpenAI's usage API; needs billing:read)",
+            "responses": _ok("a page of buckets", _page_of(_USAGE_RESULT)),
+        },
+    },
+    "/api/v1/orgs/{org_id}/costs": {
+        "parameters": [
+            _ORG,
+            *_BUCKET_PARAMS,
+            _q("bucket_width", {"type": "string", "enum": ["1d"]}, "bucket width (1d only)"),
+            _q("group_by", {"type": "array", "items": {"enum": ["line_item", "project_id"]}}, "group results by"),
+        ],
+        "get": {
+            "summary": "Costs per day at the plan's prices, in dollars (OpenAI's costs API; needs billing:read)",
+            "responses": _ok("a page of buckets", _page_of(_COST_RESULT)),
+        },
+    },
+    "/api/v1/orgs/{org_id}/invoices": {
+        "parameters": [_ORG],
+        "get": {
+            "summary": "Invoices, newest month first (the current month's a draft computed now)",
+            "responses": _ok(
+                "list", {"type": "object", "properties": {"data": {"type": "array", "items": _ref("Invoice")}}}
+            ),
+        },
+    },
+    "/api/v1/orgs/{org_id}/invoices/{invoice_id}": {
+        "parameters": [_ORG, _INVOICE_ID],
+        "get": {"summary": "An invoice", "responses": _ok("invoice", _ref("Invoice"))},
+    },
+    "/api/v1/orgs/{org_id}/invoices/{invoice_id}.html": {
+        "parameters": [_ORG, _INVOICE_ID],
+        "get": {
+            "summary": "An invoice as a printable HTML page",
+            "responses": {
+                "200": {"description": "the page", "content": {"text/html": {"schema": _S}}},
+                **{c: {"$ref": "#/components/responses/Error"} for c in ("401", "403", "404")},
+            },
+        },
+    },
+}
+_INVOICE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "object": {"const": "invoice"},
+        "id": _S,
+        "org_id": _S,
+        "period": {"type": "string", "description": "YYYY-MM"},
+        "period_start": _INT,
+        "period_end": _INT,
+        "plan": _S,
+        "status": {"type": "string", "enum": ["draft", "finalized"]},
+        "currency": _S,
+        "lines": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "line_no": _INT,
+                    "kind": {"type": "string", "enum": ["base_fee", "input_tokens", "output_tokens"]},
+                    "model": _NULL_S,
+                    "description": _S,
+                    "quantity": _INT,
+                    "unit_price_per_m_cents": {"type": "string", "description": "cents per 1M tokens, decimal"},
+                    "amount_cents": _INT,
+                },
+            },
+        },
+        "subtotal_cents": _INT,
+        "total_cents": _INT,
+        "input_tokens": _INT,
+        "output_tokens": _INT,
+        "requests": _INT,
+        "finalized_at": _NULL_S,
+    },
 }
 
 SPEC: dict[str, Any] = {
@@ -113,6 +268,7 @@ SPEC: dict[str, Any] = {
                     "key": {"type": "string", "description": "the secret; only in create/rotate responses"},
                 },
             },
+            "Invoice": _INVOICE_SCHEMA,
             "AuditEntry": {
                 "type": "object",
                 "properties": {
@@ -273,6 +429,7 @@ SPEC: dict[str, Any] = {
             ],
             "get": {"summary": "Audit log, newest first", "responses": _ok("entries")},
         },
+        **BILLING_PATHS,
         "/api/v1/oidc/login": {
             "get": {
                 "summary": "Start single sign-on (redirects to the provider)",

@@ -19,6 +19,7 @@ EVERYONE = frozenset(ROLES)
 MANAGERS = frozenset({"owner", "admin"})
 KEY_READERS = frozenset({"owner", "admin", "member", "viewer"})
 KEY_MAKERS = frozenset({"owner", "admin", "member"})
+BILLING_READERS = frozenset({"owner", "admin", "billing"})
 
 
 @dataclass
@@ -78,6 +79,11 @@ async def fresh_invitation(h: Harness, w: World) -> dict[str, str]:
     return {"invitation": (await r.get_json())["id"]}
 
 
+async def an_invoice(h: Harness, w: World) -> dict[str, str]:
+    r = await h.call("GET", f"/api/v1/orgs/{w.org_a}/invoices", w.a["owner"])
+    return {"invoice": (await r.get_json())["data"][0]["id"]}
+
+
 async def nothing(h: Harness, w: World) -> dict[str, str]:
     return {}
 
@@ -96,6 +102,11 @@ ROUTES: list[tuple[str, str, dict | str | None, frozenset[str], Prepare]] = [
     ("DELETE", "/api/v1/orgs/{org}/keys/{key}", None, KEY_MAKERS, fresh_key),
     ("POST", "/api/v1/orgs/{org}/keys/{key}/rotate", {"grace_seconds": 0}, KEY_MAKERS, fresh_key),
     ("GET", "/api/v1/orgs/{org}/audit", None, MANAGERS, nothing),
+    ("GET", "/api/v1/orgs/{org}/usage/completions?start_time=1700000000", None, BILLING_READERS, nothing),
+    ("GET", "/api/v1/orgs/{org}/costs?start_time=1700000000", None, BILLING_READERS, nothing),
+    ("GET", "/api/v1/orgs/{org}/invoices", None, BILLING_READERS, nothing),
+    ("GET", "/api/v1/orgs/{org}/invoices/{invoice}", None, BILLING_READERS, an_invoice),
+    ("GET", "/api/v1/orgs/{org}/invoices/{invoice}.html", None, BILLING_READERS, an_invoice),
 ]
 
 
