@@ -6,7 +6,8 @@ bracketed keys (``payload[value]``, ``items[0][price]``), bearer-key authenticat
 ``/v1/billing/meter_events`` (an ``identifier`` is accepted once within 24 hours: a second one is refused
 with ``duplicate_meter_event``), ``Idempotency-Key`` replay (the first response again, ``Idempotent-Replayed:
 true``; the same key with other parameters: 400 ``idempotency_error``). ``down("refuse")`` closes the listening
-socket (connection refused) and ``down("503")`` answers every request with a 503 until ``up()``.
+socket (connection refused) and ``down("503")`` answers every request with a 503 until ``up()``;
+``lose_responses`` drops the answers of requests it carried out (the caller sees a broken connection).
 
 ``sign(payload)`` makes a ``Stripe-Signature`` header exactly as Stripe does (``t=<unix>,v1=<hex HMAC-SHA256
 of "t.payload">``) and ``event(...)`` a webhook event body. Driven only through the ``stripe`` package.
@@ -88,6 +89,8 @@ class StripeServer:
     meter_events: list[dict[str, Any]] = field(default_factory=list)
     requests: list[tuple[str, str, dict[str, Any], str | None]] = field(default_factory=list)
     refused: int = 0
+    meter_delay_s: float = 0.0  # each meter event takes this long (racing senders overlap)
+    lose_responses: int = 0  # the next N requests are processed, then their connection drops unanswered
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -208,6 +211,8 @@ class StripeServer:
         params = decode_form(raw if method == "POST" else query)
         idem = handler.headers.get("Idempotency-Key")
         extra: dict[str, str] = {}
+        if self.meter_delay_s and path == "/v1/billing/meter_events":
+            time.sleep(self.meter_delay_s)
         try:
             if self._mode == "503":
                 raise _Refused(503, "api_error", "Stripe is having a bad day (test switch)")
@@ -241,6 +246,12 @@ class StripeServer:
         except _Refused as exc:
             status, body = exc.status, exc.body
             self.refused += 1
+        with self._lock:
+            lose = self.lose_responses > 0
+            self.lose_responses -= lose
+        if lose:  # done, but the caller never hears of it (a timeout, a reset connection)
+            handler.close_connection = True
+            return
         data = json.dumps(body).encode()
         handler.send_response(status)
         handler.send_header("Content-Type", "application/json")
