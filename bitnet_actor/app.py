@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from quart import Response, g, request
 from quart_trio import QuartTrio
 
-from bitnet_actor.api import accounts, health, objects, openai, openapi, tokens
+from bitnet_actor.api import accounts, health, objects, openai, openapi, stripe_webhook, tokens
 from bitnet_actor.api.errors import install_error_handlers
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ def create_app(handles: Handles) -> QuartTrio:
     app.register_blueprint(accounts.blueprint)
     app.register_blueprint(openapi.blueprint)
     app.register_blueprint(tokens.blueprint)
+    app.register_blueprint(stripe_webhook.blueprint)
     for blueprint in openai.BLUEPRINTS:
         app.register_blueprint(blueprint)
     metrics = handles.metrics
