@@ -11,6 +11,7 @@ import re
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import pytest
@@ -26,6 +27,7 @@ from tests.stripe_server import StripeServer
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
+    from pathlib import Path
 
 
 @pytest.fixture
@@ -332,3 +334,31 @@ async def test_the_actor_runs_rounds_until_cancelled(dbs: Dbs, server: StripeSer
         nursery.cancel_scope.cancel()
     assert box.statistics().sent == 2 and pending[-1] == 0
     assert server.meter_total("bitnet_output_tokens") == 4
+
+
+async def test_the_system_builds_it_only_with_a_stripe_key_and_feeds_the_gauge(
+    dbs: Dbs, server: StripeServer, tmp_path: Path
+) -> None:
+    from actors.tenant import Tenants
+    from bitnet_actor.config import Settings
+    from bitnet_actor.observability import Metrics
+    from bitnet_actor.system import billing_outbox
+
+    metrics = Metrics()
+    stores = SimpleNamespace(db=dbs.app)
+    tenants = Tenants(dbs.app)
+    local = Settings(data_dir=tmp_path)
+    assert billing_outbox(local, stores, metrics, tenants) is None  # type: ignore[arg-type]
+    configured = Settings(
+        data_dir=tmp_path, stripe_api_key=server.api_key, stripe_api_base=server.url, stripe_webhook_secret="whsec_x"
+    )
+    box = billing_outbox(configured, stores, metrics, tenants)  # type: ignore[arg-type]
+    assert box is not None
+    org = await new_org(dbs)
+    await use(dbs, org, hour(0), 4, 4)
+    await box.run_once()
+    assert b"bitnet_billing_outbox_pending 2.0" in metrics.render()
+    await use(dbs, org, hour(1), 1, 1)
+    await box.run_once()
+    assert b"bitnet_billing_outbox_pending 2.0" in metrics.render()  # the ended hour went, this one waits
+    assert server.meter_total("bitnet_input_tokens") == 1
