@@ -5,7 +5,8 @@ stores (embedded or configured), the migrations, the actors under their supervis
 serving ``create_app(handles)`` in the same nursery. The web layer gets ``Handles`` (bitnet_actor.handles),
 never this module's objects.
 
-Supervision: the API-key invalidation listener and the tenants' eviction loop run under ``Supervisor``s
+Supervision: the API-key invalidation listener, the tenants' eviction loop, the usage meter and, with a
+Stripe key, the billing outbox (``actors.outbox``) run under ``Supervisor``s
 (restarted on a crash, 10 in a minute at most); the model cache is not supervised: it owns the schedulers
 (one per loaded model, started in its nursery), and a scheduler whose step fails fails its batch and goes on,
 so neither is restarted behind its callers' backs. SIGTERM or SIGINT starts a graceful shutdown: ``/readyz``
@@ -35,6 +36,7 @@ from actors.inference import Inference, Models
 from actors.key_cache import KeyCache
 from actors.meter import UsageMeter
 from actors.model_cache import ModelCache
+from actors.outbox import BillingOutbox
 from actors.scheduler import Scheduler
 from actors.tenant import Tenants
 from bitnet_actor.app import create_app
@@ -44,6 +46,7 @@ from bitnet_actor.handles import Handles, Readiness
 from bitnet_actor.observability import Metrics
 from bitnet_actor.services import platform_models
 from bitnet_actor.services.authn import AuthServices
+from bitnet_actor.services.billing.stripe import StripeBilling
 from bitnet_actor.services.email import LogEmailSender
 from bitnet_actor.services.jwt import JwtService
 from bitnet_actor.services.limits import RequestLimits
@@ -79,6 +82,15 @@ def usage_meter(settings: Settings, stores: Stores, metrics: Metrics) -> UsageMe
     )
     metrics.usage_buffered.set_function(meter.buffered)
     return meter
+
+
+def billing_outbox(settings: Settings, stores: Stores, metrics: Metrics, tenants: Tenants) -> BillingOutbox | None:
+    """The Stripe outbox's sender when a Stripe key is configured (None: billing stays local, the outbox rows
+    wait in the table)."""
+    if not settings.stripe_api_key:
+        return None
+    client = StripeBilling(settings.stripe_api_key, api_base=settings.stripe_api_base)
+    return BillingOutbox(stores.db, client, on_pending=metrics.outbox_pending.set, on_plan_changed=tenants.forget)
 
 
 def request_limits(settings: Settings, stores: Stores, metrics: Metrics) -> RequestLimits:
@@ -388,6 +400,12 @@ async def run_system(
                     Supervisor("tenants", lambda: tenants, policy),
                     Supervisor("usage-meter", lambda: meter, policy),
                 ]
+                outbox = billing_outbox(settings, stores, metrics, tenants)
+                if outbox is not None:  # Stripe's calls run in threads, off every request's path
+                    sender = outbox
+                    supervisors.append(Supervisor("billing-outbox", lambda: sender, policy))
+                else:
+                    log.info("no Stripe key: billing stays local (the Stripe outbox is not sent)")
                 for supervisor in supervisors:
                     await nursery.start(supervisor.run)
                 cache_live = metrics.live

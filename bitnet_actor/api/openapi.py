@@ -451,6 +451,37 @@ SPEC: dict[str, Any] = {
                 "responses": {"200": {"description": "JWKS"}},
             }
         },
+        "/api/v1/stripe/webhook": {
+            "post": {
+                "summary": "Stripe webhook events (authenticated by the Stripe-Signature header alone)",
+                "security": [],
+                "parameters": [{"name": "Stripe-Signature", "in": "header", "required": True, "schema": _S}],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"type": "object", "description": "a Stripe event"}}},
+                },
+                "responses": {
+                    "200": {
+                        "description": "received (applied now, or already before)",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "received": {"type": "boolean"},
+                                        "id": _S,
+                                        "duplicate": {"type": "boolean"},
+                                        "effect": _S,
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "400": {"$ref": "#/components/responses/Error"},
+                    "404": {"$ref": "#/components/responses/Error"},
+                },
+            }
+        },
         "/api/v1/openapi.json": {
             "get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI"}}}
         },

@@ -8,7 +8,8 @@ The tree::
     ├── AuthenticationError         missing, malformed, revoked or expired credentials
     ├── ConflictStateError          the operation contradicts current state (last owner, already accepted, ...)
     ├── ValidationError             a field has a bad value; ``field`` names it
-    └── ThrottledError              too many attempts; ``retry_after`` seconds
+    ├── ThrottledError              too many attempts; ``retry_after`` seconds
+    └── PaymentProviderError        Stripe refused a call or could not be reached; ``retryable`` says which
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = [
     "AuthenticationError",
     "ConflictStateError",
     "NotFoundError",
+    "PaymentProviderError",
     "PermissionDeniedError",
     "ServiceError",
     "ThrottledError",
@@ -60,3 +62,21 @@ class ThrottledError(ServiceError):
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class PaymentProviderError(ServiceError):
+    """Stripe refused a call (``retryable`` False: the same call would be refused again) or could not be
+    reached, was rate limited or failed on its side (``retryable`` True: retry later with the same
+    idempotency key).
+
+    Attributes:
+        retryable: whether the same call may succeed later.
+        status: the HTTP status Stripe answered (None: no answer).
+        code: Stripe's error code, if any.
+    """
+
+    def __init__(self, message: str, *, retryable: bool, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.status = status
+        self.code = code
