@@ -81,9 +81,11 @@ async def replicas(
     aio_loop: object, pg_dsn: str, redis_url: str, model_dir: Path, replicas_dirs: tuple[Path, Path]
 ) -> AsyncIterator[Replicas]:
     models = {"tiny": model_dir}
-    async with serve(pg_dsn, redis_url, replicas_dirs[0], models) as one:
-        async with serve(pg_dsn, redis_url, replicas_dirs[1], models) as two:
-            yield Replicas(one, two, pg_dsn)
+    async with (
+        serve(pg_dsn, redis_url, replicas_dirs[0], models) as one,
+        serve(pg_dsn, redis_url, replicas_dirs[1], models) as two,
+    ):
+        yield Replicas(one, two, pg_dsn)
 
 
 def body(**extra: Any) -> dict[str, Any]:
@@ -152,8 +154,10 @@ async def test_a_dropped_stream_gives_its_reservation_back(replicas: Replicas) -
     url = replicas.one.url
     payload = json.dumps(body(max_tokens=200, ignore_eos=True, stream=True))
     host, port = url.removeprefix("http://").rsplit(":", 1)
-    request = (f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
-               f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n{payload}").encode()  # fmt: skip
+    request = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n{payload}"
+    ).encode()
     stream = await trio.open_tcp_stream(host, int(port))
     async with stream:
         await stream.send_all(request)

@@ -185,9 +185,7 @@ async def test_redis_outage_fails_open_for_the_window_then_closed(
     profile = await plans.org_profile(db, org)
     try:
         async with open_redis(server.url) as redis:
-            limits = RequestLimits(
-                RateLimiter(redis), db, fail_open_s=30, redis_timeout_s=0.5, clock=lambda: clock[0]
-            )
+            limits = RequestLimits(RateLimiter(redis), db, fail_open_s=30, redis_timeout_s=0.5, clock=lambda: clock[0])
             shared = await limits.admit(profile, key=None, user_id=None, request_id="a")
             assert shared.allowed and shared.source == "redis"
             server.stop()
