@@ -119,7 +119,7 @@ class UsageMeter:
         self._replay_lock = trio.Lock()
         self._pending: list[UsageEvent] = []  # the batch being gathered or written
         self._deadline = math.inf  # a drain's: no write runs past it
-        self._write_scope: trio.CancelScope | None = None
+        self._write_scopes: set[trio.CancelScope] = set()  # writes under way (the live batch, a replay)
         self._last_batch_s = 0.0
         self._db_ok = True
 
@@ -157,8 +157,8 @@ class UsageMeter:
         in memory then (whether or not ``run`` is running); events recorded after this spill at once.
         """
         self._deadline = trio.current_time() + timeout_s
-        if self._write_scope is not None:
-            self._write_scope.deadline = min(self._write_scope.deadline, self._deadline)
+        for scope in self._write_scopes:
+            scope.deadline = min(scope.deadline, self._deadline)
         self._send.close()
         with trio.move_on_at(self._deadline):
             await self._idle.wait()
@@ -250,11 +250,11 @@ class UsageMeter:
         # One write, within write_timeout_s and never past a drain's deadline (raises TooSlowError).
         deadline = min(trio.current_time() + self.write_timeout_s, self._deadline)
         with trio.CancelScope(deadline=deadline) as scope:
-            self._write_scope = scope
+            self._write_scopes.add(scope)
             try:
                 return await record_batch(self.db, chunk)
             finally:
-                self._write_scope = None
+                self._write_scopes.discard(scope)
         raise trio.TooSlowError
 
     def _count_written(self, offered: int, new: int, *, replayed: bool = False) -> None:
