@@ -8,25 +8,30 @@ the same transaction).
 
 Nothing is dropped:
 
-- a batch PostgreSQL refuses or does not answer within ``write_timeout_s`` is appended to the spill file
-  ``<data dir>/usage-spill/spill.jsonl`` (one JSON event per line, fsynced per batch) and replayed once
-  PostgreSQL answers again; replay is idempotent (the ledger's key is the event's request id and time), so
-  a batch that was committed but whose answer was lost counts once;
+- a batch PostgreSQL does not take (unreachable, shutting down, or no answer within ``write_timeout_s``)
+  is appended to the spill file ``<data dir>/usage-spill/spill.jsonl`` (one JSON event per line, fsynced
+  per batch) and replayed once PostgreSQL answers again; replay is idempotent (the ledger's key is the
+  event's request id and time), so a batch that was committed but whose answer was lost counts once;
+- an event the ledger refuses (its organization is gone) is found within its batch and moved to
+  ``refused.jsonl``, logged; the rest of the batch is written at once;
 - a full buffer (PostgreSQL slower than the requests) spills the event at once instead of waiting;
-- at shutdown, :meth:`drain` writes the buffer within the grace period and spills what is left; cancelled
-  with events still buffered, the meter spills them before it goes.
+- at shutdown, :meth:`drain` writes the buffer within the grace period: a write still running at the
+  deadline is cut short and spilled, as is what is left in memory; cancelled, the meter spills what it
+  holds (the batch in hand included) before it goes.
 
-Replay takes the spill file aside (renamed to ``replaying-<n>.jsonl``) under the spill lock, writes it in
-batches and deletes it; a crash mid-replay leaves the renamed file, replayed at the next start. Lines a
-crash cut short are moved to ``damaged.jsonl``, and events the ledger refuses outright (their organization
-is gone) to ``refused.jsonl``, logged, never retried forever. The spool of the older
-recorder (``usage-spool.jsonl``) is read the same way, once.
+Replay writes the files set aside earlier (``replaying-<n>.jsonl``, oldest first), and only once they are
+all in takes the spill file aside (renamed under the spill lock) and writes it, so an outage leaves one
+file waiting; each file is deleted once written, and a crash mid-replay leaves it for the next start. Lines
+that do not parse (a crash cut them short: every append starts on a new line, so the next event never runs
+on from one) are moved to ``damaged.jsonl``. The spool of the older recorder (``usage-spool.jsonl``) is read
+the same way, once.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 import uuid
@@ -67,6 +72,8 @@ class MeterStatistics:
     spilled: int
     replayed: int
     batches: int
+    refused: int
+    damaged: int
     spill_bytes: int
     last_batch_s: float
 
@@ -83,6 +90,7 @@ class UsageMeter:
         flush_s: float = 0.05,
         buffer_size: int = 20_000,
         write_timeout_s: float = 5.0,
+        replay_every_s: float = _REPLAY_EVERY_S,
         on_written: Callable[[int], None] | None = None,
         on_spilled: Callable[[int], None] | None = None,
     ) -> None:
@@ -91,7 +99,7 @@ class UsageMeter:
         spill_dir: where events go while PostgreSQL is away (created on need).
         batch_size: events per insert at most. flush_s: how long a batch waits for more after its first.
         buffer_size: events held in memory at most; past it, events spill at once.
-        write_timeout_s: a batch write taking longer spills.
+        write_timeout_s: a batch write taking longer spills. replay_every_s: how often the spill is retried.
         on_written / on_spilled: called with counts (metrics).
         """
         self.db = db
@@ -99,6 +107,7 @@ class UsageMeter:
         self.batch_size = batch_size
         self.flush_s = flush_s
         self.write_timeout_s = write_timeout_s
+        self.replay_every_s = replay_every_s
         self._send, self._recv = trio.open_memory_channel[UsageEvent](buffer_size)
         self._on_written = on_written
         self._on_spilled = on_spilled
@@ -106,6 +115,11 @@ class UsageMeter:
         self._idle = trio.Event()
         self._idle.set()
         self._written = self._duplicates = self._spilled = self._replayed = self._batches = 0
+        self._refused = self._damaged = 0
+        self._replay_lock = trio.Lock()
+        self._pending: list[UsageEvent] = []  # the batch being gathered or written
+        self._deadline = math.inf  # a drain's: no write runs past it
+        self._write_scopes: set[trio.CancelScope] = set()  # writes under way (the live batch, a replay)
         self._last_batch_s = 0.0
         self._db_ok = True
 
@@ -115,9 +129,11 @@ class UsageMeter:
         """Take ``event``; never waits. A full buffer (or a closed meter) spills it synchronously."""
         try:
             self._send.send_nowait(event)
-            self._idle = trio.Event() if self._idle.is_set() else self._idle
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             self._spill_now([event])
+            return
+        if self._idle.is_set():
+            self._idle = trio.Event()
 
     # The actor -------------------------------------------------------------------------------------------
 
@@ -130,14 +146,23 @@ class UsageMeter:
                 await self._write_loop()
                 nursery.cancel_scope.cancel()
         finally:
-            self._spill_buffered()  # cancelled (or crashed) with events in memory: keep them on disk
+            # Cancelled (or crashed) with events in memory, the batch in hand included: keep them on disk. A
+            # batch cancelled mid-write may have been committed too: replay is idempotent.
+            self._spill_buffered()
 
     async def drain(self, timeout_s: float) -> None:
-        """Stop taking events into memory and write those buffered within ``timeout_s`` (shutdown). What
-        is not written in time is spilled when ``run`` is cancelled; events recorded after this spill."""
+        """Stop taking events into memory and write those buffered within ``timeout_s`` (shutdown).
+
+        A write still running at the deadline is cut short and its batch spilled, as is everything still
+        in memory then (whether or not ``run`` is running); events recorded after this spill at once.
+        """
+        self._deadline = trio.current_time() + timeout_s
+        for scope in self._write_scopes:
+            scope.deadline = min(scope.deadline, self._deadline)
         self._send.close()
-        with trio.move_on_after(timeout_s):
+        with trio.move_on_at(self._deadline):
             await self._idle.wait()
+        self._spill_buffered(keep_pending=True)  # the batch being written is its writer's to spill
 
     async def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until every event recorded so far is written or spilled (tests, the benchmark)."""
@@ -156,7 +181,7 @@ class UsageMeter:
             except trio.EndOfChannel:
                 self._idle.set()
                 return  # noqa: ASYNC910  # receive() was the checkpoint
-            batch = [first]
+            batch = self._pending = [first]  # held where a cancellation's cleanup finds it
             with trio.move_on_after(self.flush_s):
                 while len(batch) < self.batch_size:
                     try:
@@ -169,36 +194,89 @@ class UsageMeter:
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
             await self._write(batch)
+            self._pending = []
             if not self._recv.statistics().current_buffer_used:
                 self._idle.set()
 
     async def _write(self, batch: Sequence[UsageEvent]) -> None:
         started = time.perf_counter()
+        await trio.lowlevel.checkpoint()
         try:
-            with trio.fail_after(self.write_timeout_s):
-                new = await record_batch(self.db, batch)
-        except Exception as exc:  # unreachable, timed out or refused: the batch goes to disk, not away
+            new = await self._store(batch)
+        except Exception as exc:  # an event the driver cannot even encode: the batch goes to disk, not away
+            log.exception("usage batch of %d not written; spilling to %s", len(batch), self.spill_dir)
+            new = exc
+        if not isinstance(new, int):  # unreachable, timed out or broken: the batch goes to disk, not away
             if self._db_ok:
-                log.error("usage batch of %d not written (%s); spilling to %s", len(batch), exc, self.spill_dir)
+                log.error("usage batch of %d not written (%s); spilling to %s", len(batch), new, self.spill_dir)
             self._db_ok = False
             with trio.CancelScope(shield=True):
                 await self._spill(batch)
             return
         self._db_ok = True
         self._last_batch_s = time.perf_counter() - started
+        self._count_written(len(batch), new)
+
+    async def _store(self, chunk: Sequence[UsageEvent]) -> int | BaseException:
+        """Write ``chunk``; return how many events were new, or why PostgreSQL did not take it (away,
+        timed out). Events it refuses (their organization is gone...) are found one by one and set aside
+        in ``refused.jsonl``; the others are written."""
+        await trio.lowlevel.checkpoint()
+        try:
+            return await self._record_batch(chunk)
+        except (StoreUnavailableError, trio.TooSlowError) as exc:
+            return exc
+        except StoreError as exc:
+            first_error = exc
+        new = 0
+        refused: list[UsageEvent] = []
+        for event in chunk:
+            try:
+                if len(chunk) == 1:  # already tried alone
+                    raise first_error
+                new += await self._record_batch([event])
+            except (StoreUnavailableError, trio.TooSlowError) as exc:
+                return exc
+            except StoreError as exc:
+                log.error("usage event %s refused by the ledger (%s); moved to %s", event.request_id, exc, _REFUSED)
+                refused.append(event)
+        if refused:
+            lines = [e.to_json() for e in refused]
+            await trio.to_thread.run_sync(self._append_lines, self.spill_dir / _REFUSED, lines)
+            self._refused += len(refused)
+        return new
+
+    async def _record_batch(self, chunk: Sequence[UsageEvent]) -> int:
+        # One write, within write_timeout_s and never past a drain's deadline (raises TooSlowError).
+        deadline = min(trio.current_time() + self.write_timeout_s, self._deadline)
+        with trio.CancelScope(deadline=deadline) as scope:
+            self._write_scopes.add(scope)
+            try:
+                return await record_batch(self.db, chunk)
+            finally:
+                self._write_scopes.discard(scope)
+        raise trio.TooSlowError
+
+    def _count_written(self, offered: int, new: int, *, replayed: bool = False) -> None:
         self._batches += 1
         self._written += new
-        self._duplicates += len(batch) - new
-        if self._on_written is not None:
+        self._duplicates += offered - new
+        if replayed:
+            self._replayed += new
+        if self._on_written is not None and new:
             self._on_written(new)
 
     # Spilling and replay ---------------------------------------------------------------------------------
 
     def _append_lines(self, path: Path, lines: Sequence[str]) -> None:
         self.spill_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            os.write(fd, "".join(line + "\n" for line in lines).encode())
+            data = "".join(line + "\n" for line in lines).encode()
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data  # a crash cut the last line short: ours must not run on from it
+            os.write(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -231,8 +309,9 @@ class UsageMeter:
             return
         self._spilled_now(len(batch))
 
-    def _spill_buffered(self) -> None:
-        left: list[UsageEvent] = []
+    def _spill_buffered(self, *, keep_pending: bool = False) -> None:
+        left: list[UsageEvent] = [] if keep_pending else self._pending
+        self._pending = [] if not keep_pending else self._pending
         while True:
             try:
                 left.append(self._recv.receive_nowait())
@@ -249,7 +328,7 @@ class UsageMeter:
                 await self.replay()
             except Exception:  # the next round retries; nothing was removed
                 log.exception("usage spill replay failed")
-            await trio.sleep(_REPLAY_EVERY_S)
+            await trio.sleep(self.replay_every_s)
 
     def _pending_files(self) -> list[Path]:
         if not self.spill_dir.exists():
@@ -257,25 +336,31 @@ class UsageMeter:
         return sorted(self.spill_dir.glob("replaying-*.jsonl"))
 
     async def replay(self) -> int:
-        """Write what was spilled; return how many events were new to the ledger.
+        """Write what was spilled; return how many events replay has made new to the ledger so far.
 
-        Stops at the first batch PostgreSQL does not take (the files stay for the next round).
+        Files set aside earlier go first, oldest first; the spill file is taken aside only once they are
+        all written, so an outage leaves one file waiting, not one per round. Stops at the first batch
+        PostgreSQL does not take (the files stay for the next round).
         """
-        async with self._spill_lock:
-            spill = self.spill_dir / _SPILL
-            if spill.exists() and spill.stat().st_size:
-                spill.rename(self.spill_dir / f"replaying-{time.time_ns()}-{uuid.uuid4().hex[:8]}.jsonl")
-        for path in [*self._legacy_spools(), *self._pending_files()]:
-            new = await self._replay_file(path)
-            if new is None:
-                return self._replayed
-        return self._replayed
+        async with self._replay_lock:
+            for path in [*self._legacy_spools(), *self._pending_files()]:
+                if not await self._replay_file(path):
+                    return self._replayed
+            async with self._spill_lock:
+                spill = self.spill_dir / _SPILL
+                if not (spill.exists() and spill.stat().st_size):
+                    return self._replayed
+                aside = self.spill_dir / f"replaying-{time.time_ns()}-{uuid.uuid4().hex[:8]}.jsonl"
+                spill.rename(aside)
+            await self._replay_file(aside)
+            return self._replayed
 
     def _legacy_spools(self) -> list[Path]:
         legacy = self.spill_dir.parent / "usage-spool.jsonl"
         return [legacy] if legacy.exists() else []
 
-    async def _replay_file(self, path: Path) -> int | None:
+    async def _replay_file(self, path: Path) -> bool:
+        """Replay one file and delete it; False (the file kept) when PostgreSQL does not take a batch."""
         text = await trio.to_thread.run_sync(path.read_text, "utf-8")
         events: list[UsageEvent] = []
         damaged: list[str] = []
@@ -287,41 +372,23 @@ class UsageMeter:
             except (ValueError, KeyError, TypeError):
                 damaged.append(line)
         new_total = 0
-        refused: list[str] = []
         for i in range(0, len(events), self.batch_size):
             chunk = events[i : i + self.batch_size]
-            try:
-                with trio.fail_after(self.write_timeout_s):
-                    new_total += await record_batch(self.db, chunk)
-            except (trio.TooSlowError, StoreUnavailableError) as exc:  # still away: keep the file (idempotent)
-                log.warning("usage spill replay paused (%s): %s kept", exc or "timeout", path.name)
-                return None
-            except StoreError:  # one event the ledger refuses (its organization is gone...): find it, set it aside
-                for event in chunk:
-                    try:
-                        with trio.fail_after(self.write_timeout_s):
-                            new_total += await record_batch(self.db, [event])
-                    except (trio.TooSlowError, StoreUnavailableError):
-                        return None
-                    except StoreError as exc:
-                        log.error(
-                            "usage event %s refused by the ledger (%s); moved to %s", event.request_id, exc, _REFUSED
-                        )
-                        refused.append(event.to_json())
-        if refused:
-            await trio.to_thread.run_sync(self._append_lines, self.spill_dir / _REFUSED, refused)
+            new = await self._store(chunk)
+            if not isinstance(new, int):  # still away: keep the file (what went in counts once: idempotent)
+                log.warning("usage spill replay paused (%s): %s kept", new or "timeout", path.name)
+                return False
+            self._db_ok = True
+            new_total += new
+            self._count_written(len(chunk), new, replayed=True)
         if damaged:
             log.error("%d damaged usage spill lines from %s moved to %s", len(damaged), path.name, _DAMAGED)
             await trio.to_thread.run_sync(self._append_lines, self.spill_dir / _DAMAGED, damaged)
+            self._damaged += len(damaged)
         await trio.to_thread.run_sync(partial(path.unlink, missing_ok=True))
-        self._replayed += new_total
-        self._written += new_total
-        self._db_ok = True
         if new_total:
             log.info("usage spill replay: %d events written from %s", new_total, path.name)
-        if self._on_written is not None:
-            self._on_written(new_total)
-        return new_total
+        return True
 
     def buffered(self) -> int:
         """Events waiting in memory."""
@@ -341,6 +408,8 @@ class UsageMeter:
             spilled=self._spilled,
             replayed=self._replayed,
             batches=self._batches,
+            refused=self._refused,
+            damaged=self._damaged,
             spill_bytes=spill_bytes,
             last_batch_s=self._last_batch_s,
         )

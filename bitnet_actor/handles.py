@@ -117,8 +117,10 @@ class LimitsHandle(Protocol):
         ``LimiterUnavailableError`` when Redis has been away past the fail-open window)."""
         ...
 
-    async def settle(self, decision: Decision, *, used_tokens: int) -> None:
-        """Give back what an admitted request reserved and did not use; never raises for Redis."""
+    async def settle(self, decision: Decision, *, used_tokens: int, wait: bool = True) -> None:
+        """Give back what an admitted request reserved and did not use; never raises for Redis.
+        ``wait=False``: hand it to the settler task (off the response path; this replica's next
+        admission still comes after it)."""
         ...
 
 

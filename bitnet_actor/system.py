@@ -387,8 +387,9 @@ async def run_system(
             cache = build_model_cache(settings, metrics, models)
             tenants = Tenants(stores.db)
             meter = usage_meter(settings, stores, metrics)
+            limits = request_limits(settings, stores, metrics)
             handles = build_handles(
-                settings, stores, metrics=metrics, auth=auth, cache=cache, tenants=tenants, meter=meter
+                settings, stores, metrics=metrics, auth=auth, cache=cache, tenants=tenants, meter=meter, limits=limits
             )
             readiness = handles.readiness
             async with trio.open_nursery() as nursery:
@@ -399,6 +400,7 @@ async def run_system(
                     Supervisor("api-key-invalidation", lambda: keys, policy),
                     Supervisor("tenants", lambda: tenants, policy),
                     Supervisor("usage-meter", lambda: meter, policy),
+                    Supervisor("limits-settler", lambda: limits, policy),
                 ]
                 outbox = billing_outbox(settings, stores, metrics, tenants)
                 if outbox is not None:  # Stripe's calls run in threads, off every request's path

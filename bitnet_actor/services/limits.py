@@ -15,6 +15,11 @@ per-key defaults) or, for a member's access token, ``user:<org>:<id>`` with the 
 The tokens reserved are the prompt plus ``max_tokens`` for every choice, capped at the smallest tokens
 limit (a request larger than the whole minute's budget is admitted on an empty budget, then its real count
 charged at settle).
+
+Settling can leave the response path: ``settle(..., wait=False)`` hands the decision to :meth:`RequestLimits.run`
+(the "limits-settler" task) and returns at once; an admission on this replica first waits (at most
+``redis_timeout_s``) until the settles handed over before it are done, so a client's next request sees its
+previous one settled, as when the response waited for it. A full queue, or no settler running, settles inline.
 """
 
 from __future__ import annotations
@@ -175,6 +180,42 @@ class RequestLimits:
         self.local = LocalLimiter(clock=clock)
         self._outage_since: float | None = None
         self._on_fallback = on_fallback
+        # 1024: settles waiting for the settler at once (one Redis round trip each); past it, inline.
+        self._settle_send, self._settle_recv = trio.open_memory_channel[tuple[Decision, int]](1024)
+        self._settler_running = False
+        self._settling = 0
+        self._settled = trio.Event()
+        self._settled.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The settler: settle what ``settle(..., wait=False)`` handed over, in order, until cancelled; then
+        what is left, within a short grace (what is not settled expires with its window and lease)."""
+        self._settler_running = True
+        try:
+            task_status.started()
+            async for decision, used in self._settle_recv:
+                try:
+                    with trio.CancelScope(shield=True):  # taken: finish it (bounded by redis_timeout_s)
+                        await self.settle(decision, used_tokens=used)
+                finally:
+                    self._settle_done()
+        finally:
+            self._settler_running = False
+            with trio.move_on_after(2 * self.redis_timeout_s, shield=True):
+                while True:
+                    try:
+                        decision, used = self._settle_recv.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    try:
+                        await self.settle(decision, used_tokens=used)
+                    finally:
+                        self._settle_done()
+
+    def _settle_done(self) -> None:
+        self._settling -= 1
+        if not self._settling:
+            self._settled.set()
 
     def quota_of(self, profile: OrgProfile, now: datetime | None = None) -> Quota | None:
         """The organization's quota this month (None: unlimited)."""
@@ -199,6 +240,9 @@ class RequestLimits:
         Raises:
             LimiterUnavailableError: Redis has been away longer than the fail-open window.
         """
+        if self._settling:  # this replica's earlier settles land first (see the module docstring)
+            with trio.move_on_after(self.redis_timeout_s):
+                await self._settled.wait()
         scopes = _scopes(profile, key, user_id)
         caps = [lim.tpm for lim in scopes.values() if lim.tpm is not None]
         if caps:
@@ -242,9 +286,20 @@ class RequestLimits:
                     await self.limiter.seed_quota(need.quota, used)
         raise StoreError("the quota counter could not be seeded")
 
-    async def settle(self, decision: Decision, *, used_tokens: int) -> None:
+    async def settle(self, decision: Decision, *, used_tokens: int, wait: bool = True) -> None:
         """Settle ``decision`` where it was taken. A Redis failure here is logged, not raised: what it
-        would have given back expires with its window and lease."""
+        would have given back expires with its window and lease. ``wait=False``: hand it to the settler
+        (:meth:`run`) when one runs and has room, else settle now."""
+        if not wait and self._settler_running and decision.source != "local" and decision.allowed:
+            try:
+                self._settle_send.send_nowait((decision, used_tokens))
+            except trio.WouldBlock:
+                pass
+            else:
+                self._settling += 1
+                if self._settled.is_set():
+                    self._settled = trio.Event()
+                return
         if decision.source == "local":
             self.local.settle(decision, used_tokens=used_tokens)
             return

@@ -325,13 +325,15 @@ class RateLimiter:
         if tokens < 0 or requests < 0:
             raise ValueError("tokens and requests must be >= 0")
         rate, caps = _plan(scopes, tokens, requests)
+        use_quota = quota is not None and requests > 0
+        if not rate and not caps and not use_quota:  # nothing is limited: no round trip
+            return Decision(allowed=True, retry_after_s=0.0, states=(), request_id=request_id, reserved_tokens=0)
         keys = [f"{self.prefix}:{scope}:{kind}" for scope, kind, _, _ in rate]
         keys += [f"{self.prefix}:{scope}:inflight" for scope, _ in caps]
         args: list[int | str] = [len(rate), len(caps), request_id, self.lease_ms]
         for _, _, limit, cost in rate:
             args += [limit, cost]
         args += [cap for _, cap in caps]
-        use_quota = quota is not None and requests > 0
         if use_quota:
             assert quota is not None
             keys.append(quota.key)

@@ -8,7 +8,8 @@ Tenancy: ``Database.transaction(org_id=...)`` sets ``app.org_id`` with ``set_con
 that transaction, so it can never leak to the next user of the pooled connection. Row-level security
 policies read it with ``current_setting('app.org_id', true)``.
 
-Errors are mapped here: connection failures -> ``StoreUnavailableError``, unique/foreign-key/check
+Errors are mapped here: connection failures and a server that is shutting down, starting up or out of
+connections -> ``StoreUnavailableError``, unique/foreign-key/check
 violations -> ``ConflictError``, anything else the server rejects -> ``QueryError``.
 """
 
@@ -46,9 +47,35 @@ _UNAVAILABLE: tuple[type[Exception], ...] = (
     asyncpg.exceptions.InvalidPasswordError,
     asyncpg.exceptions.InvalidCatalogNameError,
     asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.InternalClientError,  # a connection the server ended while a query was starting
     TimeoutError,
 )
 _UNAVAILABLE_OR_REJECTED: tuple[type[Exception], ...] = (*_UNAVAILABLE, asyncpg.PostgresError)
+
+# Errors the server sends when it is going away or cannot serve anyone now, not because of the query:
+# connection exceptions (08), insufficient resources (53: too many connections, disk full, out of memory)
+# and the operator's interventions but a cancelled statement (57P01 admin shutdown, 57P02 crash shutdown,
+# 57P03 not accepting connections / starting up / shutting down, 57P05 idle session timeout).
+_UNAVAILABLE_SQLSTATES = ("08", "53", "57P01", "57P02", "57P03", "57P05")
+_UNAVAILABLE_MESSAGES = (
+    "the database system is shutting down",
+    "the database system is starting up",
+    "the database system is not accepting connections",
+    "the database system is in recovery mode",
+    "terminating connection due to administrator command",
+)
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, _UNAVAILABLE):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        state = getattr(exc, "sqlstate", None) or ""
+        if state.startswith(_UNAVAILABLE_SQLSTATES):
+            return True
+        message = str(exc).lower()
+        return any(m in message for m in _UNAVAILABLE_MESSAGES)
+    return False
 
 
 def redact_dsn(dsn: str) -> str:
@@ -68,7 +95,7 @@ def _mapped(what: str) -> Iterator[None]:
     except asyncpg.exceptions.IntegrityConstraintViolationError as exc:
         raise ConflictError(f"{what}: {exc}", constraint=getattr(exc, "constraint_name", None)) from exc
     except asyncpg.PostgresError as exc:
-        if isinstance(exc, _UNAVAILABLE):
+        if _is_unavailable(exc):
             raise StoreUnavailableError(f"{what}: PostgreSQL unavailable: {exc}") from exc
         raise QueryError(f"{what}: {exc}") from exc
     except _UNAVAILABLE as exc:
@@ -196,28 +223,38 @@ class Database:
         if scope.cancelled_caught:  # pragma: no cover - server stopped answering
             raw.terminate()
 
+    async def _pooled(self, method: str, query: str, args: Sequence[Any]) -> Any:
+        # In asyncio, in one crossing: acquire, query, release. asyncpg's own pool.<method> releases with
+        # no timeout, so a query cancelled on a server that hangs held its caller for as long as the
+        # cancel request took to time out (60 s: a shutdown stuck behind it); here, _CLEANUP_S at most.
+        con = await self._pool.acquire()
+        try:
+            return await getattr(con, method)(query, *args)
+        finally:
+            await self._pool.release(con, timeout=_CLEANUP_S)  # noqa: ASYNC102  # asyncio code, its own timeout
+
     async def execute(self, query: str, *args: Any) -> str:
         """Run a statement on any pooled connection; return its status tag."""
         with _mapped("query"):
-            result: str = await aio_as_trio(self._pool.execute)(query, *args)
+            result: str = await aio_as_trio(self._pooled)("execute", query, args)
         return result
 
     async def fetch(self, query: str, *args: Any) -> list[Record]:
         """Return all rows."""
         with _mapped("query"):
-            rows: list[Record] = await aio_as_trio(self._pool.fetch)(query, *args)
+            rows: list[Record] = await aio_as_trio(self._pooled)("fetch", query, args)
         return rows
 
     async def fetchrow(self, query: str, *args: Any) -> Record | None:
         """Return the first row, or None."""
         with _mapped("query"):
-            row: Record | None = await aio_as_trio(self._pool.fetchrow)(query, *args)
+            row: Record | None = await aio_as_trio(self._pooled)("fetchrow", query, args)
         return row
 
     async def fetchval(self, query: str, *args: Any) -> Any:
         """Return the first column of the first row, or None."""
         with _mapped("query"):
-            return await aio_as_trio(self._pool.fetchval)(query, *args)
+            return await aio_as_trio(self._pooled)("fetchval", query, args)
 
     async def ping(self) -> None:
         """Raise ``StoreUnavailableError`` unless PostgreSQL answers ``SELECT 1``."""

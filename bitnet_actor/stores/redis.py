@@ -44,6 +44,7 @@ class RedisStore:
     def __init__(self, client: aioredis.Redis, url: str) -> None:
         self._client = client
         self.url = url
+        self._scripts: dict[str, Any] = {}  # script text -> redis-py Script (its SHA1 computed once)
 
     async def run(self, fn: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
         """Run ``fn(client)`` in asyncio in one crossing and return its result."""
@@ -74,8 +75,12 @@ class RedisStore:
         return int(await self.run(lambda r: r.publish(channel, message)))
 
     async def eval(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        """EVAL a Lua script (cached server-side by SHA after the first call)."""
-        return await self.run(lambda r: r.eval(script, len(keys), *keys, *args))
+        """Run a Lua script: EVALSHA by its SHA1 (computed once here), loading it on the first NOSCRIPT
+        (a new or restarted Redis), so the script's text crosses the wire once, not on every call."""
+        runner = self._scripts.get(script)
+        if runner is None:
+            runner = self._scripts[script] = self._client.register_script(script)
+        return await self.run(lambda r: runner(keys=keys, args=args, client=r))
 
     @asynccontextmanager
     async def subscribe(self, *channels: str) -> AsyncIterator[trio.MemoryReceiveChannel[tuple[str, bytes]]]:

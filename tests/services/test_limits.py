@@ -199,3 +199,35 @@ async def test_redis_outage_fails_open_for_the_window_then_closed(
             await limits.settle(shared, used_tokens=1)  # a Redis failure at settle is only logged
     finally:
         server.stop()
+
+
+async def test_a_settle_off_the_response_path_lands_before_the_next_admission(db: Database, redis: RedisStore) -> None:
+    org = await new_org(db)
+    await plans.set_org_overrides(db, org, {"rpm": None, "tpm": 1000, "key_concurrency": 1})
+    profile = await plans.org_profile(db, org)
+    limits = limiter(redis, db)
+    key = key_of(org)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(limits.run)
+        for i in range(5):  # one place: each request is admitted only if the one before was settled
+            decision = await limits.admit(profile, key=key, user_id=None, request_id=f"r{i}", tokens=500)
+            assert decision.allowed, i
+            await limits.settle(decision, used_tokens=100, wait=False)  # returns before Redis has it
+        nursery.cancel_scope.cancel()
+    # Settled, not expired: 5 x 100 used of the minute's 1000 tokens (unsettled, 5 x 500 would not fit).
+    after = await limits.admit(profile, key=key, user_id=None, request_id="last", tokens=400)
+    assert after.allowed
+
+
+async def test_the_settler_settles_what_is_left_when_cancelled(db: Database, redis: RedisStore) -> None:
+    org = await new_org(db)
+    await plans.set_org_overrides(db, org, {"rpm": None, "tpm": None, "key_concurrency": 1})
+    profile = await plans.org_profile(db, org)
+    limits = limiter(redis, db)
+    key = key_of(org)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(limits.run)
+        decision = await limits.admit(profile, key=key, user_id=None, request_id="a")
+        await limits.settle(decision, used_tokens=0, wait=False)
+        nursery.cancel_scope.cancel()  # before the settler took it
+    assert (await limits.admit(profile, key=key, user_id=None, request_id="b")).allowed

@@ -107,3 +107,27 @@ def test_bad_limits_are_refused() -> None:
 )
 def test_openai_durations(seconds: float, text: str) -> None:
     assert openai_duration(seconds) == text
+
+
+async def _script_calls(redis: RedisStore) -> int:
+    stats = await redis.run(lambda r: r.info("commandstats"))
+    return sum(int(v["calls"]) for k, v in stats.items() if k in ("cmdstat_eval", "cmdstat_evalsha"))
+
+
+async def test_nothing_limited_makes_no_redis_call(redis: RedisStore) -> None:
+    limiter = RateLimiter(redis, prefix=f"t:{uuid.uuid4().hex[:8]}")
+    before = await _script_calls(redis)
+    decision = await limiter.admit({}, request_id=rid(), tokens=100)
+    await limiter.settle(decision, used_tokens=40)
+    assert decision.allowed
+    assert decision.headers() == {}
+    assert await _script_calls(redis) == before
+
+
+async def test_a_script_redis_forgot_is_loaded_again(redis: RedisStore) -> None:
+    limiter = RateLimiter(redis, prefix=f"t:{uuid.uuid4().hex[:8]}")
+    scopes = {scope(): Limits(rpm=2)}
+    assert (await limiter.admit(scopes, request_id=rid(), tokens=0)).allowed
+    await redis.run(lambda r: r.script_flush())  # a restarted Redis has no scripts
+    assert (await limiter.admit(scopes, request_id=rid(), tokens=0)).allowed
+    assert not (await limiter.admit(scopes, request_id=rid(), tokens=0)).allowed

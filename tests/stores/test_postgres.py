@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import uuid
 
+import asyncpg
 import pytest
 import trio
 
 from bitnet_actor.errors import ConflictError, QueryError, StoreUnavailableError
-from bitnet_actor.stores.postgres import Database, open_database, redact_dsn
+from bitnet_actor.stores.postgres import Database, _mapped, open_database, redact_dsn
 
 
 async def test_queries_and_json_codec(db: Database) -> None:
@@ -63,6 +64,40 @@ async def test_errors_are_mapped(db: Database) -> None:
     assert info.value.constraint == "organizations_name_key"
     with pytest.raises(QueryError, match="syntax"):
         await db.execute("SELEC 1")
+
+
+async def test_a_connection_the_server_ends_is_unavailable_not_a_rejected_query(db: Database) -> None:
+    # pg_terminate_backend is what a fast shutdown (or an operator) does to a session: 57P01, "terminating
+    # connection due to administrator command". The caller must see the server going away (the meter
+    # spills, the limits fail open), not a query it got wrong.
+    async with db.connection() as conn:
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+        assert await db.fetchval("SELECT pg_terminate_backend($1)", pid)
+        with pytest.raises(StoreUnavailableError):
+            await conn.fetchval("SELECT 1")
+    assert await db.fetchval("SELECT 1") == 1  # the pool replaces it
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),
+        asyncpg.exceptions.CrashShutdownError("terminating connection because of crash of another server process"),
+        asyncpg.exceptions.CannotConnectNowError("the database system is shutting down"),
+        asyncpg.exceptions.ConnectionFailureError("connection failure"),
+        asyncpg.exceptions.DiskFullError("could not extend file"),
+        asyncpg.PostgresError("the database system is not accepting connections"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_a_server_going_away_is_unavailable(exc: Exception) -> None:
+    with pytest.raises(StoreUnavailableError), _mapped("query"):
+        raise exc
+
+
+def test_a_cancelled_statement_is_not_unavailable() -> None:
+    with pytest.raises(QueryError), _mapped("query"):
+        raise asyncpg.exceptions.QueryCanceledError("canceling statement due to statement timeout")
 
 
 async def test_unreachable_server(aio_loop: object) -> None:

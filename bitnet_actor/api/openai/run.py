@@ -113,7 +113,8 @@ class Run:
                 metrics.finished.labels(model, choice.finish_reason or outcome).inc()
             usage = self.usage()
             if self.decision is not None:
-                await self.handles.limits.settle(self.decision, used_tokens=usage["total_tokens"])
+                # Off the response path: the settler task does it (this replica's next admission after it).
+                await self.handles.limits.settle(self.decision, used_tokens=usage["total_tokens"], wait=False)
             first = self.choices.get(0)
             finish = (first.finish_reason or (first.error.code if first.error else None)) if first else None
             key = self.access.principal.key

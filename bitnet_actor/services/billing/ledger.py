@@ -76,7 +76,7 @@ class UsageEvent:
 
     def to_json(self) -> str:
         """One line of a spill file."""
-        return json.dumps(self.to_dict(), separators=(",", ":"))
+        return json.dumps(self.to_dict(), separators=(",", ":"), default=str)
 
     @classmethod
     def from_json(cls, line: str) -> UsageEvent:
@@ -95,6 +95,8 @@ async def record_batch(db: Database, events: Sequence[UsageEvent], *, outbox: bo
     """Write ``events`` in one statement; return how many were new (the rest were there already)."""
     if not events:
         return 0
-    payload = [e.to_dict() for e in events]
-    inserted = await db.fetchval("SELECT bitnet_record_usage($1::jsonb, $2)", payload, outbox)
+    # Encoded here, as text: a value JSON cannot hold (in request_data) is written as its str, as in the spill
+    # file, never an error that would leave the batch nowhere.
+    payload = json.dumps([e.to_dict() for e in events], separators=(",", ":"), default=str)
+    inserted = await db.fetchval("SELECT bitnet_record_usage($1::text::jsonb, $2)", payload, outbox)
     return int(inserted or 0)

@@ -156,7 +156,9 @@ CREATE INDEX billing_outbox_due_idx ON billing_outbox (next_attempt_at) WHERE st
 
 -- Write a batch of usage events (a JSON array of objects with usage_events' columns): the events, their
 -- rollups and, when p_outbox, their meter events. Events already recorded are skipped and counted nowhere.
--- Returns how many events were new. Runs as the owner: one batch spans organizations.
+-- Returns how many events were new. Runs as the owner: one batch spans organizations. Every insert takes
+-- its rows in the order of its conflict key, so two replicas' concurrent batches over the same buckets
+-- lock them in the same order and wait for each other, never deadlock.
 CREATE FUNCTION bitnet_record_usage(p_events jsonb, p_outbox boolean DEFAULT true) RETURNS integer
 LANGUAGE sql SECURITY DEFINER SET search_path = public, pg_temp SET TimeZone = 'UTC' AS $$
     WITH ins AS (
@@ -170,6 +172,7 @@ LANGUAGE sql SECURITY DEFINER SET search_path = public, pg_temp SET TimeZone = '
             request_id text, created_at timestamptz, org_id uuid, api_key_id uuid, user_id uuid, model text,
             model_version text, endpoint text, input_tokens bigint, output_tokens bigint, cached_tokens bigint,
             latency_ms integer, ttft_ms integer, finish_reason text, outcome text, request_data jsonb)
+        ORDER BY e.request_id, e.created_at
         ON CONFLICT (request_id, created_at) DO NOTHING
         RETURNING org_id, created_at, api_key_id, model, input_tokens, output_tokens, cached_tokens, outcome
     ),
@@ -181,6 +184,7 @@ LANGUAGE sql SECURITY DEFINER SET search_path = public, pg_temp SET TimeZone = '
                count(*) FILTER (WHERE n.outcome IN ('failed', 'error', 'timeout'))
         FROM ins n CROSS JOIN (VALUES ('1m', 'minute'), ('1h', 'hour'), ('1d', 'day')) AS w(width, unit)
         GROUP BY n.org_id, w.width, date_trunc(w.unit, n.created_at), n.api_key_id, n.model
+        ORDER BY n.org_id, w.width, date_trunc(w.unit, n.created_at), n.api_key_id, n.model
         ON CONFLICT ON CONSTRAINT usage_rollups_bucket_key DO UPDATE SET
             requests = r.requests + excluded.requests,
             input_tokens = r.input_tokens + excluded.input_tokens,
@@ -197,6 +201,7 @@ LANGUAGE sql SECURITY DEFINER SET search_path = public, pg_temp SET TimeZone = '
         WHERE p_outbox
         GROUP BY n.org_id, m.meter, date_trunc('hour', n.created_at)
         HAVING sum(CASE m.meter WHEN 'input_tokens' THEN n.input_tokens ELSE n.output_tokens END) > 0
+        ORDER BY n.org_id, m.meter, date_trunc('hour', n.created_at)
         ON CONFLICT (org_id, meter, bucket_start) WHERE state = 'open' DO UPDATE SET value = b.value + excluded.value
         RETURNING 1
     )
