@@ -1,6 +1,6 @@
 """Platform-wide models: the ones every organization may use (``serve --model``, the bundled demo model).
 
-Their ``models`` rows have no organization (``org_id`` NULL), so only the tables' owner may write them (the
+Their ``model_versions`` rows have no organization (``org_id`` NULL), so only the tables' owner may write them (the
 service role writes its own organization's rows only, under row-level security): ``register`` runs on the
 owner's connection at start, right after the migrations. The model registry of [H] takes this over.
 """
@@ -24,8 +24,10 @@ async def register(owner: Database, models: dict[str, str]) -> None:
     """
     for name, path in models.items():
         await owner.execute(
-            "INSERT INTO models (org_id, name, version, file_path) VALUES (NULL, $1, '1', $2)"
-            " ON CONFLICT ON CONSTRAINT models_org_name_version_key DO UPDATE SET file_path = EXCLUDED.file_path",
+            "INSERT INTO model_versions (org_id, name, version, state, local_path, origin, published_at)"
+            " VALUES (NULL, $1, '1', 'ready', $2, 'platform', now())"
+            " ON CONFLICT ON CONSTRAINT model_versions_org_name_version_key"
+            " DO UPDATE SET local_path = EXCLUDED.local_path",
             name,
             path,
         )

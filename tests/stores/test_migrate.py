@@ -15,7 +15,9 @@ if TYPE_CHECKING:
 CORE_TABLES = {
     "organizations",
     "users",
-    "models",
+    "model_versions",
+    "model_blobs",
+    "model_jobs",
     "plans",
     "usage_events",
     "usage_rollups",
