@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from quart import Response, g, request
 from quart_trio import QuartTrio
 
-from bitnet_actor.api import accounts, billing, health, objects, openai, openapi, stripe_webhook, tokens
+from bitnet_actor.api import accounts, billing, health, objects, openai, openapi, registry, stripe_webhook, tokens
 from bitnet_actor.api.auth import OrgConverter
 from bitnet_actor.api.errors import install_error_handlers
 
@@ -49,6 +49,7 @@ def create_app(handles: Handles) -> QuartTrio:
     app.register_blueprint(objects.blueprint)
     app.register_blueprint(accounts.blueprint)
     app.register_blueprint(billing.blueprint)
+    app.register_blueprint(registry.blueprint)
     app.register_blueprint(openapi.blueprint)
     app.register_blueprint(tokens.blueprint)
     app.register_blueprint(stripe_webhook.blueprint)

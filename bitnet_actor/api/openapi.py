@@ -171,6 +171,50 @@ BILLING_PATHS: dict[str, Any] = {
         },
     },
 }
+_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}, "description": "model name"}
+_VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+_ALIAS = {"name": "alias", "in": "path", "required": True, "schema": {"type": "string"}}
+_MODEL_VERSION = {"type": "object", "description": "a model version (name:version)", "additionalProperties": True}
+REGISTRY_PATHS: dict[str, Any] = {
+    "/api/v1/orgs/{org_id}/models": {
+        "parameters": [_ORG],
+        "get": {
+            "summary": "The organization's models and the platform's (needs models:read)",
+            "responses": _ok("list"),
+        },
+    },
+    "/api/v1/orgs/{org_id}/models/{name}": {
+        "parameters": [_ORG, _NAME],
+        "get": {"summary": "A model's versions and aliases", "responses": _ok("model")},
+    },
+    "/api/v1/orgs/{org_id}/models/{name}/versions/{version}": {
+        "parameters": [_ORG, _NAME, _VERSION],
+        "get": {"summary": "A version", "responses": _ok("version", _MODEL_VERSION)},
+        "patch": {
+            "summary": "Attach eval figures or a description (needs models:write)",
+            "requestBody": _body({"evals": {"type": "object"}, "description": _S}, []),
+            "responses": _ok("version", _MODEL_VERSION),
+        },
+        "delete": {"summary": "Delete a version (409 while a route sends it traffic)", "responses": _ok("deleted")},
+    },
+    "/api/v1/orgs/{org_id}/models/{name}/versions/{version}/deprecate": {
+        "parameters": [_ORG, _NAME, _VERSION],
+        "post": {"summary": "Deprecate a published version (it keeps serving)", "responses": _ok("version")},
+    },
+    "/api/v1/orgs/{org_id}/models/{name}/versions/{version}/lineage": {
+        "parameters": [_ORG, _NAME, _VERSION],
+        "get": {"summary": "The chain of versions to the root and how each was made", "responses": _ok("list")},
+    },
+    "/api/v1/orgs/{org_id}/models/{name}/aliases/{alias}": {
+        "parameters": [_ORG, _NAME, _ALIAS],
+        "put": {
+            "summary": "Point name@alias at a published version ('latest' moves by itself)",
+            "requestBody": _body({"version": _S}, ["version"]),
+            "responses": _ok("alias"),
+        },
+        "delete": {"summary": "Remove an alias", "responses": _ok("deleted")},
+    },
+}
 _INVOICE_SCHEMA = {
     "type": "object",
     "properties": {
@@ -430,6 +474,7 @@ SPEC: dict[str, Any] = {
             "get": {"summary": "Audit log, newest first", "responses": _ok("entries")},
         },
         **BILLING_PATHS,
+        **REGISTRY_PATHS,
         "/api/v1/oidc/login": {
             "get": {
                 "summary": "Start single sign-on (redirects to the provider)",

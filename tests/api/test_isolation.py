@@ -84,6 +84,26 @@ async def an_invoice(h: Harness, w: World) -> dict[str, str]:
     return {"invoice": (await r.get_json())["data"][0]["id"]}
 
 
+async def a_model(h: Harness, w: World) -> dict[str, str]:
+    """A fresh published version of a model in org A (no upload route needed: the registry directly)."""
+    from bitnet_actor.services.models import registry
+
+    db, org = h.system.stores.db, uuid.UUID(w.org_a)
+    name = f"m-{uuid.uuid4().hex[:8]}"
+    sha = uuid.uuid4().hex * 2
+    async with db.transaction(org_id=org) as tx:
+        blob = await tx.fetchval(
+            "INSERT INTO model_blobs (org_id, sha256, object_key, bytes, format) VALUES ($1, $2, $3, 1, 'gguf')"
+            " RETURNING id",
+            org,
+            sha,
+            f"sha256/{sha}",
+        )
+    v = await registry.create_version(db, org, name=name, version="1", blob_id=blob, sha256=sha)
+    await registry.publish(db, org, v.id, facts={"architecture": "bitnet"})
+    return {"model": name}
+
+
 async def nothing(h: Harness, w: World) -> dict[str, str]:
     return {}
 
@@ -107,6 +127,14 @@ ROUTES: list[tuple[str, str, dict | str | None, frozenset[str], Prepare]] = [
     ("GET", "/api/v1/orgs/{org}/invoices", None, BILLING_READERS, nothing),
     ("GET", "/api/v1/orgs/{org}/invoices/{invoice}", None, BILLING_READERS, an_invoice),
     ("GET", "/api/v1/orgs/{org}/invoices/{invoice}.html", None, BILLING_READERS, an_invoice),
+    ("GET", "/api/v1/orgs/{org}/models", None, KEY_READERS, nothing),
+    ("GET", "/api/v1/orgs/{org}/models/{model}", None, KEY_READERS, a_model),
+    ("GET", "/api/v1/orgs/{org}/models/{model}/versions/1", None, KEY_READERS, a_model),
+    ("GET", "/api/v1/orgs/{org}/models/{model}/versions/1/lineage", None, KEY_READERS, a_model),
+    ("PATCH", "/api/v1/orgs/{org}/models/{model}/versions/1", {"evals": {"x": 1}}, KEY_MAKERS, a_model),
+    ("POST", "/api/v1/orgs/{org}/models/{model}/versions/1/deprecate", None, KEY_MAKERS, a_model),
+    ("DELETE", "/api/v1/orgs/{org}/models/{model}/versions/1", None, KEY_MAKERS, a_model),
+    ("PUT", "/api/v1/orgs/{org}/models/{model}/aliases/stable", {"version": "1"}, KEY_MAKERS, a_model),
 ]
 
 

@@ -448,7 +448,8 @@ async def deprecate(db: Database, org_id: UUID, name: str, version: str) -> Mode
 
 
 async def delete_version(db: Database, org_id: UUID, name: str, version: str) -> str | None:
-    """Delete a version; ``latest`` goes back to the newest remaining published one. Returns the object key
+    """Delete a version; ``latest`` goes back to the newest remaining published one (ready first, else a
+    deprecated one). Returns the object key
     of its blob when no other version uses it (the caller deletes the object), else None.
 
     Raises:
@@ -473,8 +474,8 @@ async def delete_version(db: Database, org_id: UUID, name: str, version: str) ->
         await tx.execute("DELETE FROM model_versions WHERE id = $1", target.id)
         if was_latest:
             newest = await tx.fetchval(
-                "SELECT id FROM model_versions WHERE org_id = $1 AND name = $2 AND state = 'ready'"
-                " ORDER BY published_at DESC LIMIT 1",
+                "SELECT id FROM model_versions WHERE org_id = $1 AND name = $2 AND state IN ('ready', 'deprecated')"
+                " ORDER BY state = 'ready' DESC, published_at DESC LIMIT 1",
                 org_id,
                 name,
             )
@@ -488,6 +489,8 @@ async def delete_version(db: Database, org_id: UUID, name: str, version: str) ->
         key: str | None = await tx.fetchval(
             "DELETE FROM model_blobs WHERE id = $1 RETURNING object_key", target.blob_id
         )
+        if key is None or await tx.fetchval("SELECT bitnet_object_in_use($1)", key):
+            return None  # another organization's blob holds the same object
         return key
 
 

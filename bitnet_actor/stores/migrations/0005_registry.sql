@@ -168,5 +168,14 @@ BEGIN
 END
 $$;
 
+-- Whether any organization's blob still uses an object (objects are content-addressed, so two rows may
+-- share one): the registry deletes an object only when this is false. Says nothing else across tenants.
+CREATE FUNCTION bitnet_object_in_use(p_key text) RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM model_blobs WHERE object_key = p_key)
+$$;
+REVOKE ALL ON FUNCTION bitnet_object_in_use(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bitnet_object_in_use(text) TO bitnet_app;
+
 GRANT SELECT, INSERT, UPDATE, DELETE ON model_blobs, model_versions, model_aliases, model_uploads,
     model_upload_parts, model_jobs, model_routes TO bitnet_app;

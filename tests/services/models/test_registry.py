@@ -44,7 +44,7 @@ async def blob(app: Database, org: uuid.UUID) -> tuple[uuid.UUID, str]:
             " RETURNING id",
             org,
             sha,
-            f"objects/{sha}",
+            f"sha256/{sha}",
         )
     return blob_id, sha
 
@@ -126,7 +126,7 @@ async def test_delete_is_refused_while_routed_and_latest_falls_back(db: Database
             ([{"version_id": str(v1.id), "weight": 100}, {"version_id": str(v2.id), "weight": 0}]),
         )
     key = await registry.delete_version(app, org, "ab", "2")
-    assert key is not None and key.startswith("objects/")  # its blob is no longer used: the caller deletes it
+    assert key is not None and key.startswith("sha256/")  # its blob is no longer used: the caller deletes it
     assert (await registry.resolve(app, org, "ab")).id == v1.id  # latest back on the newest remaining
     with pytest.raises(NotFoundError):
         await registry.delete_version(app, org, "ab", "2")
@@ -171,3 +171,21 @@ async def test_tenants_see_only_their_own_and_the_platforms(db: Database, app: D
         status = await tx.execute("UPDATE model_versions SET description = 'hacked' WHERE org_id IS NULL")
     assert status.split()[-1] == "0"
     assert (await registry.resolve(app, a, "secret-model")).id == mine.id
+
+
+async def test_an_object_shared_with_another_org_is_not_deleted(db: Database, app: Database) -> None:
+    a, b = await new_org(db), await new_org(db)
+    sha = uuid.uuid4().hex * 2
+    for org in (a, b):  # the same bytes uploaded twice: one content-addressed object, two blob rows
+        async with app.transaction(org_id=org) as tx:
+            blob_id = await tx.fetchval(
+                "INSERT INTO model_blobs (org_id, sha256, object_key, bytes, format) VALUES ($1, $2, $3, 1, 'gguf')"
+                " RETURNING id",
+                org,
+                sha,
+                f"sha256/{sha}",
+            )
+        v = await registry.create_version(app, org, name="same", version="1", blob_id=blob_id, sha256=sha)
+        await registry.publish(app, org, v.id, facts=FACTS)
+    assert await registry.delete_version(app, a, "same", "1") is None  # b's blob still holds the object
+    assert await registry.delete_version(app, b, "same", "1") == f"sha256/{sha}"
