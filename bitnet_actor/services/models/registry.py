@@ -449,8 +449,8 @@ async def deprecate(db: Database, org_id: UUID, name: str, version: str) -> Mode
 
 async def delete_version(db: Database, org_id: UUID, name: str, version: str) -> str | None:
     """Delete a version; ``latest`` goes back to the newest remaining published one (ready first, else a
-    deprecated one). Returns the object key
-    of its blob when no other version uses it (the caller deletes the object), else None.
+    deprecated one). Returns the object key of its blob when nothing else uses it (the caller deletes the
+    object), else None.
 
     Raises:
         ConflictStateError: a route sends traffic to it, or a version was derived from it by a running job.
