@@ -27,15 +27,24 @@ import trio
 
 import bitnet_actor
 from bitnet_actor.services.errors import ValidationError
+from bitnet_actor.services.models.archive import (
+    DEFAULT_LIMITS,
+    ArchiveLimits,
+    detect_format,
+    remove_unpacked,
+    unpack_model_archive,
+)
 
 __all__ = [
     "DEFAULT_INSPECT_LIMITS",
     "FileFacts",
     "InspectLimits",
+    "InspectedUpload",
     "InvalidModelError",
     "ModelFacts",
     "Shapes",
     "inspect_model_files",
+    "inspect_upload",
 ]
 
 log = logging.getLogger(__name__)
@@ -264,3 +273,60 @@ async def inspect_model_files(path: str | Path, *, limits: InspectLimits = DEFAU
     raise InvalidModelError(
         f"the model could not be inspected (the worker exited with {proc.returncode})", reason="crash"
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InspectedUpload:
+    """An upload that inspected: its facts and the model to keep (call :meth:`remove` once it is stored).
+
+    Attributes:
+        facts: what the model is.
+        path: the GGUF file (the upload itself) or the unpacked model directory.
+        unpacked: whether ``path`` is a directory :func:`inspect_upload` made (removed by :meth:`remove`).
+    """
+
+    facts: ModelFacts
+    path: Path
+    unpacked: bool
+
+    def remove(self) -> None:
+        """Remove the unpacked directory (nothing for a GGUF file: the upload belongs to the caller)."""
+        if self.unpacked:
+            remove_unpacked(self.path)
+
+
+async def inspect_upload(
+    upload: str | Path,
+    *,
+    temp_root: str | Path | None = None,
+    archive_limits: ArchiveLimits = DEFAULT_LIMITS,
+    limits: InspectLimits = DEFAULT_INSPECT_LIMITS,
+) -> InspectedUpload:
+    """Recognize an uploaded file, unpack it when it is an archive, and inspect the model in a worker.
+
+    Args:
+        upload: the uploaded file on local disk.
+        temp_root: where an archive is unpacked (default: the system's temporary directory).
+        archive_limits: see :class:`~bitnet_actor.services.models.archive.ArchiveLimits`.
+        limits: the inspection's deadline and memory.
+
+    Returns:
+        The facts and the model's path; on any failure (or cancellation) nothing is left in ``temp_root``.
+
+    Raises:
+        ArchiveError: not a GGUF file or an acceptable model archive.
+        InvalidModelError: the model does not inspect.
+    """
+    upload = Path(upload)
+    fmt = await trio.to_thread.run_sync(detect_format, upload)
+    if fmt == "gguf":
+        return InspectedUpload(facts=await inspect_model_files(upload, limits=limits), path=upload, unpacked=False)
+    model = await trio.to_thread.run_sync(
+        lambda: unpack_model_archive(upload, temp_root=temp_root, limits=archive_limits)
+    )
+    try:
+        facts = await inspect_model_files(model, limits=limits)
+    except BaseException:
+        remove_unpacked(model)
+        raise
+    return InspectedUpload(facts=facts, path=model, unpacked=True)

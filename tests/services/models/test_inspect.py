@@ -13,12 +13,13 @@ import pytest
 from bitnet_actor.engine import ModelLoadError, load_model
 from bitnet_actor.engine.loader import list_tensors
 from bitnet_actor.services.errors import ValidationError
-from bitnet_actor.services.models.archive import remove_unpacked, unpack_model_archive
+from bitnet_actor.services.models.archive import ArchiveError, remove_unpacked, unpack_model_archive
 from bitnet_actor.services.models.inspect import (
     InspectLimits,
     InvalidModelError,
     ModelFacts,
     inspect_model_files,
+    inspect_upload,
 )
 from tests.services.models.conftest import CHAT_TEMPLATE, make_archive, model_files
 
@@ -169,3 +170,44 @@ async def test_the_deadline_kills_the_worker(model_dir: Path) -> None:
 async def test_nothing_at_the_path(tmp_path: Path) -> None:
     err = await refused(tmp_path / "missing", "load")
     assert "no such file or directory" in str(err)
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "zip"])
+async def test_an_upload_inspects_and_is_removed(model_dir: Path, tmp_path: Path, kind: str) -> None:
+    temp_root = tmp_path / "tmp"
+    temp_root.mkdir()
+    up = make_archive(tmp_path / "upload", kind, [("m/" + n, d) for n, d in model_files(model_dir)])
+    done = await inspect_upload(up, temp_root=temp_root)
+    assert done.unpacked
+    assert done.path.parent.parent == temp_root
+    assert done.facts == await inspect_model_files(model_dir)
+    done.remove()
+    assert list(temp_root.iterdir()) == []
+
+
+async def test_a_refused_upload_leaves_no_temporary_files(model_dir: Path, tmp_path: Path) -> None:
+    temp_root = tmp_path / "tmp"
+    temp_root.mkdir()
+    files = [(n, b"{oops" if n == "config.json" else d) for n, d in model_files(model_dir)]
+    with pytest.raises(InvalidModelError, match=r"^config\.json: not valid JSON"):
+        await inspect_upload(make_archive(tmp_path / "bad.tar", "tar", files), temp_root=temp_root)
+    assert list(temp_root.iterdir()) == []
+    with pytest.raises(InvalidModelError, match="took longer than"):
+        await inspect_upload(
+            make_archive(tmp_path / "ok.zip", "zip", model_files(model_dir)),
+            temp_root=temp_root,
+            limits=InspectLimits(timeout_s=0.05),
+        )
+    assert list(temp_root.iterdir()) == []
+    with pytest.raises(ArchiveError, match="unexpected files"):
+        await inspect_upload(make_archive(tmp_path / "x.zip", "zip", [*files, ("x.exe", b"")]), temp_root=temp_root)
+    assert list(temp_root.iterdir()) == []
+
+
+async def test_a_gguf_upload_is_inspected_in_place(tmp_path: Path) -> None:
+    (tmp_path / "m.gguf").write_bytes(b"GGUF" + bytes(60))
+    with pytest.raises(InvalidModelError) as info:
+        await inspect_upload(tmp_path / "m.gguf", temp_root=tmp_path)
+    assert info.value.reason == "load"
+    assert str(tmp_path) not in str(info.value)
+    assert (tmp_path / "m.gguf").exists()
