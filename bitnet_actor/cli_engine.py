@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from bitnet_actor.engine import EngineError, SamplingParams, load_model
-from bitnet_actor.engine.loader import list_tensors
+from bitnet_actor.engine.inspection import inspect_model
 from bitnet_actor.errors import BitnetError
 
 if TYPE_CHECKING:
@@ -199,10 +199,19 @@ def _generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _inspect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    tensors = list_tensors(args.path)
-    model = _load(args.path, err)
-    info = model.info
-    cfg = model.config
+    bar: _Progress | None = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:  # made on the first tensor: a path that is not a model fails on one line
+            bar = _Progress(err, str(args.path))
+        bar(done, total)
+
+    report = inspect_model(args.path, progress=progress)
+    if bar is not None:
+        bar.close()
+    info = report.info
+    cfg = report.config
     lines = [
         f"path:            {args.path}",
         f"format:          {info.source_format}",
@@ -213,18 +222,15 @@ def _inspect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         f"vocabulary:      {cfg.vocab_size}, tied embeddings: {cfg.tie_word_embeddings}",
         f"context length:  {info.context_length}, RoPE theta {cfg.rope_theta:g}",
         f"weights held:    {info.nbytes / 1e6:.1f} MB; read per decoded token {info.bytes_per_token / 1e6:.1f} MB",
-        f"tokenizer:       {'yes' if model.has_tokenizer else 'none found'}",
+        f"tokenizer:       {'yes' if report.tokenizer_kind is not None else 'none found'}",
         "loaded as:       " + ", ".join(f"{k} x{v}" for k, v in info.formats),
         "stored tensors:",
     ]
-    by_type: dict[str, list[int]] = {}
-    for _, dtype, _, nbytes in tensors:
-        agg = by_type.setdefault(dtype, [0, 0])
-        agg[0] += 1
-        agg[1] += nbytes
-    for dtype, (count, nbytes) in sorted(by_type.items(), key=lambda kv: -kv[1][1]):
+    for dtype, count, nbytes in report.stored_formats():
         lines.append(f"  {dtype:<8} {count:5d} tensors {nbytes / 1e6:12.1f} MB")
     if args.tensors:
-        lines += [f"  {name:<48} {dtype:<6} {shape!s:<18} {nbytes:>12,}" for name, dtype, shape, nbytes in tensors]
+        lines += [
+            f"  {name:<48} {dtype:<6} {shape!s:<18} {nbytes:>12,}" for name, dtype, shape, nbytes in report.tensors
+        ]
     out.write("\n".join(lines) + "\n")
     return 0
