@@ -17,7 +17,18 @@ from typing import TYPE_CHECKING
 from quart import Response, g, request
 from quart_trio import QuartTrio
 
-from bitnet_actor.api import accounts, billing, health, objects, openai, openapi, registry, stripe_webhook, tokens
+from bitnet_actor.api import (
+    accounts,
+    billing,
+    health,
+    objects,
+    openai,
+    openapi,
+    registry,
+    stripe_webhook,
+    tokens,
+    uploads,
+)
 from bitnet_actor.api.auth import OrgConverter
 from bitnet_actor.api.errors import install_error_handlers
 
@@ -35,6 +46,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 def create_app(handles: Handles) -> QuartTrio:
     """Build the HTTP application around ``handles`` (stores, metrics, actor handles)."""
     app = QuartTrio("bitnet_actor")
+    app.request_class = uploads.StreamingRequest  # model uploads stream past the JSON body cap
     app.config.update(
         HANDLES=handles,
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
@@ -49,6 +61,7 @@ def create_app(handles: Handles) -> QuartTrio:
     app.register_blueprint(objects.blueprint)
     app.register_blueprint(accounts.blueprint)
     app.register_blueprint(billing.blueprint)
+    app.register_blueprint(uploads.blueprint)  # before registry: /models/uploads is not a model name
     app.register_blueprint(registry.blueprint)
     app.register_blueprint(openapi.blueprint)
     app.register_blueprint(tokens.blueprint)

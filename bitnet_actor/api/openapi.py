@@ -14,43 +14,19 @@ from quart import Blueprint, Response, jsonify
 
 from bitnet_actor import __version__
 from bitnet_actor.api.openai.spec import V1_PATHS, V1_SCHEMAS
+from bitnet_actor.api.registry_spec import REGISTRY_PATHS
+from bitnet_actor.api.spec_tools import LIMIT as _LIMIT
+from bitnet_actor.api.spec_tools import ORG as _ORG
+from bitnet_actor.api.spec_tools import S as _S
+from bitnet_actor.api.spec_tools import body as _body
+from bitnet_actor.api.spec_tools import id_param as _id
+from bitnet_actor.api.spec_tools import ok as _ok
+from bitnet_actor.api.spec_tools import query as _q
+from bitnet_actor.api.spec_tools import ref as _ref
 
 __all__ = ["SPEC", "blueprint"]
 
 blueprint = Blueprint("openapi", __name__)
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    schema = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
-    return {"required": True, "content": {"application/json": {"schema": schema}}}
-
-
-def _ok(description: str, schema: dict[str, Any] | None = None, status: str = "200") -> dict[str, Any]:
-    response: dict[str, Any] = {"description": description}
-    if schema is not None:
-        response["content"] = {"application/json": {"schema": schema}}
-    errors = {code: {"$ref": "#/components/responses/Error"} for code in ("400", "401", "403", "404", "409", "429")}
-    return {status: response, **errors}
-
-
-_S = {"type": "string"}
-_LIMIT = {"type": ["integer", "null"], "minimum": 0, "description": "this key's own limit (null: the plan's)"}
-_ORG = {
-    "name": "org_id",
-    "in": "path",
-    "required": True,
-    "description": "an organization's id, or `current`: the calling API key's organization (for a signed-in"
-    " user: the access token's organization, else their only one)",
-    "schema": {"anyOf": [{"type": "string", "format": "uuid"}, {"type": "string", "const": "current"}]},
-}
-
-
-def _id(name: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 
 
 _ROLE = {"type": "string", "enum": ["owner", "admin", "member", "viewer", "billing"]}
@@ -58,10 +34,6 @@ _SCOPES = {
     "type": "array",
     "items": {"type": "string", "enum": ["inference", "models:read", "models:write", "billing:read", "admin"]},
 }
-
-
-def _q(name: str, schema: dict[str, Any], description: str, *, required: bool = False) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
 
 
 _INT = {"type": "integer"}
@@ -169,50 +141,6 @@ BILLING_PATHS: dict[str, Any] = {
                 **{c: {"$ref": "#/components/responses/Error"} for c in ("401", "403", "404")},
             },
         },
-    },
-}
-_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}, "description": "model name"}
-_VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
-_ALIAS = {"name": "alias", "in": "path", "required": True, "schema": {"type": "string"}}
-_MODEL_VERSION = {"type": "object", "description": "a model version (name:version)", "additionalProperties": True}
-REGISTRY_PATHS: dict[str, Any] = {
-    "/api/v1/orgs/{org_id}/models": {
-        "parameters": [_ORG],
-        "get": {
-            "summary": "The organization's models and the platform's (needs models:read)",
-            "responses": _ok("list"),
-        },
-    },
-    "/api/v1/orgs/{org_id}/models/{name}": {
-        "parameters": [_ORG, _NAME],
-        "get": {"summary": "A model's versions and aliases", "responses": _ok("model")},
-    },
-    "/api/v1/orgs/{org_id}/models/{name}/versions/{version}": {
-        "parameters": [_ORG, _NAME, _VERSION],
-        "get": {"summary": "A version", "responses": _ok("version", _MODEL_VERSION)},
-        "patch": {
-            "summary": "Attach eval figures or a description (needs models:write)",
-            "requestBody": _body({"evals": {"type": "object"}, "description": _S}, []),
-            "responses": _ok("version", _MODEL_VERSION),
-        },
-        "delete": {"summary": "Delete a version (409 while a route sends it traffic)", "responses": _ok("deleted")},
-    },
-    "/api/v1/orgs/{org_id}/models/{name}/versions/{version}/deprecate": {
-        "parameters": [_ORG, _NAME, _VERSION],
-        "post": {"summary": "Deprecate a published version (it keeps serving)", "responses": _ok("version")},
-    },
-    "/api/v1/orgs/{org_id}/models/{name}/versions/{version}/lineage": {
-        "parameters": [_ORG, _NAME, _VERSION],
-        "get": {"summary": "The chain of versions to the root and how each was made", "responses": _ok("list")},
-    },
-    "/api/v1/orgs/{org_id}/models/{name}/aliases/{alias}": {
-        "parameters": [_ORG, _NAME, _ALIAS],
-        "put": {
-            "summary": "Point name@alias at a published version ('latest' moves by itself)",
-            "requestBody": _body({"version": _S}, ["version"]),
-            "responses": _ok("alias"),
-        },
-        "delete": {"summary": "Remove an alias", "responses": _ok("deleted")},
     },
 }
 _INVOICE_SCHEMA = {

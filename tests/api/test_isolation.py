@@ -104,6 +104,11 @@ async def a_model(h: Harness, w: World) -> dict[str, str]:
     return {"model": name}
 
 
+async def an_upload(h: Harness, w: World) -> dict[str, str]:
+    r = await h.call("POST", f"/api/v1/orgs/{w.org_a}/models/uploads", w.a["owner"], json={"total_bytes": 10})
+    return {"upload": (await r.get_json())["id"]}
+
+
 async def nothing(h: Harness, w: World) -> dict[str, str]:
     return {}
 
@@ -135,6 +140,9 @@ ROUTES: list[tuple[str, str, dict | str | None, frozenset[str], Prepare]] = [
     ("POST", "/api/v1/orgs/{org}/models/{model}/versions/1/deprecate", None, KEY_MAKERS, a_model),
     ("DELETE", "/api/v1/orgs/{org}/models/{model}/versions/1", None, KEY_MAKERS, a_model),
     ("PUT", "/api/v1/orgs/{org}/models/{model}/aliases/stable", {"version": "1"}, KEY_MAKERS, a_model),
+    ("POST", "/api/v1/orgs/{org}/models/uploads", {"total_bytes": 10}, KEY_MAKERS, nothing),
+    ("GET", "/api/v1/orgs/{org}/models/uploads/{upload}", None, KEY_MAKERS, an_upload),
+    ("DELETE", "/api/v1/orgs/{org}/models/uploads/{upload}", None, KEY_MAKERS, an_upload),
 ]
 
 

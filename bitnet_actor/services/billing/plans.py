@@ -49,8 +49,9 @@ _MAX_LIMIT = {
     "key_tpm": 100_000_000_000,
     "key_concurrency": 100_000,
     "monthly_token_quota": 10**15,
+    "max_upload_bytes": 10**15,
 }
-LIMIT_FIELDS = tuple(_MAX_LIMIT)
+LIMIT_FIELDS = tuple(k for k in _MAX_LIMIT if k != "max_upload_bytes")  # what organizations may override
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,7 @@ class Plan:
     stripe_price_id: str | None = None
     custom: bool = True
     model_prices: Mapping[str, ModelPrice] = field(default_factory=dict)
+    max_upload_bytes: int | None = None  # None: no limit
 
     def price(self, model: str) -> ModelPrice:
         """The price of ``model`` on this plan (its own, else the plan's default)."""
@@ -109,6 +111,7 @@ class Plan:
             },
             "weight": self.weight,
             "max_running": self.max_running,
+            "max_upload_bytes": self.max_upload_bytes,
             "custom": self.custom,
         }
 
@@ -158,6 +161,7 @@ def _plan(row: Record, prices: Mapping[str, ModelPrice]) -> Plan:
         stripe_price_id=row["stripe_price_id"],
         custom=row["custom"],
         model_prices=prices,
+        max_upload_bytes=row["max_upload_bytes"],
     )
 
 
@@ -262,7 +266,7 @@ async def upsert_plan(db: Database, name: str, values: Mapping[str, Any]) -> Pla
         raise ValidationError("a plan name is 1-63 lowercase letters, digits, '-' or '_'", field="plan")
     cols: dict[str, Any] = {}
     for key, value in values.items():
-        if key in LIMIT_FIELDS:
+        if key in LIMIT_FIELDS or key == "max_upload_bytes":
             cols[key] = check_limit(key, value)
         elif key in ("input_price_per_m", "output_price_per_m"):
             cols[key] = check_price(key, value)

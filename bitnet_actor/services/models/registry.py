@@ -43,6 +43,7 @@ __all__ = [
     "resolve",
     "set_alias",
     "update_metadata",
+    "version_exists",
 ]
 
 LATEST = "latest"
@@ -191,6 +192,16 @@ async def _one(tx: Connection, where: str, *args: Any) -> ModelVersion | None:
     return ModelVersion.from_row(row) if row else None
 
 
+async def version_exists(db: Database, org_id: UUID, name: str, version: str) -> bool:
+    """Whether the organization has ``name:version`` already (in any state)."""
+    async with db.transaction(org_id=org_id, readonly=True) as tx:
+        return bool(
+            await tx.fetchval(
+                "SELECT 1 FROM model_versions WHERE org_id = $1 AND name = $2 AND version = $3", org_id, name, version
+            )
+        )
+
+
 async def create_version(
     db: Database,
     org_id: UUID,
@@ -204,8 +215,10 @@ async def create_version(
     origin_details: Mapping[str, Any] | None = None,
     description: str = "",
     created_by: UUID | None = None,
+    facts: Mapping[str, Any] | None = None,
 ) -> ModelVersion:
-    """A new ``pending`` version of ``name`` in ``org_id``.
+    """A new version of ``name`` in ``org_id``: ``pending``, or, with ``facts`` (its file already inspected),
+    published at once (``ready``, ``latest`` moved to it) in the same transaction.
 
     Raises:
         ValidationError: a bad name, version or origin.
@@ -224,8 +237,9 @@ async def create_version(
         try:
             row_id = await tx.fetchval(
                 "INSERT INTO model_versions (org_id, name, version, blob_id, sha256, parent_id, origin,"
-                " origin_details, description, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-                " RETURNING id",
+                " origin_details, description, created_by, state, facts, published_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
+                " CASE WHEN $11 = 'ready' THEN now() END) RETURNING id",
                 org_id,
                 name,
                 version,
@@ -236,9 +250,13 @@ async def create_version(
                 dict(origin_details or {}),
                 description,
                 created_by,
+                "pending" if facts is None else "ready",
+                dict(facts or {}),
             )
         except ConflictError:
             raise ConflictStateError(f"model {name} already has a version {version!r}") from None
+        if facts is not None:
+            await _move_alias(tx, org_id, name, LATEST, row_id)
         found = await _one(tx, "v.id = $1", row_id)
     assert found is not None
     return found

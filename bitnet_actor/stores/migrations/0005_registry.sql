@@ -12,7 +12,7 @@ CREATE TABLE model_blobs (
     sha256      text        NOT NULL CHECK (sha256 ~ '^[0-9a-f]{64}$'),
     object_key  text        NOT NULL,
     bytes       bigint      NOT NULL CHECK (bytes >= 0),
-    format      text        NOT NULL CHECK (format IN ('gguf', 'hf-tar', 'hf-dir')),
+    format      text        NOT NULL CHECK (format IN ('gguf', 'tar', 'tar.gz', 'zip')),  -- as uploaded
     created_at  timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT model_blobs_org_sha_key UNIQUE NULLS NOT DISTINCT (org_id, sha256)
 );
@@ -168,12 +168,19 @@ BEGIN
 END
 $$;
 
--- Whether any organization's blob still uses an object (objects are content-addressed, so two rows may
--- share one): the registry deletes an object only when this is false. Says nothing else across tenants.
+-- Whether any organization's blob or upload part still uses an object (objects are content-addressed, so
+-- several rows may share one): an object is deleted only when this is false. Says nothing else across
+-- tenants.
 CREATE FUNCTION bitnet_object_in_use(p_key text) RETURNS boolean
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
     SELECT EXISTS (SELECT 1 FROM model_blobs WHERE object_key = p_key)
+        OR EXISTS (SELECT 1 FROM model_upload_parts WHERE object_key = p_key)
 $$;
+
+-- The largest model file a plan may upload.
+ALTER TABLE plans ADD COLUMN max_upload_bytes bigint CHECK (max_upload_bytes >= 0);
+UPDATE plans SET max_upload_bytes = CASE name WHEN 'free' THEN 2147483648 WHEN 'pro' THEN 34359738368
+                                              ELSE 274877906944 END;
 REVOKE ALL ON FUNCTION bitnet_object_in_use(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION bitnet_object_in_use(text) TO bitnet_app;
 
