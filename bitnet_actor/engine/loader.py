@@ -158,10 +158,16 @@ def ternarize(w: npt.NDArray[np.float32]) -> TernaryMatrix:
     Returns:
         codes ``clamp(round(W * inv), -1, 1)`` with scale ``1 / inv``, ``inv = 1 / max(mean|W|, 1e-5)``.
     """
+    return ternarize_inv(w)[0]
+
+
+def ternarize_inv(w: npt.NDArray[np.float32]) -> tuple[TernaryMatrix, np.float32]:
+    """:func:`ternarize`, also returning ``inv`` (float32): ``float32(1) / inv`` is the matrix's scale exactly,
+    so ``inv`` is the ``weight_scale`` an HF ``bitlinear`` checkpoint stores for it."""
     mean = np.float32(max(float(np.abs(w).mean(dtype=np.float64)), 1e-5))
     inv = np.float32(1) / mean
     codes = np.clip(np.rint(w * inv), -1, 1).astype(np.int8)  # (N, K)
-    return kref.TernaryMatrix.from_codes(codes, np.float32(1) / inv)
+    return kref.TernaryMatrix.from_codes(codes, np.float32(1) / inv), np.float32(inv)
 
 
 def _float_ternary(w: npt.NDArray[np.float32]) -> TernaryMatrix:
@@ -213,7 +219,7 @@ def hf_scale(t: RawTensor, quant: QuantConfig | None) -> np.float32:
 
 def hf_ternary(
     t: RawTensor, scale_t: RawTensor | None, quant: QuantConfig | None, n: int, k: int
-) -> tuple[TernaryMatrix, str]:
+) -> tuple[TernaryMatrix, str, np.float32 | None]:
     """Read one ternary HF linear: packed uint8 + ``weight_scale``, unpacked offline codes, or float masters
     ternarized with :func:`ternarize` (the one place the engine quantizes masters; the converter uses it too).
 
@@ -225,7 +231,9 @@ def hf_ternary(
         k: in_features.
 
     Returns:
-        ``(matrix (N, K), storage format label)``.
+        ``(matrix (N, K), storage format label, reciprocal)``: ``reciprocal`` is a float32 ``v`` with
+        ``float32(1) / v`` equal to the matrix's scale, when one is known (a stored ``bitlinear`` scale, or
+        the ``inv`` of an online quantization); else None.
 
     Raises:
         CorruptModelError: a wrong shape or dtype, a missing scale, values that are not ternary, NaN or inf.
@@ -242,7 +250,7 @@ def hf_ternary(
             w = kref.from_hf_packed(np.ascontiguousarray(t.data), mult, n)
         except ValueError as exc:
             raise CorruptModelError(f"{t.where()}: {exc}") from exc
-        return w, "ternary (HF packed uint8)"
+        return w, "ternary (HF packed uint8)", _stored_reciprocal(scale_t, quant)
     if t.dtype in ("F32", "F16", "BF16"):
         if t.shape != (n, k):
             raise CorruptModelError(f"{t.where()}: expected shape {(n, k)}, found {t.shape}")
@@ -250,13 +258,19 @@ def hf_ternary(
         if scale_t is not None and quant is not None and quant.mode == "offline":
             if not np.isin(wf, (-1.0, 0.0, 1.0)).all():
                 raise CorruptModelError(f"{t.where()}: offline weights with a weight_scale must be in {{-1,0,1}}")
-            return kref.TernaryMatrix.from_codes(wf.astype(np.int8), hf_scale(scale_t, quant)), (
-                f"ternary (unpacked {t.dtype})"
-            )
+            w = kref.TernaryMatrix.from_codes(wf.astype(np.int8), hf_scale(scale_t, quant))
+            return w, f"ternary (unpacked {t.dtype})", _stored_reciprocal(scale_t, quant)
         if not np.isfinite(wf).all():
             raise CorruptModelError(f"{t.where()}: contains NaN or inf")
-        return ternarize(wf), f"ternarized on load ({t.dtype})"
+        w, inv = ternarize_inv(wf)
+        return w, f"ternarized on load ({t.dtype})", inv
     raise CorruptModelError(f"{t.where()}: expected uint8 packed or float weights, found dtype {t.dtype}")
+
+
+def _stored_reciprocal(t: RawTensor, quant: QuantConfig | None) -> np.float32 | None:
+    if quant is not None and quant.linear_class == "bitlinear":
+        return np.float32(to_float32(t).reshape(-1)[0])
+    return None
 
 
 def gguf_ternary(t: RawTensor, n: int, k: int) -> TernaryMatrix:
@@ -376,7 +390,7 @@ class _HFLoader:
             dense = _dense(t, (n, k))
             self._tick(t.dtype)
             return Linear(dense=dense, bias=b)
-        w, fmt = hf_ternary(t, self.tensors.get(module + ".weight_scale"), q, n, k)
+        w, fmt, _ = hf_ternary(t, self.tensors.get(module + ".weight_scale"), q, n, k)
         self._tick(fmt)
         return Linear(ternary=w, bias=b, pre_norm=pre, pre_norm_eps=eps)
 
