@@ -33,7 +33,8 @@ _ENCODE: dict[str, Callable[[TernaryMatrix], npt.NDArray[np.uint8]]] = {
 
 def _gguf_metadata(src: Source, fmt: str) -> dict[str, Any]:
     if src.kind == "gguf":
-        return {k: v for k, v in src.g.metadata.items() if k != "general.alignment"}
+        # general.file_type would name the source's tensor type
+        return {k: v for k, v in src.g.metadata.items() if k not in ("general.alignment", "general.file_type")}
     cfg = src.cfg
     meta: dict[str, Any] = {**cfg.to_gguf_metadata(), "general.name": src.path.name, "general.quantization_version": 2}
     arch = meta["general.architecture"]

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shutil
-import subprocess
-import sys
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,6 +17,7 @@ from bitnet_actor.engine.loader import ternarize_inv
 from bitnet_actor.engine.tensors import SafetensorsFile, to_float32
 from kernels_cython import reference as kref
 from tests.engine.conftest import GGUF_SIZES
+from tests.test_cli import assert_one_line_error, run_cli
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -242,6 +240,9 @@ def test_bad_input(sources: dict[str, Path], checkpoints: dict[str, Path], tmp_p
     # K = 96 (the small checkpoints) is no multiple of TQ's 256-weight blocks
     with pytest.raises(UnsupportedModelError, match="multiple of 256"):
         convert_model(checkpoints["bitnet-auto-online"], tmp_path / "k.gguf", "tq2_0")
+    # a dense layer (modules_to_not_convert) has no place among GGUF's ternary layers
+    with pytest.raises(UnsupportedModelError, match="stays dense"):
+        convert_model(checkpoints["llama-bitlinear-offline"], tmp_path / "d.gguf", "i2_s")
     # a corrupt source gives the loader's own error
     bad = tmp_path / "bad"
     shutil.copytree(src, bad)
@@ -255,29 +256,16 @@ def test_bad_input(sources: dict[str, Path], checkpoints: dict[str, Path], tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "exists.gguf"]
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BITNET_")}
-    return subprocess.run(
-        [sys.executable, "-m", "bitnet_actor", *args], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
-
-
-def _one_line_error(result: subprocess.CompletedProcess[str], fragment: str) -> None:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("bitnet-actor: error:")]
-    assert len(errors) == 1, result.stderr
-    assert fragment in errors[0]
-
-
 def test_cli_convert(sources: dict[str, Path], tmp_path: Path) -> None:
     src = sources["bitnet-online"]
     dst = tmp_path / "m.gguf"
-    ok = _cli("convert", str(src), str(dst), "--to", "tq1_0")
+    ok = run_cli("convert", str(src), str(dst), "--to", "tq1_0")
     assert ok.returncode == 0, ok.stderr
     assert "sha256" in ok.stdout and dst.is_file()
     assert load_model(dst).info.source_format == "gguf"
-    _one_line_error(_cli("convert", str(src), str(dst), "--to", "tq1_0"), "already exists")
-    _one_line_error(_cli("convert", str(src), str(tmp_path / "y"), "--to", "q4_k"), "invalid choice")
-    _one_line_error(_cli("convert", str(tmp_path / "nope"), str(tmp_path / "z"), "--to", "i2_s"), "no such file")
+    assert_one_line_error(run_cli("convert", str(src), str(dst), "--to", "tq1_0"), "already exists")
+    assert_one_line_error(run_cli("convert", str(src), str(tmp_path / "y"), "--to", "q4_k"), "invalid choice")
+    assert_one_line_error(
+        run_cli("convert", str(tmp_path / "nope"), str(tmp_path / "z"), "--to", "i2_s"), "no such file"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
