@@ -17,10 +17,13 @@ from bitnet_actor.engine.loader import ternarize_inv
 from bitnet_actor.engine.tensors import SafetensorsFile, to_float32
 from kernels_cython import reference as kref
 from tests.engine.conftest import GGUF_SIZES
+from tests.engine.test_tokenizer import byte_level_dir, corpus, spm_dir, spm_hf, spm_model
 from tests.test_cli import assert_one_line_error, run_cli
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+__all__ = ["byte_level_dir", "corpus", "spm_dir", "spm_hf", "spm_model"]  # fixtures shared with test_tokenizer
 
 PROMPTS = [[1, 2, 3], [50, 60, 70, 80, 90], [200]]
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -269,3 +272,20 @@ def test_cli_convert(sources: dict[str, Path], tmp_path: Path) -> None:
         run_cli("convert", str(tmp_path / "nope"), str(tmp_path / "z"), "--to", "i2_s"), "no such file"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
+
+
+@pytest.mark.parametrize("which", ["byte_level_dir", "spm_dir"])
+def test_tokenizer_metadata_round_trip(which: str, request: pytest.FixtureRequest, corpus: list[str]) -> None:
+    from bitnet_actor.engine.tokenizer import Tokenizer, gguf_tokenizer_metadata
+
+    root = request.getfixturevalue(which)
+    hf = Tokenizer.from_hf_dir(root)
+    meta = gguf_tokenizer_metadata(root, hf.vocab_size + 3)
+    assert meta["tokenizer.ggml.model"] == ("gpt2" if which == "byte_level_dir" else "llama")
+    assert meta["tokenizer.ggml.tokens"][-1] == f"[PAD{hf.vocab_size + 2}]"
+    g = Tokenizer.from_gguf_metadata(meta)
+    assert (g.bos_token_id, g.eos_token_id, g.add_bos_token) == (hf.bos_token_id, hf.eos_token_id, hf.add_bos_token)
+    assert g.chat_templates == hf.chat_templates
+    for text in corpus:
+        assert g.encode(text) == hf.encode(text), text
+        assert g.decode(hf.encode(text)) == hf.decode(hf.encode(text))

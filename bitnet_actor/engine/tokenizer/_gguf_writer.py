@@ -31,31 +31,25 @@ if TYPE_CHECKING:
 __all__ = ["gguf_tokenizer_metadata"]
 
 
-def _types(node: Any) -> Iterable[str]:
-    """Every ``"type"`` in a tokenizer.json component, nested sequences included."""
+def _walk(node: Any) -> Iterable[dict[str, Any]]:
+    """Every object in a tokenizer.json component, nested sequences included."""
     if isinstance(node, dict):
-        t = node.get("type")
-        if isinstance(t, str):
-            yield t
+        yield node
         for value in node.values():
-            yield from _types(value)
+            yield from _walk(value)
     elif isinstance(node, list):
         for value in node:
-            yield from _types(value)
+            yield from _walk(value)
 
 
 def _regexes(node: Any) -> list[str]:
-    found: list[str] = []
-    if isinstance(node, dict):
-        pattern = node.get("pattern")
-        if node.get("type") == "Split" and isinstance(pattern, dict) and isinstance(pattern.get("Regex"), str):
-            found.append(pattern["Regex"])
-        for value in node.values():
-            found += _regexes(value)
-    elif isinstance(node, list):
-        for value in node:
-            found += _regexes(value)
-    return found
+    return [
+        c["pattern"]["Regex"]
+        for c in _walk(node)
+        if c.get("type") == "Split"
+        and isinstance(c.get("pattern"), dict)
+        and isinstance(c["pattern"].get("Regex"), str)
+    ]
 
 
 def _pre_name(spec: dict[str, Any], where: str) -> str:
@@ -101,7 +95,7 @@ def gguf_tokenizer_metadata(root: Path, n_vocab: int) -> dict[str, Any]:
     if tok.vocab_size > n_vocab:
         raise TokenizerError(f"{path}: {tok.vocab_size} tokens but the model has {n_vocab} embedding rows")
     components = [spec.get(k) for k in ("normalizer", "pre_tokenizer", "decoder")]
-    spm = bool(model.get("byte_fallback")) or any(t in ("Metaspace", "Prepend") for t in _types(components))
+    spm = bool(model.get("byte_fallback")) or any(c.get("type") in ("Metaspace", "Prepend") for c in _walk(components))
     backend = tok.backend
     by_id = {i: t for t, i in backend.get_vocab(with_added_tokens=True).items()}
     added = backend.get_added_tokens_decoder()
@@ -155,13 +149,3 @@ def gguf_tokenizer_metadata(root: Path, n_vocab: int) -> dict[str, Any]:
     for name, template in tok.chat_templates.items():
         meta["tokenizer.chat_template" if name == "default" else f"tokenizer.chat_template.{name}"] = template
     return meta
-
-
-def _walk(node: Any) -> Iterable[dict[str, Any]]:
-    if isinstance(node, dict):
-        yield node
-        for value in node.values():
-            yield from _walk(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _walk(value)
