@@ -206,9 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(f"{PROG} {__version__}")
         return 0
-    if args.command in ("generate", "inspect"):
-        from bitnet_actor import cli_engine
+    from bitnet_actor import cli_engine
 
+    if args.command in cli_engine.COMMANDS:
         return cli_engine.run(args)
     try:
         settings = _settings(args)

@@ -1,10 +1,12 @@
-"""``bitnet-actor generate`` and ``bitnet-actor inspect``: the model engine from the command line.
+"""``bitnet-actor generate``, ``inspect`` and ``convert``: the model engine from the command line.
 
 ``generate --model PATH --prompt TEXT`` loads the model (a progress bar on stderr), streams the completion
 to stdout as it is generated and prints a one-line summary (tokens, prefill and decode speed) on stderr.
 ``inspect PATH`` prints the architecture, sizes and every stored tensor format with its count and bytes.
+``convert SRC DST --to hf-ternary|tq1_0|tq2_0|i2_s`` converts a model (:mod:`bitnet_actor.engine.convert`)
+with a progress bar on stderr and prints the output's path, size and sha256 on stdout.
 
-Wiring (in ``bitnet_actor.cli``): ``add_subcommands(subparsers)`` registers both commands;
+Wiring (in ``bitnet_actor.cli``): ``add_subcommands(subparsers)`` registers the commands;
 ``run(args) -> int`` runs the one parsed.  Errors print one line, ``bitnet-actor: error: ...``, and
 return 1.
 """
@@ -26,11 +28,11 @@ if TYPE_CHECKING:
 __all__ = ["COMMANDS", "add_subcommands", "run"]
 
 PROG = "bitnet-actor"
-COMMANDS = ("generate", "inspect")
+COMMANDS = ("generate", "inspect", "convert")
 
 
 def add_subcommands(subparsers: Any) -> None:
-    """Register ``generate`` and ``inspect`` on an argparse sub-parsers object.
+    """Register ``generate``, ``inspect`` and ``convert`` on an argparse sub-parsers object.
 
     Args:
         subparsers: what ``ArgumentParser.add_subparsers()`` returned.
@@ -69,6 +71,15 @@ def add_subcommands(subparsers: Any) -> None:
     ins = subparsers.add_parser("inspect", help="print a model's architecture, tensor formats and sizes")
     ins.add_argument("path", type=Path, metavar="PATH", help="HF model directory or .gguf file")
     ins.add_argument("--tensors", action="store_true", help="list every tensor")
+    from bitnet_actor.engine.convert import FORMATS
+
+    conv = subparsers.add_parser("convert", help="convert a model to ternary packed HF or GGUF TQ1_0/TQ2_0/I2_S")
+    conv.add_argument("src", type=Path, metavar="SRC", help="HF model directory or .gguf file")
+    conv.add_argument("dst", type=Path, metavar="DST", help="the directory (hf-ternary) or .gguf file to create")
+    conv.add_argument("--to", required=True, choices=FORMATS, metavar="FORMAT", help=f"one of {', '.join(FORMATS)}")
+    conv.add_argument(
+        "--dense", choices=("f16", "f32"), default="f16", help="GGUF type of embeddings and output layer [f16]"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
             return _generate(args, sys.stdout, sys.stderr)
         if args.command == "inspect":
             return _inspect(args, sys.stdout, sys.stderr)
+        if args.command == "convert":
+            return _convert(args, sys.stdout, sys.stderr)
         print(f"{PROG}: error: unknown command {args.command!r}", file=sys.stderr)
         return 1
     except (BitnetError, ValueError, OSError) as exc:
@@ -100,6 +113,8 @@ _progress_open = False
 
 class _Progress:
     """A one-line progress bar on a terminal; start and end lines otherwise."""
+
+    DONE = "loaded"
 
     def __init__(self, out: TextIO, label: str) -> None:
         self.out = out
@@ -129,7 +144,51 @@ class _Progress:
         if self.tty:
             self.out.write("\n")
         _progress_open = False
-        print(f"loaded in {dt:.1f} s", file=self.out)
+        print(f"{self.DONE} in {dt:.1f} s", file=self.out)
+
+
+class _ConvertProgress(_Progress):
+    """The bar of :class:`_Progress`, fed ``(tensors_done, tensors_total, bytes_done, bytes_total)``."""
+
+    DONE = "converted"
+
+    def __init__(self, out: TextIO, label: str) -> None:
+        self.out = out
+        self.label = label
+        self.tty = out.isatty()
+        self.t0 = time.perf_counter()
+        self.last = -1
+        if not self.tty:
+            print(f"converting {label} ...", file=out)
+
+    def update(self, done: int, total: int, nbytes: int, total_bytes: int) -> None:
+        global _progress_open
+        if not self.tty:
+            return
+        pct = 100 * nbytes // max(total_bytes, 1)
+        if pct == self.last and done != total:
+            return
+        self.last = pct
+        bar = "#" * (pct * 30 // 100)
+        self.out.write(
+            f"\rconverting {self.label} [{bar:<30}] {pct:3d}% ({done}/{total} tensors, {nbytes / 1e6:.1f} MB)"
+        )
+        self.out.flush()
+        _progress_open = True
+
+
+def _convert(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from bitnet_actor.engine.convert import convert_model
+
+    bar = _ConvertProgress(err, f"{args.src} to {args.to}")
+    result = convert_model(args.src, args.dst, args.to, progress=bar.update, dense=args.dense)
+    bar.close()
+    out.write(
+        f"wrote {result.path} ({result.format}, {result.nbytes / 1e6:.1f} MB, {result.parameter_count:,} parameters)\n"
+    )
+    for name, digest in result.sha256.items():
+        out.write(f"  sha256 {digest}  {name}\n")
+    return 0
 
 
 def _load(path: Path, err: TextIO, **kw: Any) -> Any:

@@ -14,6 +14,13 @@ conventions and :mod:`bitnet_actor.engine.config` for the supported architecture
 memory maps; errors are :mod:`bitnet_actor.engine.errors` (``CorruptModelError`` names the file and tensor,
 ``UnsupportedModelError`` the architecture / method / type found and the supported ones).
 
+Conversion
+==========
+
+``convert_model(src, dst, fmt, *, progress=None, should_stop=None, ...)`` in :mod:`bitnet_actor.engine.convert`
+writes a model as a ternary packed HF directory (``"hf-ternary"``) or a GGUF file (``"tq1_0"``, ``"tq2_0"``,
+``"i2_s"``), streamed tensor by tensor, under a temporary name renamed at the end.
+
 Model
 =====
 
@@ -51,6 +58,7 @@ from __future__ import annotations
 
 from bitnet_actor.engine.errors import (
     ContextLengthError,
+    ConversionCancelled,
     CorruptModelError,
     DeviceError,
     EngineError,
@@ -64,6 +72,7 @@ from bitnet_actor.engine.sequence import Sequence, StepOutput
 
 __all__ = [
     "ContextLengthError",
+    "ConversionCancelled",
     "CorruptModelError",
     "DeviceError",
     "EngineError",

@@ -7,7 +7,8 @@ The tree (under :class:`bitnet_actor.errors.BitnetError`)::
     │   ├── CorruptModelError        a file is truncated, corrupt or inconsistent: names the file and the tensor
     │   ├── UnsupportedModelError    the architecture, quantization method or tensor type is not supported
     │   └── DeviceError              the device asked for (OpenCL) cannot run it: none found, kernels do not build
-    └── ContextLengthError           (also a ValueError) prompt + max_tokens exceeds the context length
+    ├── ContextLengthError           (also a ValueError) prompt + max_tokens exceeds the context length
+    └── ConversionCancelled          a conversion stopped on request (nothing left at the destination)
 
 Argument errors (a bad sampling parameter, a token id out of range) are plain ``ValueError`` naming the field.
 """
@@ -18,6 +19,7 @@ from bitnet_actor.errors import BitnetError
 
 __all__ = [
     "ContextLengthError",
+    "ConversionCancelled",
     "CorruptModelError",
     "DeviceError",
     "EngineError",
@@ -48,3 +50,7 @@ class DeviceError(ModelLoadError):
 
 class ContextLengthError(EngineError, ValueError):
     """A sequence would not fit the model's context length."""
+
+
+class ConversionCancelled(EngineError):
+    """A model conversion was cancelled (``should_stop()`` said so); nothing was left at the destination."""

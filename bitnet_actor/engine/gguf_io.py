@@ -29,7 +29,7 @@ from bitnet_actor.engine.errors import CorruptModelError, UnsupportedModelError
 from bitnet_actor.engine.tensors import RawTensor, open_mmap
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     import numpy.typing as npt
 
@@ -37,6 +37,7 @@ __all__ = [
     "GGML_TYPES",
     "GGUFFile",
     "dequantize",
+    "gguf_header",
     "quantize_q8_0",
     "tensor_nbytes",
     "write_gguf",
@@ -339,6 +340,44 @@ def _pack_value(value: Any) -> bytes:
     raise TypeError(f"cannot write a GGUF value of type {type(value).__name__}")
 
 
+def gguf_header(
+    metadata: Mapping[str, Any], infos: Sequence[tuple[str, str, tuple[int, ...]]], *, alignment: int = 32
+) -> tuple[bytes, list[int]]:
+    """The header of a GGUF v3 file, for writers that stream the tensors' data after it.
+
+    Args:
+        metadata: key -> str, int, float, bool or a list of one of them.
+        infos: ``(name, type name, shape in numpy order)`` per tensor, in data order.
+        alignment: data alignment (written as ``general.alignment`` when not 32).
+
+    Returns:
+        ``(header padded to the alignment, each tensor's offset from the data start)``; tensor ``i``'s data
+        is followed by zero bytes up to the next multiple of ``alignment``.
+
+    Raises:
+        ValueError: a shape that does not fit its type.
+    """
+    meta = dict(metadata)
+    if alignment != 32:
+        meta["general.alignment"] = alignment
+    head = bytearray(_MAGIC + struct.pack("<IQQ", 3, len(infos), len(meta)))
+    for key, value in meta.items():
+        raw = key.encode("utf-8")
+        head += struct.pack("<Q", len(raw)) + raw + _pack_value(value)
+    offsets = []
+    offset = 0
+    for name, tname, shape in infos:
+        nm = name.encode("utf-8")
+        head += struct.pack("<Q", len(nm)) + nm + struct.pack("<I", len(shape))
+        head += b"".join(struct.pack("<Q", d) for d in reversed(shape))
+        head += struct.pack("<IQ", _TYPE_IDS[tname], offset)
+        offsets.append(offset)
+        nbytes = tensor_nbytes(tname, shape)
+        offset += nbytes + (-nbytes % alignment)
+    head += b"\0" * (-len(head) % alignment)
+    return bytes(head), offsets
+
+
 def write_gguf(
     path: Path,
     metadata: Mapping[str, Any],
@@ -358,27 +397,15 @@ def write_gguf(
     Raises:
         ValueError: data of the wrong size for its type and shape.
     """
-    meta = dict(metadata)
-    if alignment != 32:
-        meta["general.alignment"] = alignment
-    head = bytearray(_MAGIC + struct.pack("<IQQ", 3, len(tensors), len(meta)))
-    for key, value in meta.items():
-        raw = key.encode("utf-8")
-        head += struct.pack("<Q", len(raw)) + raw + _pack_value(value)
     blobs = []
-    offset = 0
     for name, (tname, shape, data) in tensors.items():
         raw_bytes = np.ascontiguousarray(data).view(np.uint8).reshape(-1).tobytes()
         if len(raw_bytes) != tensor_nbytes(tname, shape):
             raise ValueError(f"tensor {name!r}: {len(raw_bytes)} bytes for {tname} {shape}")
-        nm = name.encode("utf-8")
-        head += struct.pack("<Q", len(nm)) + nm + struct.pack("<I", len(shape))
-        head += b"".join(struct.pack("<Q", d) for d in reversed(shape))
-        head += struct.pack("<IQ", _TYPE_IDS[tname], offset)
-        pad = -len(raw_bytes) % alignment
-        blobs.append(raw_bytes + b"\0" * pad)
-        offset += len(raw_bytes) + pad
-    head += b"\0" * (-len(head) % alignment)
+        blobs.append(raw_bytes + b"\0" * (-len(raw_bytes) % alignment))
+    head, _ = gguf_header(
+        metadata, [(name, tname, shape) for name, (tname, shape, _) in tensors.items()], alignment=alignment
+    )
     with Path(path).open("wb") as fh:
         fh.write(head)
         for blob in blobs:

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
     import numpy.typing as npt
 
+    from bitnet_actor.engine.config import QuantConfig
     from kernels_cython.reference import TernaryMatrix
 
 __all__ = ["LayerWeights", "ModelWeights", "load_weights"]
@@ -157,10 +158,16 @@ def ternarize(w: npt.NDArray[np.float32]) -> TernaryMatrix:
     Returns:
         codes ``clamp(round(W * inv), -1, 1)`` with scale ``1 / inv``, ``inv = 1 / max(mean|W|, 1e-5)``.
     """
+    return ternarize_inv(w)[0]
+
+
+def ternarize_inv(w: npt.NDArray[np.float32]) -> tuple[TernaryMatrix, np.float32]:
+    """:func:`ternarize`, also returning ``inv`` (float32): ``float32(1) / inv`` is the matrix's scale exactly,
+    so ``inv`` is the ``weight_scale`` an HF ``bitlinear`` checkpoint stores for it."""
     mean = np.float32(max(float(np.abs(w).mean(dtype=np.float64)), 1e-5))
     inv = np.float32(1) / mean
     codes = np.clip(np.rint(w * inv), -1, 1).astype(np.int8)  # (N, K)
-    return kref.TernaryMatrix.from_codes(codes, np.float32(1) / inv)
+    return kref.TernaryMatrix.from_codes(codes, np.float32(1) / inv), np.float32(inv)
 
 
 def _float_ternary(w: npt.NDArray[np.float32]) -> TernaryMatrix:
@@ -172,6 +179,126 @@ def _float_ternary(w: npt.NDArray[np.float32]) -> TernaryMatrix:
     if a > 0 and np.isin(np.abs(w), (np.float32(0), a)).all():
         return kref.TernaryMatrix.from_codes(np.sign(w).astype(np.int8), a)
     return ternarize(w)
+
+
+def hf_keeps_dense(module: str, quant: QuantConfig | None) -> bool:
+    """Whether an HF linear module stays dense (``lm_head``, or ``modules_to_not_convert`` by transformers' rules).
+
+    Args:
+        module: the module name, e.g. ``model.layers.0.mlp.down_proj``.
+        quant: the bitnet quantization config, if any.
+
+    Returns:
+        True when the module is not ternary.
+    """
+    if module == "lm_head":
+        return True
+    if quant is None or not quant.modules_to_not_convert:
+        return False
+    boundary = r"(?:(?<=\.)|(?=\.|$))"
+    return any(
+        re.match(rf"(?:{key}){boundary}", module) or module.endswith(key) for key in quant.modules_to_not_convert
+    )
+
+
+def hf_scale(t: RawTensor, quant: QuantConfig | None) -> np.float32:
+    """The multiplier a stored HF ``weight_scale`` stands for (``bitlinear`` stores its reciprocal).
+
+    Raises:
+        CorruptModelError: not one positive float.
+    """
+    if t.dtype not in ("F32", "F16", "BF16") or int(np.prod(t.shape)) != 1:
+        raise CorruptModelError(f"{t.where()}: weight_scale must be one float, found {t.dtype} {t.shape}")
+    v = np.float32(to_float32(t).reshape(-1)[0])
+    if not np.isfinite(v) or v <= 0:
+        raise CorruptModelError(f"{t.where()}: weight_scale {v} is not a positive number")
+    if quant is not None and quant.linear_class == "bitlinear":
+        return np.float32(1) / v
+    return v
+
+
+def hf_ternary(
+    t: RawTensor, scale_t: RawTensor | None, quant: QuantConfig | None, n: int, k: int
+) -> tuple[TernaryMatrix, str, np.float32 | None]:
+    """Read one ternary HF linear: packed uint8 + ``weight_scale``, unpacked offline codes, or float masters
+    ternarized with :func:`ternarize` (the one place the engine quantizes masters; the converter uses it too).
+
+    Args:
+        t: ``<module>.weight``.
+        scale_t: ``<module>.weight_scale``, if stored.
+        quant: the bitnet quantization config, if any.
+        n: out_features.
+        k: in_features.
+
+    Returns:
+        ``(matrix (N, K), storage format label, reciprocal)``: ``reciprocal`` is a float32 ``v`` with
+        ``float32(1) / v`` equal to the matrix's scale, when one is known (a stored ``bitlinear`` scale, or
+        the ``inv`` of an online quantization); else None.
+
+    Raises:
+        CorruptModelError: a wrong shape or dtype, a missing scale, values that are not ternary, NaN or inf.
+    """
+    if t.dtype == "U8":
+        if t.shape != (-(-n // 4), k):
+            raise CorruptModelError(
+                f"{t.where()}: packed ternary weights must have shape {(-(-n // 4), k)} for {n} x {k}, found {t.shape}"
+            )
+        if scale_t is None:
+            raise CorruptModelError(f"{t.where()}: packed weights without {t.name[: -len('.weight')]}.weight_scale")
+        mult = hf_scale(scale_t, quant)
+        try:
+            w = kref.from_hf_packed(np.ascontiguousarray(t.data), mult, n)
+        except ValueError as exc:
+            raise CorruptModelError(f"{t.where()}: {exc}") from exc
+        return w, "ternary (HF packed uint8)", _stored_reciprocal(scale_t, quant)
+    if t.dtype in ("F32", "F16", "BF16"):
+        if t.shape != (n, k):
+            raise CorruptModelError(f"{t.where()}: expected shape {(n, k)}, found {t.shape}")
+        wf = to_float32(t)
+        if scale_t is not None and quant is not None and quant.mode == "offline":
+            if not np.isin(wf, (-1.0, 0.0, 1.0)).all():
+                raise CorruptModelError(f"{t.where()}: offline weights with a weight_scale must be in {{-1,0,1}}")
+            w = kref.TernaryMatrix.from_codes(wf.astype(np.int8), hf_scale(scale_t, quant))
+            return w, f"ternary (unpacked {t.dtype})", _stored_reciprocal(scale_t, quant)
+        if not np.isfinite(wf).all():
+            raise CorruptModelError(f"{t.where()}: contains NaN or inf")
+        w, inv = ternarize_inv(wf)
+        return w, f"ternarized on load ({t.dtype})", inv
+    raise CorruptModelError(f"{t.where()}: expected uint8 packed or float weights, found dtype {t.dtype}")
+
+
+def _stored_reciprocal(t: RawTensor, quant: QuantConfig | None) -> np.float32 | None:
+    if quant is not None and quant.linear_class == "bitlinear":
+        return np.float32(to_float32(t).reshape(-1)[0])
+    return None
+
+
+def gguf_ternary(t: RawTensor, n: int, k: int) -> TernaryMatrix:
+    """Read one ternary GGUF linear (I2_S, TQ1_0, TQ2_0, or float), in the file's row order.
+
+    Raises:
+        CorruptModelError: a wrong shape, type or scale.
+    """
+    if t.shape != (n, k):
+        raise CorruptModelError(f"{t.where()}: expected shape {(n, k)}, found {t.shape}")
+    try:
+        if t.dtype == "TQ2_0":
+            w = kref.from_tq2_0(t.data, (n, k))
+        elif t.dtype == "TQ1_0":
+            w = kref.from_tq1_0(t.data, (n, k))
+        elif t.dtype == "I2_S":
+            w = kref.from_i2_s(t.data, (n, k))
+        elif t.dtype in ("F32", "F16", "BF16"):
+            w = _float_ternary(to_float32(t))
+        else:
+            raise CorruptModelError(
+                f"{t.where()}: a ternary layer needs I2_S, TQ1_0, TQ2_0 or a float type, found {t.dtype}"
+            )
+    except ValueError as exc:
+        raise CorruptModelError(f"{t.where()}: {exc}") from exc
+    if isinstance(w.scale, float) and not (np.isfinite(w.scale) and w.scale > 0):
+        raise CorruptModelError(f"{t.where()}: scale {w.scale} is not a positive number")
+    return w
 
 
 def _fuse(layers: list[Linear]) -> list[Linear]:
@@ -248,15 +375,7 @@ class _HFLoader:
             self.progress(min(self.done, self.total), self.total)
 
     def _skip(self, module: str) -> bool:
-        q = self.cfg.quant
-        if module == "lm_head":
-            return True
-        if q is None or not q.modules_to_not_convert:
-            return False
-        boundary = r"(?:(?<=\.)|(?=\.|$))"
-        return any(
-            re.match(rf"(?:{key}){boundary}", module) or module.endswith(key) for key in q.modules_to_not_convert
-        )
+        return hf_keeps_dense(module, self.cfg.quant)
 
     def _linear(self, module: str, n: int, k: int, bias: bool) -> Linear:
         t = self._get(module + ".weight")
@@ -271,49 +390,9 @@ class _HFLoader:
             dense = _dense(t, (n, k))
             self._tick(t.dtype)
             return Linear(dense=dense, bias=b)
-        scale_t = self.tensors.get(module + ".weight_scale")
-        if t.dtype == "U8":
-            if t.shape != (-(-n // 4), k):
-                raise CorruptModelError(
-                    f"{t.where()}: packed ternary weights must have shape {(-(-n // 4), k)} for "
-                    f"{n} x {k}, found {t.shape}"
-                )
-            if scale_t is None:
-                raise CorruptModelError(f"{t.where()}: packed weights without {module}.weight_scale")
-            mult = self._scale(scale_t)
-            try:
-                w = kref.from_hf_packed(np.ascontiguousarray(t.data), mult, n)
-            except ValueError as exc:
-                raise CorruptModelError(f"{t.where()}: {exc}") from exc
-            self._tick("ternary (HF packed uint8)")
-        elif t.dtype in ("F32", "F16", "BF16"):
-            if t.shape != (n, k):
-                raise CorruptModelError(f"{t.where()}: expected shape {(n, k)}, found {t.shape}")
-            wf = to_float32(t)
-            if scale_t is not None and q is not None and q.mode == "offline":
-                if not np.isin(wf, (-1.0, 0.0, 1.0)).all():
-                    raise CorruptModelError(f"{t.where()}: offline weights with a weight_scale must be in {{-1,0,1}}")
-                w = kref.TernaryMatrix.from_codes(wf.astype(np.int8), self._scale(scale_t))
-                self._tick(f"ternary (unpacked {t.dtype})")
-            else:
-                if not np.isfinite(wf).all():
-                    raise CorruptModelError(f"{t.where()}: contains NaN or inf")
-                w = ternarize(wf)
-                self._tick(f"ternarized on load ({t.dtype})")
-        else:
-            raise CorruptModelError(f"{t.where()}: expected uint8 packed or float weights, found dtype {t.dtype}")
+        w, fmt, _ = hf_ternary(t, self.tensors.get(module + ".weight_scale"), q, n, k)
+        self._tick(fmt)
         return Linear(ternary=w, bias=b, pre_norm=pre, pre_norm_eps=eps)
-
-    def _scale(self, t: RawTensor) -> np.float32:
-        if t.dtype not in ("F32", "F16", "BF16") or int(np.prod(t.shape)) != 1:
-            raise CorruptModelError(f"{t.where()}: weight_scale must be one float, found {t.dtype} {t.shape}")
-        v = np.float32(to_float32(t).reshape(-1)[0])
-        if not np.isfinite(v) or v <= 0:
-            raise CorruptModelError(f"{t.where()}: weight_scale {v} is not a positive number")
-        assert True
-        if self.cfg.quant is not None and self.cfg.quant.linear_class == "bitlinear":
-            return np.float32(1) / v
-        return v
 
     def _norm(self, name: str, n: int) -> npt.NDArray[np.float32]:
         v = _float_vector(self._get(name), n)
@@ -426,25 +505,7 @@ class _GGUFLoader:
 
     def _linear(self, name: str, n: int, k: int, permute_heads: int = 0) -> Linear:
         t = self._get(name + ".weight")
-        if t.shape != (n, k):
-            raise CorruptModelError(f"{t.where()}: expected shape {(n, k)}, found {t.shape}")
-        try:
-            if t.dtype == "TQ2_0":
-                w = kref.from_tq2_0(t.data, (n, k))
-            elif t.dtype == "TQ1_0":
-                w = kref.from_tq1_0(t.data, (n, k))
-            elif t.dtype == "I2_S":
-                w = kref.from_i2_s(t.data, (n, k))
-            elif t.dtype in ("F32", "F16", "BF16"):
-                w = _float_ternary(to_float32(t))
-            else:
-                raise CorruptModelError(
-                    f"{t.where()}: a ternary layer needs I2_S, TQ1_0, TQ2_0 or a float type, found {t.dtype}"
-                )
-        except ValueError as exc:
-            raise CorruptModelError(f"{t.where()}: {exc}") from exc
-        if isinstance(w.scale, float) and not (np.isfinite(w.scale) and w.scale > 0):
-            raise CorruptModelError(f"{t.where()}: scale {w.scale} is not a positive number")
+        w = gguf_ternary(t, n, k)
         if permute_heads:
             w = unpermute_rows(w, permute_heads)
         self._tick(t.dtype)

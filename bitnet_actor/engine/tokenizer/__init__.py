@@ -24,6 +24,7 @@ Chat templates run in jinja2's immutable sandbox with the settings, filters and 
 extra keyword arguments.
 
 Modules: :mod:`._tokenizer` (the class), :mod:`._hf_loader` and :mod:`._gguf_loader` (the two sources),
+:mod:`._gguf_writer` (an HF tokenizer as GGUF metadata, :func:`gguf_tokenizer_metadata`, for the converter),
 :mod:`._chat_template` (rendering), :mod:`._incremental` (streaming decode), :mod:`._common` (the error and
 what the others share). Import from this package; the modules are private.
 """
@@ -33,6 +34,7 @@ from __future__ import annotations
 from bitnet_actor.engine.tokenizer._chat_template import render_chat_template
 from bitnet_actor.engine.tokenizer._common import TokenizerError
 from bitnet_actor.engine.tokenizer._gguf_loader import GGUF_TOKEN_TYPES
+from bitnet_actor.engine.tokenizer._gguf_writer import gguf_tokenizer_metadata
 from bitnet_actor.engine.tokenizer._incremental import IncrementalDecoder
 from bitnet_actor.engine.tokenizer._tokenizer import Tokenizer
 
@@ -41,5 +43,6 @@ __all__ = [
     "IncrementalDecoder",
     "Tokenizer",
     "TokenizerError",
+    "gguf_tokenizer_metadata",
     "render_chat_template",
 ]
