@@ -4,7 +4,8 @@
 actor owns the models and their ``Scheduler`` actors; this handle turns one API request into their messages.
 
 - ``lease(name)`` is an async context manager: the loaded model, kept from eviction while the block runs
-  (entering may wait for a load; leaving never blocks).
+  (entering may wait for a load; leaving never blocks). ``lease_version(version)`` does the same for an
+  organization's registry version (its files copied locally on first use, keyed by content hash).
 - ``submit_nowait(lease, generate)`` queues one ``Generate`` (all its choices or none) with the model's
   scheduler and returns the receive end of a bounded reply channel the caller owns: ``Token`` / ``Finished``
   / ``Failed`` events, each tagged with its choice's index, ending when every choice is done. Closing it
@@ -13,13 +14,16 @@ actor owns the models and their ``Scheduler`` actors; this handle turns one API 
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
 
+from actors.model_cache import ModelLoadFailedError, UnknownModelError
 from actors.scheduler import Event, GenerationRequest
+from bitnet_actor.errors import BitnetError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -27,6 +31,8 @@ if TYPE_CHECKING:
 
     from actors.model_cache import Lease, ModelCache
     from bitnet_actor.engine import SamplingParams
+    from bitnet_actor.services.models.files import LocalFiles
+    from bitnet_actor.services.models.registry import ModelVersion
 
 __all__ = ["REPLY_SLACK", "Generate", "Inference", "Models"]
 
@@ -73,8 +79,34 @@ class Models:
 class Inference:
     """See the module docstring."""
 
-    def __init__(self, cache: ModelCache) -> None:
+    def __init__(self, cache: ModelCache, files: LocalFiles | None = None) -> None:
         self._cache = cache
+        self._files = files
+
+    @asynccontextmanager
+    async def lease_version(self, version: ModelVersion) -> AsyncIterator[Lease]:
+        """The loaded weights of a registry version for the block, named ``name:version``.
+
+        The model cache keys them by content hash, so versions with the same bytes (one organization's or
+        several) share one loaded copy; the file is copied from the object store on first use.
+
+        Raises:
+            UnknownModelError: no local files here. ModelCapacityError, ModelLoadFailedError: as :meth:`lease`.
+        """
+        if self._files is None:
+            raise UnknownModelError(f"the model {version.ref!r} cannot be served here")
+        key = self._files.cache_key(version)
+        if key not in self._cache.names():
+            try:
+                path = await self._files.path_of(version)
+            except BitnetError as exc:
+                raise ModelLoadFailedError(f"the files of {version.ref!r} cannot be read now: {exc}") from exc
+            self._cache.register(key, path)
+        lease = await self._cache.acquire(key)
+        try:
+            yield dataclasses.replace(lease, name=version.ref)
+        finally:
+            self._cache.release(lease)
 
     @asynccontextmanager
     async def lease(self, name: str) -> AsyncIterator[Lease]:

@@ -85,6 +85,8 @@ def create_app(handles: Handles) -> QuartTrio:
         response.headers["X-Request-ID"] = request_id
         for name, value in (g.get("ratelimit_headers") or {}).items():  # set by the /v1 routes' admission
             response.headers.setdefault(name, value)
+        if g.get("model_version"):  # a registry model served this request
+            response.headers.setdefault("x-bitnet-model-version", g.model_version)
         started = g.get("started")
         latency = time.perf_counter() - started if started is not None else 0.0
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from bitnet_actor.services.authn import AuthServices
     from bitnet_actor.services.billing.ledger import UsageEvent
     from bitnet_actor.services.billing.plans import OrgProfile
+    from bitnet_actor.services.models.registry import ModelVersion
     from bitnet_actor.services.ratelimit import Decision
     from bitnet_actor.stores.objects import ObjectStore
     from bitnet_actor.stores.postgres import Database
@@ -56,6 +57,10 @@ class InferenceHandle(Protocol):
 
     def lease(self, name: str) -> AbstractAsyncContextManager[Lease]:
         """The loaded model ``name`` for a block (raises the model cache's errors on entry)."""
+        ...
+
+    def lease_version(self, version: ModelVersion) -> AbstractAsyncContextManager[Lease]:
+        """The loaded weights of a registry version for a block (named ``name:version``)."""
         ...
 
     def submit_nowait(self, lease: Lease, generate: Generate) -> trio.MemoryReceiveChannel[Event]:

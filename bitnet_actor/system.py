@@ -50,6 +50,7 @@ from bitnet_actor.services.billing.stripe import StripeBilling
 from bitnet_actor.services.email import LogEmailSender
 from bitnet_actor.services.jwt import JwtService
 from bitnet_actor.services.limits import RequestLimits
+from bitnet_actor.services.models.files import LocalFiles
 from bitnet_actor.services.oidc import OidcClient, OidcSettings
 from bitnet_actor.services.ratelimit import RateLimiter
 from bitnet_actor.services.refresh import RefreshTokens
@@ -122,7 +123,7 @@ def build_handles(
         stores=stores,
         metrics=metrics,
         auth=auth,
-        inference=Inference(cache),
+        inference=Inference(cache, LocalFiles(settings.data_dir / "model-files", stores.objects, stores.db)),
         models=Models(cache),
         tenants=tenants,
         meter=meter or usage_meter(settings, stores, metrics),

@@ -28,9 +28,13 @@ from bitnet_actor.api.openai.protocol import CHAT, COMPLETION, RequestType, bad
 from bitnet_actor.api.openai.run import Run
 from bitnet_actor.engine.tokenizer import TokenizerError
 from bitnet_actor.services import tenancy
+from bitnet_actor.services.errors import NotFoundError, ValidationError
 from bitnet_actor.services.limits import LimiterUnavailableError
+from bitnet_actor.services.models import registry
 
 if TYPE_CHECKING:
+    from uuid import UUID
+
     from actors.model_cache import Lease
     from bitnet_actor.engine import Model, SamplingParams
     from bitnet_actor.handles import Handles
@@ -85,8 +89,10 @@ async def inference_org(h: Handles, principal: Principal) -> OrgAccess:
     return OrgAccess(principal, principal.token_org, role)
 
 
-async def lease(stack: contextlib.AsyncExitStack, h: Handles, body: dict[str, Any]) -> Lease:
-    """Lease the model ``body["model"]`` until ``stack`` closes.
+async def lease(stack: contextlib.AsyncExitStack, h: Handles, body: dict[str, Any], org_id: UUID | None) -> Lease:
+    """Lease the model ``body["model"]`` until ``stack`` closes: a platform model by name, else one of the
+    organization's registry models (``name``, ``name:version``, ``name@alias``, resolved now; the response
+    names the version in ``model`` and ``x-bitnet-model-version``).
 
     Raises:
         ApiError: 400 without a model name, 404 for an unknown model, 503 when it cannot be loaded now.
@@ -95,7 +101,18 @@ async def lease(stack: contextlib.AsyncExitStack, h: Handles, body: dict[str, An
     if not isinstance(name, str) or not name:
         raise bad("model is required", "model", "missing_required_parameter")
     try:
-        return await stack.enter_async_context(h.inference.lease(name))
+        if name in h.models.model_names() or org_id is None:
+            return await stack.enter_async_context(h.inference.lease(name))
+        try:
+            version = await registry.resolve(h.stores.db, org_id, name)
+        except (NotFoundError, ValidationError):
+            raise UnknownModelError(name) from None
+        if version.local_path is not None and version.name in h.models.model_names():
+            return await stack.enter_async_context(h.inference.lease(version.name))
+        leased = await stack.enter_async_context(h.inference.lease_version(version))
+        if has_request_context():
+            g.model_version = version.ref
+        return leased
     except UnknownModelError:
         raise ApiError(404, f"the model {name!r} does not exist", param="model", code="model_not_found") from None
     except ModelCapacityError as exc:
@@ -326,7 +343,7 @@ async def admit(h: Handles, access: OrgAccess, kind: RequestType, body: dict[str
     stack = contextlib.AsyncExitStack()
     decision: Decision | None = None
     try:
-        leased = await lease(stack, h, body)
+        leased = await lease(stack, h, body, access.org_id)
         plan = plan_generation(kind, body, leased.model, leased.name)
         limits = await stack.enter_async_context(h.tenants.admit(access.org_id))
         reserve = (len(plan.prompt_ids) + plan.params["max_tokens"]) * plan.n

@@ -27,11 +27,12 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 @contextlib.asynccontextmanager
 async def _leased(kind: RequestType) -> AsyncIterator[tuple[dict[str, Any], Model]]:
     """Authenticate, read and check the body, and lease its model for the block."""
-    await peek_limits(await inference_access())
+    access = await inference_access()
+    await peek_limits(access)
     body = await json_body(max_bytes=MAX_BODY_BYTES)
     kind.check(body)
     async with contextlib.AsyncExitStack() as stack:
-        yield body, (await lease(stack, handles(), body)).model
+        yield body, (await lease(stack, handles(), body, access.org_id)).model
 
 
 @blueprint.post("/v1/tokenize")
