@@ -170,12 +170,12 @@ class _Sealer:
 
     def seal(self, index: int, plaintext: bytes | bytearray | memoryview, *, final: bool) -> bytes:
         nonce, aad = self._nonce_aad(index, final)
-        return self._aead.encrypt(nonce, bytes(plaintext), aad)
+        return self._aead.encrypt(nonce, plaintext, aad)  # any buffer: no copy
 
     def open(self, index: int, record: bytes | bytearray | memoryview, *, final: bool) -> bytes:
         """Decrypt one chunk, naming the failure precisely when it does not authenticate."""
         nonce, aad = self._nonce_aad(index, final)
-        data = bytes(record)
+        data = record
         try:
             return self._aead.decrypt(nonce, data, aad)
         except InvalidTag:
