@@ -21,7 +21,8 @@ Every chunk but the last holds exactly ``C`` bytes, so chunk ``i`` starts at ``H
 and a byte range of the plaintext decrypts from the few chunks that cover it (:class:`RangeDecryptor`).
 
 The streams here are plain classes with ``__anext__`` (no async generators to finalize) and hold at most
-about two chunks at a time. Sealing 1 MiB takes well under a millisecond with AES-NI, so it runs inline.
+about two chunks at a time. Hashing and sealing a chunk of more than 64 KiB run in a worker thread (one hop
+per chunk): SHA-256 of 1 MiB takes about a millisecond, too long to hold the event loop.
 """
 
 from __future__ import annotations
@@ -168,11 +169,11 @@ class _Sealer:
             ">QB", index, final
         )
 
-    def seal(self, index: int, plaintext: bytes | bytearray | memoryview, *, final: bool) -> bytes:
+    def seal(self, index: int, plaintext: bytes | bytearray | memoryview, final: bool) -> bytes:
         nonce, aad = self._nonce_aad(index, final)
         return self._aead.encrypt(nonce, plaintext, aad)  # any buffer: no copy
 
-    def open(self, index: int, record: bytes | bytearray | memoryview, *, final: bool) -> bytes:
+    def open(self, index: int, record: bytes | bytearray | memoryview, final: bool) -> bytes:
         """Decrypt one chunk, naming the failure precisely when it does not authenticate."""
         nonce, aad = self._nonce_aad(index, final)
         data = record
@@ -181,7 +182,7 @@ class _Sealer:
         except InvalidTag:
             pass
         # Which check failed? Only on the error path, so the extra attempt costs nothing normally.
-        other_nonce, other_aad = self._nonce_aad(index, not final)
+        other_nonce, other_aad = self._nonce_aad(index, final=not final)
         try:
             self._aead.decrypt(other_nonce, data, other_aad)
         except InvalidTag:
@@ -277,19 +278,34 @@ class EncryptingStream:
             except StopAsyncIteration:
                 self._eof = True
                 break
-            self._hasher.update(chunk)
             self._size += len(chunk)
             self._pending += chunk
-        if self._eof and len(self._pending) <= self._chunk_size:
+        final = self._eof and len(self._pending) <= self._chunk_size
+        if final:
             piece, self._pending = self._pending, bytearray()
             self._done = True
-            return self._sealer.seal(self._index, piece, final=True)
-        piece = self._pending[: self._chunk_size]
-        del self._pending[: self._chunk_size]
-        sealed = self._sealer.seal(self._index, piece, final=False)
+        else:
+            piece = self._pending[: self._chunk_size]
+            del self._pending[: self._chunk_size]  # O(1): a bytearray drops its head in place
+        sealed = await _offload(self._hash_and_seal, self._index, piece, final, size=len(piece))
         self._index += 1
-        await trio.lowlevel.checkpoint()  # a big input chunk is cut without awaiting the source
         return sealed
+
+    def _hash_and_seal(self, index: int, piece: bytearray, final: bool) -> bytes:
+        self._hasher.update(piece)  # the pieces are the plaintext, in order
+        return self._sealer.seal(index, piece, final=final)
+
+
+_INLINE_MAX: Final = 64 * 1024  # below this, a worker-thread hop costs more than the work
+
+
+async def _offload(fn: Callable[..., bytes], *args: object, size: int) -> bytes:
+    """Run hashing / AES-GCM of a big piece in a worker thread (both release the GIL on big buffers), so a
+    1 MiB chunk never stalls the event loop for a millisecond; small ones inline, with a checkpoint."""
+    if size <= _INLINE_MAX:
+        await trio.lowlevel.checkpoint()
+        return fn(*args)
+    return await trio.to_thread.run_sync(fn, *args)
 
 
 class DecryptingStream:
@@ -353,13 +369,13 @@ class DecryptingStream:
         if len(self._buffer) > self._record:
             record = self._buffer[: self._record]
             del self._buffer[: self._record]
-            plaintext = self._sealer.open(self._index, record, final=False)
+            plaintext = await _offload(self._sealer.open, self._index, record, False, size=len(record))
             self._index += 1
         else:
             if len(self._buffer) < TAG_SIZE:
                 raise ObjectIntegrityError(f"encrypted object is truncated inside chunk {self._index}")
             record, self._buffer = self._buffer, bytearray()
-            plaintext = self._sealer.open(self._index, record, final=True)
+            plaintext = await _offload(self._sealer.open, self._index, record, True, size=len(record))
             self._done = True
         self._size += len(plaintext)
         if self._done and self._expected_size is not None and self._size != self._expected_size:
@@ -423,7 +439,7 @@ class RangeDecryptor:
         final = index == self._chunks - 1
         if not final and len(data) != record:
             raise ObjectIntegrityError(f"encrypted object is truncated inside chunk {index}")
-        return self._sealer.open(index, data, final=final)
+        return await _offload(self._sealer.open, index, data, final, size=len(data))
 
     async def read(self, start: int, end: int) -> bytes:
         """Return plaintext bytes ``[start, end)`` (clipped to the object), decrypting only the chunks they
