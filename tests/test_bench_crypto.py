@@ -23,6 +23,11 @@ def test_bench_crypto_quick() -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "(a) correctness" in out.stdout and ": ok" in out.stdout
-    for measure in ("(b) encrypt", "(b) decrypt", "(c) store put, encrypted", "(c) store read + SHA-256, encrypted"):
+    for measure in (
+        "(b) encrypt",
+        "(b) decrypt",
+        "(c) store put (fsynced), encrypted",
+        "(c) store read + SHA-256, encrypted",
+    ):
         assert measure in out.stdout, out.stdout
     assert "(d) ranged 4 KiB reads" in out.stdout
