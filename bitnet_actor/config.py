@@ -7,6 +7,7 @@ The README's configuration table lists the same names; ``SETTINGS_DOC`` is its s
 from __future__ import annotations
 
 import base64
+import binascii
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -17,7 +18,7 @@ from bitnet_actor.errors import ConfigError
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["SETTINGS_DOC", "Settings", "default_data_dir"]
+__all__ = ["SETTINGS_DOC", "Settings", "default_data_dir", "parse_master_keys"]
 
 
 def default_data_dir() -> Path:
@@ -44,6 +45,7 @@ class Settings:
     s3_region: str = "us-east-1"
     public_url: str = ""
     secret_key: str = ""
+    master_keys: str = ""
     oidc_issuer: str = ""
     oidc_client_id: str = ""
     oidc_client_secret: str = ""
@@ -114,6 +116,8 @@ class Settings:
                     raise ValueError
             except ValueError:
                 raise ConfigError("BITNET_SECRET_KEY must be 32 bytes, base64url-encoded") from None
+        if self.master_keys:
+            parse_master_keys(self.master_keys)
         oidc = [self.oidc_issuer, self.oidc_client_id, self.oidc_client_secret]
         if any(oidc) and not all(oidc):
             raise ConfigError("BITNET_OIDC_ISSUER, BITNET_OIDC_CLIENT_ID and BITNET_OIDC_CLIENT_SECRET go together")
@@ -197,6 +201,35 @@ def parse_models(raw: str) -> dict[str, str]:
     return out
 
 
+def parse_master_keys(raw: str) -> list[tuple[str, bytes]]:
+    """Parse ``BITNET_MASTER_KEYS``: ``id:base64url-key,id:base64url-key,...``, each key 32 bytes.
+
+    Returns:
+        ``(key_id, key)`` pairs, the current one first.
+
+    Raises:
+        ConfigError: a malformed entry, a key that is not 32 bytes, or a repeated id.
+    """
+    out: list[tuple[str, bytes]] = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        key_id, sep, encoded = item.partition(":")
+        key_id = key_id.strip()
+        if not sep or not key_id or len(key_id) > 200:
+            raise ConfigError("BITNET_MASTER_KEYS entries must be ID:BASE64URL-KEY")
+        try:
+            key = base64.urlsafe_b64decode(encoded.strip() + "=" * (-len(encoded.strip()) % 4))
+        except (binascii.Error, ValueError):
+            key = b""
+        if len(key) != 32:
+            raise ConfigError(f"BITNET_MASTER_KEYS: key {key_id!r} must be 32 bytes, base64url-encoded")
+        if any(key_id == seen for seen, _ in out):
+            raise ConfigError(f"BITNET_MASTER_KEYS: key id {key_id!r} is given twice")
+        out.append((key_id, key))
+    if not out:
+        raise ConfigError("BITNET_MASTER_KEYS names no key")
+    return out
+
+
 def _convert(name: str, raw: str) -> object:
     kind = {
         "data_dir": Path,
@@ -232,6 +265,11 @@ SETTINGS_DOC: dict[str, tuple[str, str, str]] = {
     "BITNET_S3_REGION": ("--s3-region", "us-east-1", "S3 region for SigV4"),
     "BITNET_PUBLIC_URL": ("--public-url", "http://HOST:PORT", "external base URL (presigned links)"),
     "BITNET_SECRET_KEY": ("--secret-key", "data-dir file", "32-byte base64url key encrypting stored secrets"),
+    "BITNET_MASTER_KEYS": (
+        "--master-keys",
+        "data-dir file",
+        "ID:KEY,... 32-byte base64url keys wrapping model data keys; the first wraps new ones",
+    ),
     "BITNET_OIDC_ISSUER": ("--oidc-issuer", "unset", "OpenID Connect provider for SSO login"),
     "BITNET_OIDC_CLIENT_ID": ("--oidc-client-id", "unset", "OIDC client id"),
     "BITNET_OIDC_CLIENT_SECRET": ("--oidc-client-secret", "unset", "OIDC client secret"),

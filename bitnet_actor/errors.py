@@ -14,7 +14,9 @@ The tree::
     ├── ServiceError                  a domain rule refused (bitnet_actor/services/errors.py draws it)
     ├── EngineError                   model loading and generation (bitnet_actor/engine/errors.py)
     ├── ActorError                    an actor could not do what was asked (actors/errors.py)
-    └── InvalidTokenError, KeyDecryptionError, OidcError, TokenizerError   (their services' modules)
+    └── InvalidTokenError, KeyDecryptionError, OidcError, TokenizerError   (their services' modules),
+        ObjectIntegrityError, MasterKeyError, DataKeyNotFoundError, DataKeyDestroyedError
+                                      (encrypted model objects: bitnet_actor/services/models/)
 
 Outside it on purpose: ``ApiError`` (bitnet_actor/api/errors.py) is the HTTP boundary's answer, not a failure
 of ours, and the kernels' ``OpenCLError`` tree (kernels import nothing of ours) is mapped to ``DeviceError``

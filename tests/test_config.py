@@ -37,11 +37,23 @@ def test_from_env_reads_prefixed_variables() -> None:
         ({"BITNET_LOG_LEVEL": "loud"}, "BITNET_LOG_LEVEL"),
         ({"BITNET_OUTPUT_LAYER": "q4"}, "BITNET_OUTPUT_LAYER must be exact, q8 or q6, not 'q4'"),
         ({"BITNET_OUTPUT_LAYER": "q6", "BITNET_DEVICE": "opencl"}, "q6 runs on the CPU only"),
+        ({"BITNET_MASTER_KEYS": "nocolon"}, "entries must be ID:BASE64URL-KEY"),
+        ({"BITNET_MASTER_KEYS": "k1:c2hvcnQ"}, "key 'k1' must be 32 bytes"),
+        ({"BITNET_MASTER_KEYS": f"a:{'A' * 43},a:{'B' * 43}"}, "key id 'a' is given twice"),
+        ({"BITNET_MASTER_KEYS": " , "}, "names no key"),
     ],
 )
 def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         Settings.from_env(env).validated()
+
+
+def test_master_keys_parse_in_order() -> None:
+    from bitnet_actor.config import parse_master_keys
+
+    raw = f"new:{'_' * 42}w, old:{'A' * 43}="
+    assert parse_master_keys(raw) == [("new", b"\xff" * 31 + b"\xfc"), ("old", bytes(32))]
+    assert Settings.from_env({"BITNET_MASTER_KEYS": raw}).validated().master_keys == raw
 
 
 def test_every_field_is_documented() -> None:

@@ -201,6 +201,24 @@ async def test_concurrent_puts_of_same_content(store: ObjectStore) -> None:
     assert await leftovers(store) == [expected_location(store, results[0].key)]
 
 
+async def test_read_range(store: ObjectStore) -> None:
+    data = bytes(range(256)) * 40
+    info = await store.put(data)
+    for start, length in [(0, 1), (0, len(data)), (17, 300), (len(data) - 5, 100), (len(data), 10), (500, 0)]:
+        assert await store.read_range(info.key, start, length) == data[start : start + length]
+    assert await store.read_range(info.key, len(data) + 100, 10) == b""
+    empty = await store.put(b"")
+    assert await store.read_range(empty.key, 0, 10) == b""
+    missing = key_for_digest(sha(b"never stored"))
+    for length in (0, 10):
+        with pytest.raises(ObjectNotFoundError):
+            await store.read_range(missing, 0, length)
+    with pytest.raises(ValueError, match="negative"):
+        await store.read_range(info.key, -1, 10)
+    with pytest.raises(ValueError, match="negative"):
+        await store.read_range(info.key, 0, -1)
+
+
 async def test_delete_and_missing_keys(store: ObjectStore) -> None:
     info = await store.put(b"to be deleted")
     await store.delete(info.key)

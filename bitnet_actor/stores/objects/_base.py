@@ -232,6 +232,28 @@ class ObjectStore(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def read_range(self, key: str, start: int, length: int) -> bytes:
+        """Return ``length`` bytes of an object from offset ``start`` (fewer at the end of the object).
+
+        For random access into big objects (a chunk of an encrypted model): one read, no stream to manage.
+        Keep ``length`` to what a caller may hold in memory.
+
+        Args:
+            key: The object key.
+            start: The first byte's offset (0 or more).
+            length: How many bytes at most (0 or more).
+
+        Returns:
+            The bytes; empty when ``start`` is at or past the end, or ``length`` is 0.
+
+        Raises:
+            ValueError: ``key`` is malformed or ``start`` / ``length`` is negative.
+            ObjectNotFoundError: No object has that key.
+            StoreUnavailableError: The backend cannot be reached.
+            StoreError: The backend failed otherwise.
+        """
+
+    @abc.abstractmethod
     async def delete(self, key: str) -> None:
         """Delete an object; deleting a missing key is not an error.
 
@@ -343,6 +365,11 @@ class ObjectStore(abc.ABC):
     def _check_chunk_size(chunk_size: int) -> None:
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+
+    @staticmethod
+    def _check_range(start: int, length: int) -> None:
+        if start < 0 or length < 0:
+            raise ValueError(f"start and length must not be negative, got {start} and {length}")
 
     @staticmethod
     def _check_expires(expires_s: int, maximum: int | None = None) -> None:

@@ -131,6 +131,12 @@ class FilesystemObjectStore(ObjectStore):
         self._check_chunk_size(chunk_size)
         return ObjectStream(self, key, partial(_open_file, path), chunk_size)
 
+    async def read_range(self, key: str, start: int, length: int) -> bytes:
+        """Return part of an object; see :meth:`ObjectStore.read_range`."""
+        path = self._path(key)
+        self._check_range(start, length)
+        return await self._run(partial(_read_range_sync, path, start, length), key=key)
+
     async def delete(self, key: str) -> None:
         """Delete an object; see :meth:`ObjectStore.delete`."""
         path = self._path(key)
@@ -199,6 +205,14 @@ def _open_file(path: Path) -> tuple[_Reader, int]:
         fileobj.close()
         raise
     return fileobj, size
+
+
+def _read_range_sync(path: Path, start: int, length: int) -> bytes:
+    with path.open("rb") as fileobj:
+        if length == 0:
+            return b""
+        fileobj.seek(start)
+        return fileobj.read(length)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -11,7 +11,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.stores.conftest import s3_server
+
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+
+__all__ = ["s3_server"]  # the store tests' SeaweedFS server, for the encrypted-objects tests
 
 if TYPE_CHECKING:
     from pathlib import Path
