@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from bitnet_actor.services.authn import AuthServices
     from bitnet_actor.services.billing.ledger import UsageEvent
     from bitnet_actor.services.billing.plans import OrgProfile
+    from bitnet_actor.services.models.encrypted import EncryptedObjects
     from bitnet_actor.services.models.registry import ModelVersion
     from bitnet_actor.services.ratelimit import Decision
     from bitnet_actor.stores.objects import ObjectStore
@@ -184,4 +185,6 @@ class Handles:
     tenants: TenantsHandle
     meter: MeterHandle
     limits: LimitsHandle
+    model_objects: EncryptedObjects
+    """Model files in the object store, encrypted at rest (uploads, parts, conversion outputs)."""
     readiness: Readiness = field(default_factory=Readiness)

@@ -50,7 +50,9 @@ from bitnet_actor.services.billing.stripe import StripeBilling
 from bitnet_actor.services.email import LogEmailSender
 from bitnet_actor.services.jwt import JwtService
 from bitnet_actor.services.limits import RequestLimits
+from bitnet_actor.services.models.encrypted import EncryptedObjects
 from bitnet_actor.services.models.files import LocalFiles
+from bitnet_actor.services.models.keys import LocalKeyProvider
 from bitnet_actor.services.oidc import OidcClient, OidcSettings
 from bitnet_actor.services.ratelimit import RateLimiter
 from bitnet_actor.services.refresh import RefreshTokens
@@ -118,12 +120,14 @@ def build_handles(
 ) -> Handles:
     """The web layer's handles over the running parts (the caller starts the actors behind them; a meter
     made here is not running: its events wait in its buffer, or spill once it is full)."""
+    model_objects = EncryptedObjects(stores.objects, stores.db, LocalKeyProvider.from_settings(settings))
     return Handles(
         settings=settings,
         stores=stores,
         metrics=metrics,
         auth=auth,
-        inference=Inference(cache, LocalFiles(settings.data_dir / "model-files", stores.objects, stores.db)),
+        inference=Inference(cache, LocalFiles(settings.data_dir / "model-files", model_objects, stores.db)),
+        model_objects=model_objects,
         models=Models(cache),
         tenants=tenants,
         meter=meter or usage_meter(settings, stores, metrics),

@@ -82,7 +82,7 @@ async def delete_version(org_id: OrgRef, name: str, version: str) -> Response:
     h = handles()
     object_key = await registry.delete_version(h.stores.db, access.org_id, name, version)
     if object_key is not None:
-        await h.stores.objects.delete(object_key)
+        await h.model_objects.delete(access.org_id, object_key)
     return jsonify({"object": "model.version.deleted", "id": f"{name}:{version}", "deleted": True})
 
 

@@ -74,7 +74,7 @@ async def upload_model(org_id: OrgRef) -> Response:
     try:
         spooled = await uploads.spool(request.body, _spool_dir(), limit=limit)
         made = await uploads.ingest(
-            h.stores.db, h.stores.objects, access.org_id, spooled, name=name, version=version,
+            h.stores.db, h.model_objects, access.org_id, spooled, name=name, version=version,
             temp_root=_spool_dir(), created_by=access.principal.user_id,
             description=request.args.get("description", ""),
         )  # fmt: skip
@@ -118,7 +118,7 @@ async def put_range(org_id: OrgRef, upload_id: UUID) -> Response:
     h = handles()
     try:
         state = await uploads.put_range(
-            h.stores.db, h.stores.objects, access.org_id, upload_id,
+            h.stores.db, h.model_objects, access.org_id, upload_id,
             content_range=request.headers.get("Content-Range"), chunks=request.body,
             limit=await _limit(access.org_id),
         )  # fmt: skip
@@ -142,7 +142,7 @@ async def complete_upload(org_id: OrgRef, upload_id: UUID) -> Response:
     h = handles()
     try:
         made = await uploads.complete_upload(
-            h.stores.db, h.stores.objects, access.org_id, upload_id, name=body["name"], version=body["version"],
+            h.stores.db, h.model_objects, access.org_id, upload_id, name=body["name"], version=body["version"],
             spool_dir=_spool_dir(), limit=await _limit(access.org_id), created_by=access.principal.user_id,
             description=body.get("description", ""),
         )  # fmt: skip
@@ -156,4 +156,4 @@ async def abort_upload(org_id: OrgRef, upload_id: UUID) -> Response:
     """Abort an open upload; its ranges are deleted."""
     access = await org_access(org_id, "models:write")
     h = handles()
-    return jsonify((await uploads.abort_upload(h.stores.db, h.stores.objects, access.org_id, upload_id)).to_json())
+    return jsonify((await uploads.abort_upload(h.stores.db, h.model_objects, access.org_id, upload_id)).to_json())

@@ -60,7 +60,11 @@ async def test_upload_inspect_publish_and_dedup(harness: Harness, model_dir: Pat
     async with h.system.stores.db.transaction(org_id=uuid.UUID(org)) as tx:
         blobs = await tx.fetch("SELECT object_key FROM model_blobs WHERE org_id = $1", uuid.UUID(org))
     assert len(blobs) == 1, "one blob for the same bytes"
-    assert await h.system.stores.objects.exists(blobs[0]["object_key"])
+    stored = await h.system.stores.objects.get(blobs[0]["object_key"])
+    assert len(stored) > len(data)
+    safetensors = (model_dir / "model.safetensors").read_bytes()
+    for probe in (safetensors[8:72], safetensors[-64:], b"model_type", b"vocab_size"):
+        assert probe not in stored, "a model file is stored encrypted: no plaintext in the object"
     r = await upload(h, org, owner, data, "tiny", "2")
     assert r.status_code == 409
     listed = await (await h.call("GET", f"/api/v1/orgs/{org}/models/tiny", owner)).get_json()

@@ -147,6 +147,12 @@ class EncryptedObjects:
         """Return a live object of ``org_id``'s with this plaintext digest, if there is one (for dedup)."""
         return await _keys.find_by_plaintext(self._db, org_id=org_id, plaintext_sha256=plaintext_sha256)
 
+    async def delete(self, org_id: uuid.UUID | None, key: str) -> None:
+        """Delete an object of ``org_id``'s and its data key (the key first: what is left can never be read)."""
+        async with self._db.transaction(org_id=org_id) as tx:
+            await tx.execute("DELETE FROM model_data_keys WHERE object_key = $1", key)
+        await self._store.delete(key)
+
     async def shred_org(self, org_id: uuid.UUID, *, delete_objects: bool = True) -> int:
         """Crypto-shred an organization's objects (see :func:`.keys.shred_org`); optionally delete their
         ciphertext too (undecryptable either way). Returns how many data keys were destroyed now."""

@@ -1,10 +1,11 @@
 """Local copies of stored model files, for the engine to load: ``<data dir>/model-files/<sha256>`` (a GGUF
 file, or the HF directory an archive unpacks to).
 
-One copy per content hash, whichever organizations uploaded it (the model cache keys loaded weights by the
-same hash, so identical uploads share one copy in memory too). A copy is written under a temporary name
-and renamed when whole, so a crash or a cancelled download never leaves a half copy that could be loaded;
-concurrent requests for the same hash wait for one download.
+The stored objects are encrypted (:mod:`.encrypted`); a local copy is the plaintext the engine maps, kept in
+the data dir (mode 0700), one per content hash whichever organizations uploaded it (the model cache keys
+loaded weights by the same hash, so identical uploads share one copy in memory too). A copy is written under
+a temporary name and renamed when whole, so a crash or a cancelled download never leaves a half copy that
+could be loaded; concurrent requests for the same hash wait for one download.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import TYPE_CHECKING
 import trio
 
 if TYPE_CHECKING:
+    from bitnet_actor.services.models.encrypted import EncryptedObjects
     from bitnet_actor.services.models.registry import ModelVersion
-    from bitnet_actor.stores.objects import ObjectStore
     from bitnet_actor.stores.postgres import Database
 
 __all__ = ["LocalFiles"]
@@ -28,7 +29,7 @@ __all__ = ["LocalFiles"]
 class LocalFiles:
     """The local copies of one replica (see the module docstring)."""
 
-    def __init__(self, root: Path, objects: ObjectStore, db: Database) -> None:
+    def __init__(self, root: Path, objects: EncryptedObjects, db: Database) -> None:
         self.root = root
         self._objects = objects
         self._db = db
@@ -63,12 +64,12 @@ class LocalFiles:
 
         async with self._db.transaction(org_id=version.org_id, readonly=True) as tx:
             key = await tx.fetchval("SELECT object_key FROM model_blobs WHERE id = $1", version.blob_id)
-        await trio.Path(self.root).mkdir(parents=True, exist_ok=True)
+        await trio.Path(self.root).mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=".download-", dir=self.root)
         tmp = Path(tmp_name)
         try:
             fh = trio.wrap_file(os.fdopen(fd, "wb"))
-            async with fh, self._objects.open_stream(key) as stream:
+            async with fh, self._objects.open(version.org_id, key) as stream:  # decrypted on the way
                 async for chunk in stream:
                     await fh.write(chunk)
             fmt = await trio.to_thread.run_sync(detect_format, tmp)

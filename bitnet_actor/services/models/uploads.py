@@ -4,7 +4,7 @@ version.
 Either way the bytes are spooled to a temporary file (sha256 counted on the way, never whole in memory, the
 plan's ``max_upload_bytes`` enforced while reading), then :func:`ingest` checks the format
 (:mod:`.archive`), unpacks an HF archive safely, has the engine inspect it in a worker (:mod:`.inspect`),
-stores the file once (content-addressed: the same bytes uploaded again are one blob) and publishes the
+stores the file once, encrypted (:mod:`.encrypted`; the same bytes uploaded again are one blob) and publishes the
 version in one transaction. A refused upload leaves no version, no blob and no temporary file.
 
 Resumable uploads store each range as a part object (any replica can take the next range); ranges must
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator
     from uuid import UUID
 
-    from bitnet_actor.stores.objects import ObjectStore
+    from bitnet_actor.services.models.encrypted import EncryptedObjects
     from bitnet_actor.stores.postgres import Database
 
 __all__ = [
@@ -129,7 +129,7 @@ async def _inspect(spooled: Spooled, temp_root: Path) -> tuple[str, dict[str, An
 
 async def ingest(
     db: Database,
-    objects: ObjectStore,
+    objects: EncryptedObjects,
     org_id: UUID,
     spooled: Spooled,
     *,
@@ -152,18 +152,7 @@ async def ingest(
         if await registry.version_exists(db, org_id, name, version):
             raise ConflictStateError(f"model {name} already has a version {version!r}")
         fmt, facts = await _inspect(spooled, temp_root)
-        info = await objects.put(_file_chunks(spooled.path))
-        async with db.transaction(org_id=org_id) as tx:
-            blob_id = await tx.fetchval(
-                "INSERT INTO model_blobs (org_id, sha256, object_key, bytes, format) VALUES ($1, $2, $3, $4, $5)"
-                " ON CONFLICT ON CONSTRAINT model_blobs_org_sha_key DO UPDATE SET sha256 = excluded.sha256"
-                " RETURNING id",
-                org_id,
-                spooled.sha256,
-                info.key,
-                spooled.size,
-                fmt,
-            )
+        blob_id = await _blob(db, objects, org_id, spooled, fmt)
         return await registry.create_version(
             db,
             org_id,
@@ -179,6 +168,32 @@ async def ingest(
         )
     finally:
         _remove(spooled.path)
+
+
+async def _blob(db: Database, objects: EncryptedObjects, org_id: UUID, spooled: Spooled, fmt: str) -> UUID:
+    """The organization's blob of these bytes: the existing one (the same bytes uploaded before are stored
+    once), else a new one, encrypted under its own data key."""
+    async with db.transaction(org_id=org_id, readonly=True) as tx:
+        found: UUID | None = await tx.fetchval(
+            "SELECT id FROM model_blobs WHERE org_id = $1 AND sha256 = $2", org_id, spooled.sha256
+        )
+    if found is not None:
+        return found
+    stored = await objects.put(org_id, _file_chunks(spooled.path))
+    if stored.plaintext_sha256 != spooled.sha256:  # the file changed under us: never record a wrong hash
+        raise ConflictStateError("the upload changed while it was stored; upload it again")
+    async with db.transaction(org_id=org_id) as tx:
+        blob_id: UUID = await tx.fetchval(
+            "INSERT INTO model_blobs (org_id, sha256, object_key, bytes, format) VALUES ($1, $2, $3, $4, $5)"
+            " ON CONFLICT ON CONSTRAINT model_blobs_org_sha_key DO UPDATE SET sha256 = excluded.sha256"
+            " RETURNING id",
+            org_id,
+            spooled.sha256,
+            stored.info.key,
+            spooled.size,
+            fmt,
+        )
+    return blob_id
 
 
 # -- resumable uploads --------------------------------------------------------------------------------------
@@ -277,7 +292,7 @@ class _Counted:
 
 async def put_range(
     db: Database,
-    objects: ObjectStore,
+    objects: EncryptedObjects,
     org_id: UUID,
     upload_id: UUID,
     *,
@@ -311,7 +326,7 @@ async def put_range(
     if limit is not None and end > limit:
         raise TooLargeError(f"the upload is larger than this plan's limit of {limit} bytes")
     counted = _Counted(chunks, end - start)
-    info = await objects.put(counted)
+    stored = await objects.put(org_id, counted)
     if counted.count != end - start:
         raise ValidationError(
             f"the body has {counted.count} bytes, Content-Range says {end - start}", field="Content-Range"
@@ -334,20 +349,20 @@ async def put_range(
             org_id,
             start,
             end - start,
-            info.key,
+            stored.info.key,
         )
     return await get_upload(db, org_id, upload_id)
 
 
-async def _delete_unused(db: Database, objects: ObjectStore, keys: list[str]) -> None:
+async def _delete_unused(db: Database, objects: EncryptedObjects, org_id: UUID, keys: list[str]) -> None:
     for key in set(keys):
         if not await db.fetchval("SELECT bitnet_object_in_use($1)", key):
-            await objects.delete(key)
+            await objects.delete(org_id, key)
 
 
 async def complete_upload(
     db: Database,
-    objects: ObjectStore,
+    objects: EncryptedObjects,
     org_id: UUID,
     upload_id: UUID,
     *,
@@ -384,7 +399,7 @@ async def complete_upload(
 
     async def joined() -> AsyncIterator[bytes]:
         for key in keys:
-            async with objects.open_stream(key) as stream:
+            async with objects.open(org_id, key) as stream:
                 async for chunk in stream:
                     yield chunk
 
@@ -409,10 +424,10 @@ async def complete_upload(
                 if made is not None:
                     await tx.execute("DELETE FROM model_upload_parts WHERE upload_id = $1", upload_id)
             if made is not None:
-                await _delete_unused(db, objects, keys)
+                await _delete_unused(db, objects, org_id, keys)
 
 
-async def abort_upload(db: Database, objects: ObjectStore, org_id: UUID, upload_id: UUID) -> Upload:
+async def abort_upload(db: Database, objects: EncryptedObjects, org_id: UUID, upload_id: UUID) -> Upload:
     """Abort an open upload and delete its parts.
 
     Raises:
@@ -431,5 +446,5 @@ async def abort_upload(db: Database, objects: ObjectStore, org_id: UUID, upload_
                 "DELETE FROM model_upload_parts WHERE upload_id = $1 RETURNING object_key", upload_id
             )
         ]
-    await _delete_unused(db, objects, keys)
+    await _delete_unused(db, objects, org_id, keys)
     return await get_upload(db, org_id, upload_id)
