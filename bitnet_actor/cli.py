@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import trio_asyncio  # imported before anything that may capture asyncio
 
-from bitnet_actor import __version__, cli_plans
+from bitnet_actor import __version__, cli_models, cli_plans
 from bitnet_actor.config import SETTINGS_DOC, Settings
 from bitnet_actor.errors import BitnetError, ConfigError
 
@@ -98,6 +98,8 @@ def _build_parser() -> argparse.ArgumentParser:
     for p in (create_org, create_key, revoke_key):
         _add_settings_flags(p, local)
     cli_plans.add_parsers(admin_sub, lambda p: _add_settings_flags(p, local))
+    cli_models.add_admin_parsers(admin_sub, lambda p, extra: _add_settings_flags(p, local + extra))
+    cli_models.add_models_parser(sub, lambda p, extra: _add_settings_flags(p, local + extra))
     _add_billing_commands(admin_sub, local)
     audit = sub.add_parser("audit", help="audit log tools")
     audit_sub = audit.add_subparsers(dest="audit_command", metavar="ACTION", parser_class=_Parser)
@@ -179,6 +181,8 @@ def _run_admin(args: argparse.Namespace, settings: Settings) -> int:
             ("rpm", "rpm", args.rpm), ("tpm", "tpm", args.tpm),
             ("max_concurrency", "key_concurrency", args.max_concurrency)) if v is not None}  # fmt: skip
         print(trio.run(partial(admin.create_key, settings, org=args.org, name=args.name, scopes=args.scopes, **limits)))
+    elif args.admin_command in cli_models.ADMIN_COMMANDS:
+        print(cli_models.run(args, settings))
     elif args.admin_command in cli_plans.COMMANDS:
         print(cli_plans.run(args, settings))
     else:
@@ -227,6 +231,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command in ("admin", "audit"):
             return _run_admin(args, settings)
+        if args.command == "models":
+            if not settings.database_url:
+                from bitnet_actor.system import check_data_dir
+
+                check_data_dir(settings.data_dir)
+            print(cli_models.run(args, settings))
+            return 0
         from bitnet_actor.system import run_system
 
         trio.run(partial(run_system, settings))

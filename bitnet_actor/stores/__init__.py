@@ -30,7 +30,15 @@ if TYPE_CHECKING:
 
     from bitnet_actor.config import Settings
 
-__all__ = ["Stores", "app_dsn", "load_or_create_secret", "open_database_only", "open_stores", "secret_key"]
+__all__ = [
+    "Stores",
+    "app_dsn",
+    "load_or_create_secret",
+    "object_store",
+    "open_database_only",
+    "open_stores",
+    "secret_key",
+]
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +145,27 @@ async def open_database_only(settings: Settings, *, as_owner: bool = False) -> A
         yield await stack.enter_async_context(open_database(dsn))
 
 
+def object_store(settings: Settings) -> ObjectStore:
+    """The configured object store: S3 when a bucket is set, else the filesystem store in the data dir
+    (the caller closes it)."""
+    if settings.uses_s3:
+        tmp = settings.data_dir / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        return S3ObjectStore(
+            endpoint_url=settings.s3_endpoint or None,
+            bucket=settings.s3_bucket,
+            access_key_id=settings.s3_access_key_id,
+            secret_access_key=settings.s3_secret_access_key,
+            region=settings.s3_region,
+            tmp_dir=tmp,
+        )
+    return FilesystemObjectStore(
+        settings.data_dir / "objects",
+        signing_key=load_or_create_secret(settings.data_dir, "object-url-signing.key"),
+        base_url=settings.base_url,
+    )
+
+
 @asynccontextmanager
 async def open_stores(
     settings: Settings, *, as_owner: Callable[[Database], Awaitable[None]] | None = None
@@ -166,24 +195,8 @@ async def open_stores(
         app = app_dsn(dsn, settings.database_app_user, settings.database_app_password)
         db = await stack.enter_async_context(open_database(app))
         redis = await stack.enter_async_context(open_redis(redis_url))
-        objects: ObjectStore
-        if settings.uses_s3:
-            tmp = settings.data_dir / "tmp"
-            tmp.mkdir(parents=True, exist_ok=True)
-            objects = S3ObjectStore(
-                endpoint_url=settings.s3_endpoint or None,
-                bucket=settings.s3_bucket,
-                access_key_id=settings.s3_access_key_id,
-                secret_access_key=settings.s3_secret_access_key,
-                region=settings.s3_region,
-                tmp_dir=tmp,
-            )
-        else:
-            objects = FilesystemObjectStore(
-                settings.data_dir / "objects",
-                signing_key=load_or_create_secret(settings.data_dir, "object-url-signing.key"),
-                base_url=settings.base_url,
-            )
+        objects = object_store(settings)
+        if not settings.uses_s3:
             embedded.append("objects")
         stack.push_async_callback(_shielded, objects.aclose)
         yield Stores(db=db, redis=redis, objects=objects, embedded=tuple(embedded))

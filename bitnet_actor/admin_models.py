@@ -1,0 +1,168 @@
+"""Operator commands for customers' models: ``bitnet-actor models push | list`` and ``bitnet-actor admin
+rotate-keys | shred-org``.
+
+They use the service's configuration (its PostgreSQL, object store and master keys; the embedded ones of the
+data dir when nothing is configured), and the same services as the API: a pushed model is inspected by the
+engine in a worker and stored encrypted exactly as an upload through ``POST /api/v1/orgs/{org}/models``.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import tarfile
+import time
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, TextIO
+
+import trio
+import trio_asyncio
+
+from bitnet_actor.services import tenancy
+from bitnet_actor.services.billing.plans import org_profile
+from bitnet_actor.services.errors import ValidationError
+from bitnet_actor.services.models import registry, uploads
+from bitnet_actor.services.models.encrypted import EncryptedObjects
+from bitnet_actor.services.models.keys import LocalKeyProvider
+from bitnet_actor.stores import object_store, open_database_only
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from bitnet_actor.config import Settings
+
+__all__ = ["list_models", "push", "rotate_keys", "shred_org"]
+
+_CHUNK = 1 << 20
+
+
+class _Bytes:
+    """A byte progress bar on a terminal (start and end lines otherwise)."""
+
+    def __init__(self, out: TextIO, label: str, total: int) -> None:
+        self.out, self.label, self.total, self.t0, self.last = out, label, total, time.perf_counter(), -1
+        self.tty = out.isatty()
+        if not self.tty:
+            print(f"pushing {label} ({total:,} bytes) ...", file=out)
+
+    def __call__(self, done: int) -> None:
+        pct = 100 * done // max(self.total, 1)
+        if self.tty and pct != self.last:
+            self.last = pct
+            self.out.write(f"\rpushing {self.label} [{'#' * (pct * 30 // 100):<30}] {pct:3d}% ({done:,} bytes)")
+            self.out.flush()
+
+    def close(self, what: str) -> None:
+        if self.tty:
+            self.out.write("\n")
+        print(f"{what} in {time.perf_counter() - self.t0:.1f} s", file=self.out)
+
+
+def _size(path: Path) -> int:
+    """Bytes to push: a file's, or a directory's files'."""
+    if not path.exists():
+        raise ValidationError(f"{path}: no such file or directory")
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+    return path.stat().st_size
+
+
+def _tar_directory(path: Path) -> bytes:
+    """An HF model directory as an uncompressed tar of its top-level files (what an upload takes)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for item in sorted(path.iterdir()):
+            if item.is_file() and not item.is_symlink():
+                tf.add(item, arcname=item.name)
+    return buf.getvalue()
+
+
+async def _chunks(path: Path, progress: _Bytes) -> AsyncIterator[bytes]:
+    if await trio.Path(path).is_dir():
+        data = await trio.to_thread.run_sync(_tar_directory, path)
+        for i in range(0, len(data), _CHUNK):
+            progress(i + len(data[i : i + _CHUNK]))
+            yield data[i : i + _CHUNK]
+        return
+    done = 0
+    fh = await trio.open_file(path, "rb")
+    async with fh:
+        while chunk := await fh.read(_CHUNK):
+            done += len(chunk)
+            progress(done)
+            yield chunk
+
+
+async def push(settings: Settings, path: Path, *, org: str, name: str, version: str, out: TextIO = sys.stderr) -> str:
+    """Push a GGUF file or an HF model directory as ``name:version`` of ``org``; return the version as text.
+
+    Raises:
+        ValidationError: no such path, or the checker's / loader's refusal. ConflictStateError: the version exists.
+    """
+    total = await trio.to_thread.run_sync(_size, path)
+    async with trio_asyncio.open_loop(), open_database_only(settings) as db, AsyncExitStack() as stack:
+        org_id = await tenancy.org_id_by_name(db, org)
+        store = object_store(settings)
+        stack.push_async_callback(store.aclose)
+        objects = EncryptedObjects(store, db, LocalKeyProvider.from_settings(settings))
+        spool_dir = settings.data_dir / "uploads-tmp"
+        progress = _Bytes(out, str(path), total)
+        limit = (await org_profile(db, org_id)).plan.max_upload_bytes
+        spooled = await uploads.spool(_chunks(path, progress), spool_dir, limit=limit)
+        progress.close("uploaded; inspected and stored")
+        made = await uploads.ingest(db, objects, org_id, spooled, name=name, version=version, temp_root=spool_dir)
+    facts = made.facts
+    return (
+        f"{made.ref} published in {org} (sha256 {made.sha256}): {facts.get('architecture')}, "
+        f"{facts.get('parameter_count', 0):,} parameters, {facts.get('format')}"
+    )
+
+
+async def list_models(settings: Settings, *, org: str) -> str:
+    """The organization's model versions (and the platform's) as a table."""
+    async with trio_asyncio.open_loop(), open_database_only(settings) as db:
+        org_id = await tenancy.org_id_by_name(db, org)
+        versions = await registry.list_versions(db, org_id)
+    rows = [
+        (
+            v.ref,
+            "platform" if v.org_id is None else "own",
+            v.state,
+            ",".join(v.aliases) or "-",
+            str(v.facts.get("parameter_count", "-")),
+            v.origin,
+            (v.sha256 or "-")[:12],
+        )
+        for v in versions
+    ]
+    header = ("model", "owner", "state", "aliases", "parameters", "origin", "sha256")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+async def rotate_keys(settings: Settings) -> str:
+    """Re-wrap every model object's data key under the current master key (data untouched)."""
+    async with trio_asyncio.open_loop(), open_database_only(settings, as_owner=True) as owner, AsyncExitStack() as st:
+        store = object_store(settings)
+        st.push_async_callback(store.aclose)
+        report = await EncryptedObjects(store, owner, LocalKeyProvider.from_settings(settings)).rotate(owner)
+    return (
+        f"data keys re-wrapped under the current master key: {report.rewrapped}"
+        f" (already current: {report.already_current})"
+    )
+
+
+async def shred_org(settings: Settings, *, org: str) -> str:
+    """Crypto-shred an organization's model objects: their data keys destroyed, their ciphertext deleted."""
+    async with trio_asyncio.open_loop(), open_database_only(settings) as db, AsyncExitStack() as stack:
+        org_id = await tenancy.org_id_by_name(db, org)
+        store = object_store(settings)
+        stack.push_async_callback(store.aclose)
+        destroyed = await EncryptedObjects(store, db, LocalKeyProvider.from_settings(settings)).shred_org(org_id)
+        async with db.transaction(org_id=org_id) as tx:
+            await tx.execute("DELETE FROM model_uploads WHERE org_id = $1", org_id)
+            await tx.execute("DELETE FROM model_versions WHERE org_id = $1", org_id)
+            await tx.execute("DELETE FROM model_blobs WHERE org_id = $1", org_id)
+    return f"{org}: {destroyed} data keys destroyed; its model objects can never be decrypted again"
