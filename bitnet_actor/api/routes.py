@@ -11,6 +11,7 @@ from quart import Blueprint, Response, jsonify
 
 from bitnet_actor.api.auth import OrgRef, handles, org_access
 from bitnet_actor.api.errors import ApiError, json_body
+from bitnet_actor.api.regions import model_write_access
 from bitnet_actor.api.validate import MAX_JSON_BYTES
 from bitnet_actor.services.models import routes
 
@@ -39,7 +40,7 @@ async def get_route(org_id: OrgRef, public_name: str) -> Response:
 @blueprint.put(_BASE + "/<public_name>")
 async def put_route(org_id: OrgRef, public_name: str) -> Response:
     """Create or replace a route: ``{"targets": [{"version": "name:version", "weight": 90}, ...]}``."""
-    access = await org_access(org_id, "models:write")
+    access = await model_write_access(org_id)
     body = await json_body(max_bytes=MAX_JSON_BYTES)
     if set(body) != {"targets"}:
         raise ApiError(400, "the body is {targets: [{version, weight}, ...]}", param="targets", code="invalid_value")
@@ -52,7 +53,7 @@ async def put_route(org_id: OrgRef, public_name: str) -> Response:
 @blueprint.delete(_BASE + "/<public_name>")
 async def delete_route(org_id: OrgRef, public_name: str) -> Response:
     """Remove a route (requests naming it are then 404s, or the model of that name if one is published)."""
-    access = await org_access(org_id, "models:write")
+    access = await model_write_access(org_id)
     h = handles()
     await routes.delete_route(h.stores.db, access.org_id, public_name)
     await routes.publish_invalidation(h.stores.redis, access.org_id, public_name, h.routes)

@@ -26,6 +26,7 @@ from bitnet_actor.api.auth import OrgAccess, authenticate, check_permission, han
 from bitnet_actor.api.errors import ApiError
 from bitnet_actor.api.openai.protocol import CHAT, COMPLETION, RequestType, bad
 from bitnet_actor.api.openai.run import Run
+from bitnet_actor.api.regions import check_home_region
 from bitnet_actor.engine.tokenizer import TokenizerError
 from bitnet_actor.services import tenancy
 from bitnet_actor.services.errors import NotFoundError, ValidationError
@@ -100,11 +101,14 @@ async def lease(
     the response names the version in ``model`` and ``x-bitnet-model-version``).
 
     Raises:
-        ApiError: 400 without a model name, 404 for an unknown model, 503 when it cannot be loaded now.
+        ApiError: 400 without a model name, 404 for an unknown model, 421 from a replica outside the
+            organization's home region, 503 when it cannot be loaded now.
     """
     name = body.get("model")
     if not isinstance(name, str) or not name:
         raise bad("model is required", "model", "missing_required_parameter")
+    if org_id is not None:
+        await check_home_region(h, org_id)
     try:
         if name in h.models.model_names() or org_id is None:
             return await stack.enter_async_context(h.inference.lease(name))
