@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from bitnet_actor.config import Settings
     from bitnet_actor.stores.redis import RedisStore
 
-__all__ = ["create_key", "create_org", "invoice_json", "revoke_key", "usage_table", "verify_audit"]
+__all__ = ["create_key", "create_org", "invoice_json", "revoke_key", "set_region", "usage_table", "verify_audit"]
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def _link(settings: Settings, path: str, token: str) -> str:
 async def create_org(settings: Settings, *, name: str, owner_email: str) -> str:
     """Create an organization and its owner (if new); return the text to print."""
     async with trio_asyncio.open_loop(), open_database_only(settings) as db:
-        org, _, token = await tenancy.admin_create_org(db, name=name, owner_email=owner_email)
+        org, _, token = await tenancy.admin_create_org(db, name=name, owner_email=owner_email, region=settings.region)
     lines = [f"created organization {org.name} ({org.id}) owned by {owner_email}"]
     if token:
         lines.append(f"one-time link to set the owner's password (24 h): {_link(settings, '/password/set', token)}")
@@ -94,6 +94,18 @@ async def revoke_key(settings: Settings, *, org: str, name: str) -> str:
             else:
                 await api_keys.revoke_key_quietly(db, org_id=org_id, key_id=key.id, actor=actor)
     return f"revoked {len(keys)} key{'s' if len(keys) != 1 else ''} named {name} in {org}"
+
+
+async def set_region(settings: Settings, *, org: str, region: str, move_data: bool = False) -> str:
+    """Move an organization's home region (refused while it has stored models, unless ``move_data``)."""
+    from bitnet_actor.services import regions
+
+    async with trio_asyncio.open_loop(), open_database_only(settings) as db:
+        org_id = await tenancy.org_id_by_name(db, org)
+        before, after = await regions.set_region(db, org_id, region, move_data=move_data)
+    if before == after:
+        return f"organization {org} is already in region {after}"
+    return f"moved organization {org} from region {before} to {after} (replicas follow within a minute)"
 
 
 async def _running_redis(settings: Settings, stack: AsyncExitStack) -> RedisStore | None:

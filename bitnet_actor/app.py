@@ -25,6 +25,7 @@ from bitnet_actor.api import (
     openai,
     openapi,
     registry,
+    routes,
     stripe_webhook,
     tokens,
     uploads,
@@ -63,6 +64,7 @@ def create_app(handles: Handles) -> QuartTrio:
     app.register_blueprint(billing.blueprint)
     app.register_blueprint(uploads.blueprint)  # before registry: /models/uploads is not a model name
     app.register_blueprint(registry.blueprint)
+    app.register_blueprint(routes.blueprint)
     app.register_blueprint(openapi.blueprint)
     app.register_blueprint(tokens.blueprint)
     app.register_blueprint(stripe_webhook.blueprint)

@@ -95,7 +95,13 @@ def _build_parser() -> argparse.ArgumentParser:
     revoke_key = admin_sub.add_parser("revoke-key", help="revoke the organization's active keys of that name")
     revoke_key.add_argument("--org", required=True, help="organization name")
     revoke_key.add_argument("--name", required=True, help="key name")
-    for p in (create_org, create_key, revoke_key):
+    set_region = admin_sub.add_parser("set-region", help="move an organization's home region")
+    set_region.add_argument("--org", required=True, help="organization name")
+    set_region.add_argument(
+        "--region", dest="target_region", required=True, help="the new region (a BITNET_REGION of some replicas)"
+    )
+    set_region.add_argument("--move-data", action="store_true", help="also move its stored models (not yet)")
+    for p in (create_org, create_key, revoke_key, set_region):
         _add_settings_flags(p, local)
     cli_plans.add_parsers(admin_sub, lambda p: _add_settings_flags(p, local))
     cli_models.add_admin_parsers(admin_sub, lambda p, extra: _add_settings_flags(p, local + extra))
@@ -174,6 +180,9 @@ def _run_admin(args: argparse.Namespace, settings: Settings) -> int:
         return 0 if intact else 1
     if args.admin_command == "create-org":
         print(trio.run(partial(admin.create_org, settings, name=args.name, owner_email=args.owner_email)))
+    elif args.admin_command == "set-region":
+        run = partial(admin.set_region, settings, org=args.org, region=args.target_region, move_data=args.move_data)
+        print(trio.run(run))
     elif args.admin_command in ("usage", "invoice"):
         print(_run_billing_admin(args, settings))
     elif args.admin_command == "create-key":

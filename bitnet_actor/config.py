@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +19,7 @@ from bitnet_actor.errors import ConfigError
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["SETTINGS_DOC", "Settings", "default_data_dir", "parse_master_keys"]
+__all__ = ["SETTINGS_DOC", "Settings", "default_data_dir", "parse_master_keys", "parse_region_urls"]
 
 
 def default_data_dir() -> Path:
@@ -66,6 +67,8 @@ class Settings:
     stripe_api_base: str = ""
     stripe_webhook_secret: str = ""
     payment_grace_days: float = 7.0
+    region: str = "default"
+    region_urls: str = ""
 
     @property
     def base_url(self) -> str:
@@ -137,6 +140,9 @@ class Settings:
             raise ConfigError("BITNET_REQUEST_TIMEOUT must be positive")
         if self.model_memory:
             parse_size(self.model_memory)
+        if not _REGION_RE.match(self.region):
+            raise ConfigError(f"BITNET_REGION must be 1-64 of a-z, 0-9, '-', '_', not {self.region!r}")
+        parse_region_urls(self.region_urls)
         for name, path in parse_models(self.models).items():
             if not Path(path).expanduser().exists():
                 raise ConfigError(f"--model {name}={path}: no such file or directory")
@@ -230,6 +236,29 @@ def parse_master_keys(raw: str) -> list[tuple[str, bytes]]:
     return out
 
 
+_REGION_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def parse_region_urls(raw: str) -> dict[str, str]:
+    """``REGION=BASE_URL,...`` -> region -> base URL without a trailing slash.
+
+    Raises:
+        ConfigError: a malformed entry, a bad region name, a URL that is not http(s), a region given twice.
+    """
+    out: dict[str, str] = {}
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        region, sep, url = item.partition("=")
+        region, url = region.strip(), url.strip()
+        if not sep or not _REGION_RE.match(region) or not url.startswith(("http://", "https://")):
+            raise ConfigError(f"BITNET_REGION_URLS entries must be REGION=http(s)://BASE_URL, not {item!r}")
+        if region in out:
+            raise ConfigError(f"BITNET_REGION_URLS: region {region!r} is given twice")
+        out[region] = url.rstrip("/")
+    return out
+
+
 def _convert(name: str, raw: str) -> object:
     kind = {
         "data_dir": Path,
@@ -294,4 +323,10 @@ SETTINGS_DOC: dict[str, tuple[str, str, str]] = {
     "BITNET_STRIPE_API_BASE": ("--stripe-api-base", "Stripe", "Stripe API base URL (a local Stripe server)"),
     "BITNET_STRIPE_WEBHOOK_SECRET": ("--stripe-webhook-secret", "unset", "signing secret of Stripe webhooks"),
     "BITNET_PAYMENT_GRACE_DAYS": ("--payment-grace-days", "7", "days after a failed payment before the free plan"),
+    "BITNET_REGION": ("--region", "default", "this replica's region: new organizations' home; others' get 421"),
+    "BITNET_REGION_URLS": (
+        "--region-urls",
+        "unset",
+        "REGION=BASE_URL,... where each region is served (named in 421 answers)",
+    ),
 }

@@ -10,7 +10,8 @@ behind it:
 - ``tenants``: an organization's admission (its plan's limits, its requests in flight);
 - ``auth``: the authentication services; ``stores``: the storage adapters; ``settings``; ``metrics``;
 - ``meter``: the usage meter (one event per request, never waits); ``limits``: rate limits and quotas;
-- ``readiness``: what ``/readyz`` waits for.
+- ``routes``: the A/B route cache (:class:`actors.route_cache.RouteCache`); ``readiness``: what ``/readyz``
+  waits for.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from bitnet_actor.services.billing.plans import OrgProfile
     from bitnet_actor.services.models.encrypted import EncryptedObjects
     from bitnet_actor.services.models.registry import ModelVersion
+    from bitnet_actor.services.models.routes import Route
     from bitnet_actor.services.ratelimit import Decision
     from bitnet_actor.stores.objects import ObjectStore
     from bitnet_actor.stores.postgres import Database
@@ -48,6 +50,7 @@ __all__ = [
     "MeterHandle",
     "ModelsHandle",
     "Readiness",
+    "RoutesHandle",
     "StoresHandle",
     "TenantsHandle",
 ]
@@ -130,6 +133,18 @@ class LimitsHandle(Protocol):
         ...
 
 
+class RoutesHandle(Protocol):
+    """Organizations' A/B routes, cached on this replica and invalidated from every replica."""
+
+    async def get(self, org_id: UUID, public_name: str) -> Route | None:
+        """The route ``public_name`` of ``org_id``, or None."""
+        ...
+
+    def invalidate(self, org_id: UUID, public_name: str) -> None:
+        """Forget one route on this replica at once (the change is also published to the others)."""
+        ...
+
+
 class StoresHandle(Protocol):
     """The storage adapters."""
 
@@ -187,4 +202,5 @@ class Handles:
     limits: LimitsHandle
     model_objects: EncryptedObjects
     """Model files in the object store, encrypted at rest (uploads, parts, conversion outputs)."""
+    routes: RoutesHandle
     readiness: Readiness = field(default_factory=Readiness)

@@ -37,6 +37,7 @@ from actors.key_cache import KeyCache
 from actors.meter import UsageMeter
 from actors.model_cache import ModelCache
 from actors.outbox import BillingOutbox
+from actors.route_cache import RouteCache
 from actors.scheduler import Scheduler
 from actors.tenant import Tenants
 from bitnet_actor.app import create_app
@@ -117,6 +118,7 @@ def build_handles(
     meter: UsageMeter | None = None,
     limits: RequestLimits | None = None,
     readiness: Readiness | None = None,
+    routes: RouteCache | None = None,
 ) -> Handles:
     """The web layer's handles over the running parts (the caller starts the actors behind them; a meter
     made here is not running: its events wait in its buffer, or spill once it is full)."""
@@ -132,6 +134,7 @@ def build_handles(
         tenants=tenants,
         meter=meter or usage_meter(settings, stores, metrics),
         limits=limits or request_limits(settings, stores, metrics),
+        routes=routes or RouteCache(stores.db, stores.redis),
         readiness=readiness or Readiness(),
     )
 
@@ -393,8 +396,17 @@ async def run_system(
             tenants = Tenants(stores.db)
             meter = usage_meter(settings, stores, metrics)
             limits = request_limits(settings, stores, metrics)
+            routes = RouteCache(stores.db, stores.redis)
             handles = build_handles(
-                settings, stores, metrics=metrics, auth=auth, cache=cache, tenants=tenants, meter=meter, limits=limits
+                settings,
+                stores,
+                metrics=metrics,
+                auth=auth,
+                cache=cache,
+                tenants=tenants,
+                meter=meter,
+                limits=limits,
+                routes=routes,
             )
             readiness = handles.readiness
             async with trio.open_nursery() as nursery:
@@ -403,6 +415,7 @@ async def run_system(
                 policy = RestartPolicy(max_restarts=10, window_s=60.0, backoff_s=0.5, backoff_max_s=10.0)
                 supervisors = [
                     Supervisor("api-key-invalidation", lambda: keys, policy),
+                    Supervisor("route-invalidation", lambda: routes, policy),
                     Supervisor("tenants", lambda: tenants, policy),
                     Supervisor("usage-meter", lambda: meter, policy),
                     Supervisor("limits-settler", lambda: limits, policy),

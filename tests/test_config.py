@@ -41,6 +41,10 @@ def test_from_env_reads_prefixed_variables() -> None:
         ({"BITNET_MASTER_KEYS": "k1:c2hvcnQ"}, "key 'k1' must be 32 bytes"),
         ({"BITNET_MASTER_KEYS": f"a:{'A' * 43},a:{'B' * 43}"}, "key id 'a' is given twice"),
         ({"BITNET_MASTER_KEYS": " , "}, "names no key"),
+        ({"BITNET_REGION": "EU West"}, "BITNET_REGION must be"),
+        ({"BITNET_REGION_URLS": "eu"}, "entries must be REGION=http"),
+        ({"BITNET_REGION_URLS": "eu=ftp://x"}, "entries must be REGION=http"),
+        ({"BITNET_REGION_URLS": "eu=http://a,eu=http://b"}, "region 'eu' is given twice"),
     ],
 )
 def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:
@@ -54,6 +58,15 @@ def test_master_keys_parse_in_order() -> None:
     raw = f"new:{'_' * 42}w, old:{'A' * 43}="
     assert parse_master_keys(raw) == [("new", b"\xff" * 31 + b"\xfc"), ("old", bytes(32))]
     assert Settings.from_env({"BITNET_MASTER_KEYS": raw}).validated().master_keys == raw
+
+
+def test_regions_parse() -> None:
+    from bitnet_actor.config import parse_region_urls
+
+    settings = Settings.from_env({"BITNET_REGION": "eu", "BITNET_REGION_URLS": "eu=https://eu.x/, us=http://us.x"})
+    assert settings.validated().region == "eu"
+    assert parse_region_urls(settings.region_urls) == {"eu": "https://eu.x", "us": "http://us.x"}
+    assert Settings().region == "default"
 
 
 def test_every_field_is_documented() -> None:

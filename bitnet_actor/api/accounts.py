@@ -113,7 +113,9 @@ async def signup() -> Response:
 async def signup_verify() -> Response:
     """Finish a sign-up from the emailed token; signs the new user in."""
     body = await parse_body({"token": Field(str, max_len=200)})
-    user_id, org_id = await tenancy.signup_verify(handles().stores.db, token=body["token"], actor=request_actor())
+    user_id, org_id = await tenancy.signup_verify(
+        handles().stores.db, token=body["token"], actor=request_actor(), region=handles().settings.region
+    )
     org = await tenancy.get_org(handles().stores.db, org_id)
     return await start_session(user_id, {"organization": org}, 201)
 
@@ -181,7 +183,11 @@ async def create_org() -> Response:
     assert principal.user_id is not None
     body = await parse_body({"name": Field(str, max_len=200)})
     org = await tenancy.create_org(
-        handles().stores.db, name=body["name"], owner=principal.user_id, actor=request_actor(principal)
+        handles().stores.db,
+        name=body["name"],
+        owner=principal.user_id,
+        actor=request_actor(principal),
+        region=handles().settings.region,
     )
     return _json({**json_ready(org), "role": "owner"}, 201)
 

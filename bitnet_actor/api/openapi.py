@@ -15,6 +15,7 @@ from quart import Blueprint, Response, jsonify
 from bitnet_actor import __version__
 from bitnet_actor.api.openai.spec import V1_PATHS, V1_SCHEMAS
 from bitnet_actor.api.registry_spec import REGISTRY_PATHS
+from bitnet_actor.api.routes_spec import ROUTES_PATHS
 from bitnet_actor.api.spec_tools import LIMIT as _LIMIT
 from bitnet_actor.api.spec_tools import ORG as _ORG
 from bitnet_actor.api.spec_tools import S as _S
@@ -403,6 +404,7 @@ SPEC: dict[str, Any] = {
         },
         **BILLING_PATHS,
         **REGISTRY_PATHS,
+        **ROUTES_PATHS,
         "/api/v1/oidc/login": {
             "get": {
                 "summary": "Start single sign-on (redirects to the provider)",

@@ -14,6 +14,7 @@ from quart import Blueprint, Response, jsonify
 
 from bitnet_actor.api.auth import OrgRef, handles, org_access
 from bitnet_actor.api.errors import ApiError
+from bitnet_actor.api.regions import model_write_access
 from bitnet_actor.api.validate import Field, parse_body
 from bitnet_actor.services.models import registry
 
@@ -58,7 +59,7 @@ async def get_version(org_id: OrgRef, name: str, version: str) -> Response:
 @blueprint.patch(_VERSION)
 async def update_version(org_id: OrgRef, name: str, version: str) -> Response:
     """Attach eval figures or a description (the file and its facts never change)."""
-    access = await org_access(org_id, "models:write")
+    access = await model_write_access(org_id)
     body = await parse_body(
         {"evals": Field(dict, required=False, max_len=200), "description": Field(str, required=False, max_len=2000)}
     )
@@ -71,14 +72,14 @@ async def update_version(org_id: OrgRef, name: str, version: str) -> Response:
 @blueprint.post(_VERSION + "/deprecate")
 async def deprecate_version(org_id: OrgRef, name: str, version: str) -> Response:
     """Mark a published version deprecated (it keeps serving)."""
-    access = await org_access(org_id, "models:write")
+    access = await model_write_access(org_id)
     return jsonify((await registry.deprecate(_db(), access.org_id, name, version)).to_json())
 
 
 @blueprint.delete(_VERSION)
 async def delete_version(org_id: OrgRef, name: str, version: str) -> Response:
     """Delete a version (409 while a route sends it traffic); its file goes when no version uses it."""
-    access = await org_access(org_id, "models:write")
+    access = await model_write_access(org_id)
     h = handles()
     object_key = await registry.delete_version(h.stores.db, access.org_id, name, version)
     if object_key is not None:
@@ -97,7 +98,7 @@ async def version_lineage(org_id: OrgRef, name: str, version: str) -> Response:
 @blueprint.put(_BASE + "/<name>/aliases/<alias>")
 async def set_alias(org_id: OrgRef, name: str, alias: str) -> Response:
     """Point ``name@alias`` at a published version (``latest`` moves by itself)."""
-    access = await org_access(org_id, "models:write")
+    access = await model_write_access(org_id)
     body = await parse_body({"version": Field(str, max_len=64)})
     moved = await registry.set_alias(_db(), access.org_id, name, alias, body["version"])
     return jsonify({"object": "model.alias", "name": name, "alias": alias, "version": moved.version})
@@ -106,6 +107,6 @@ async def set_alias(org_id: OrgRef, name: str, alias: str) -> Response:
 @blueprint.delete(_BASE + "/<name>/aliases/<alias>")
 async def delete_alias(org_id: OrgRef, name: str, alias: str) -> Response:
     """Remove an alias."""
-    access = await org_access(org_id, "models:write")
+    access = await model_write_access(org_id)
     await registry.delete_alias(_db(), access.org_id, name, alias)
     return jsonify({"object": "model.alias.deleted", "name": name, "alias": alias, "deleted": True})

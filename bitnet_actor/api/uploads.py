@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 from quart import Blueprint, Response, jsonify, request
 from quart_trio.wrappers import TrioRequest
 
-from bitnet_actor.api.auth import OrgRef, handles, org_access
+from bitnet_actor.api.auth import OrgRef, handles
 from bitnet_actor.api.errors import ApiError
+from bitnet_actor.api.regions import model_write_access
 from bitnet_actor.api.validate import Field, parse_body
 from bitnet_actor.services.models import uploads
 
@@ -61,7 +62,7 @@ def _too_large(exc: uploads.TooLargeError) -> ApiError:
 @blueprint.post("/orgs/<org:org_id>/models")
 async def upload_model(org_id: OrgRef) -> Response:
     """One streamed upload: the body is the file; ``name`` and ``version`` in the query."""
-    access = await org_access(org_id, "models:write")
+    access = await model_write_access(org_id)
     name, version = request.args.get("name"), request.args.get("version")
     if not name:
         raise ApiError(400, "the query needs name=", param="name", code="missing_required_parameter")
@@ -92,7 +93,7 @@ def _created(body: dict[str, Any]) -> Response:
 @blueprint.post("/orgs/<org:org_id>/models/uploads")
 async def create_upload(org_id: OrgRef) -> Response:
     """Start a resumable upload."""
-    access = await org_access(org_id, "models:write")
+    access = await model_write_access(org_id)
     body = await parse_body({"total_bytes": Field(int, required=False)})
     try:
         made = await uploads.create_upload(
@@ -107,14 +108,14 @@ async def create_upload(org_id: OrgRef) -> Response:
 @blueprint.get("/orgs/<org:org_id>/models/uploads/<uuid:upload_id>")
 async def get_upload(org_id: OrgRef, upload_id: UUID) -> Response:
     """Where an upload stands (``received_bytes``: where to resume)."""
-    access = await org_access(org_id, "models:write")
+    access = await model_write_access(org_id)
     return jsonify((await uploads.get_upload(handles().stores.db, access.org_id, upload_id)).to_json())
 
 
 @blueprint.put("/orgs/<org:org_id>/models/uploads/<uuid:upload_id>")
 async def put_range(org_id: OrgRef, upload_id: UUID) -> Response:
     """One byte range, starting at ``received_bytes``."""
-    access = await org_access(org_id, "models:write")
+    access = await model_write_access(org_id)
     h = handles()
     try:
         state = await uploads.put_range(
@@ -134,7 +135,7 @@ async def put_range(org_id: OrgRef, upload_id: UUID) -> Response:
 @blueprint.post("/orgs/<org:org_id>/models/uploads/<uuid:upload_id>/complete")
 async def complete_upload(org_id: OrgRef, upload_id: UUID) -> Response:
     """Join the ranges and publish them as ``name:version``."""
-    access = await org_access(org_id, "models:write")
+    access = await model_write_access(org_id)
     body = await parse_body(
         {"name": Field(str, max_len=100), "version": Field(str, max_len=64),
          "description": Field(str, required=False, max_len=2000)}
@@ -154,6 +155,6 @@ async def complete_upload(org_id: OrgRef, upload_id: UUID) -> Response:
 @blueprint.delete("/orgs/<org:org_id>/models/uploads/<uuid:upload_id>")
 async def abort_upload(org_id: OrgRef, upload_id: UUID) -> Response:
     """Abort an open upload; its ranges are deleted."""
-    access = await org_access(org_id, "models:write")
+    access = await model_write_access(org_id)
     h = handles()
     return jsonify((await uploads.abort_upload(h.stores.db, h.model_objects, access.org_id, upload_id)).to_json())

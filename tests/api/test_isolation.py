@@ -104,6 +104,16 @@ async def a_model(h: Harness, w: World) -> dict[str, str]:
     return {"model": name}
 
 
+async def a_route(h: Harness, w: World) -> dict[str, str]:
+    """A fresh model of org A and a route over its version 1."""
+    from bitnet_actor.services.models import routes
+
+    model = (await a_model(h, w))["model"]
+    name = f"r-{uuid.uuid4().hex[:8]}"
+    await routes.put_route(h.system.stores.db, uuid.UUID(w.org_a), name, [{"version": f"{model}:1", "weight": 100}])
+    return {"model": model, "route": name}
+
+
 async def an_upload(h: Harness, w: World) -> dict[str, str]:
     r = await h.call("POST", f"/api/v1/orgs/{w.org_a}/models/uploads", w.a["owner"], json={"total_bytes": 10})
     return {"upload": (await r.get_json())["id"]}
@@ -141,12 +151,18 @@ ROUTES: list[tuple[str, str, dict | str | None, frozenset[str], Prepare]] = [
     ("DELETE", "/api/v1/orgs/{org}/models/{model}/versions/1", None, KEY_MAKERS, a_model),
     ("PUT", "/api/v1/orgs/{org}/models/{model}/aliases/stable", {"version": "1"}, KEY_MAKERS, a_model),
     ("POST", "/api/v1/orgs/{org}/models/uploads", {"total_bytes": 10}, KEY_MAKERS, nothing),
+    ("GET", "/api/v1/orgs/{org}/routes", None, KEY_READERS, nothing),
+    ("GET", "/api/v1/orgs/{org}/routes/{route}", None, KEY_READERS, a_route),
+    ("PUT", "/api/v1/orgs/{org}/routes/{route}", "route", KEY_MAKERS, a_route),
+    ("DELETE", "/api/v1/orgs/{org}/routes/{route}", None, KEY_MAKERS, a_route),
     ("GET", "/api/v1/orgs/{org}/models/uploads/{upload}", None, KEY_MAKERS, an_upload),
     ("DELETE", "/api/v1/orgs/{org}/models/uploads/{upload}", None, KEY_MAKERS, an_upload),
 ]
 
 
-def body_for(spec: dict | str | None) -> dict | None:
+def body_for(spec: dict | str | None, ids: dict[str, str]) -> dict | None:
+    if spec == "route":
+        return {"targets": [{"version": f"{ids['model']}:1", "weight": 100}]}
     if spec == "rename":
         return {"name": f"renamed-{uuid.uuid4().hex[:8]}"}
     if spec == "invite":
@@ -169,7 +185,7 @@ async def test_route_role_tenant_matrix(harness: Harness) -> None:
         ]:
             ids = await prepare(h, w)
             path = template.format(org=w.org_a, **ids)
-            r = await h.call(method, path, caller, json=body_for(body))
+            r = await h.call(method, path, caller, json=body_for(body, ids))
             if who == "anonymous":
                 expected = {401}
             elif who.startswith("org B"):

@@ -26,11 +26,13 @@ from bitnet_actor.api.auth import OrgAccess, authenticate, check_permission, han
 from bitnet_actor.api.errors import ApiError
 from bitnet_actor.api.openai.protocol import CHAT, COMPLETION, RequestType, bad
 from bitnet_actor.api.openai.run import Run
+from bitnet_actor.api.regions import check_home_region
 from bitnet_actor.engine.tokenizer import TokenizerError
 from bitnet_actor.services import tenancy
 from bitnet_actor.services.errors import NotFoundError, ValidationError
 from bitnet_actor.services.limits import LimiterUnavailableError
 from bitnet_actor.services.models import registry
+from bitnet_actor.services.models.routes import pick
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -54,6 +56,7 @@ __all__ = [
     "new_run_id",
     "peek_limits",
     "plan_generation",
+    "sticky_id",
 ]
 
 
@@ -89,22 +92,36 @@ async def inference_org(h: Handles, principal: Principal) -> OrgAccess:
     return OrgAccess(principal, principal.token_org, role)
 
 
-async def lease(stack: contextlib.AsyncExitStack, h: Handles, body: dict[str, Any], org_id: UUID | None) -> Lease:
+async def lease(
+    stack: contextlib.AsyncExitStack, h: Handles, body: dict[str, Any], org_id: UUID | None, *, caller: str = ""
+) -> Lease:
     """Lease the model ``body["model"]`` until ``stack`` closes: a platform model by name, else one of the
-    organization's registry models (``name``, ``name:version``, ``name@alias``, resolved now; the response
-    names the version in ``model`` and ``x-bitnet-model-version``).
+    organization's A/B routes (split by weight, sticky per the body's ``user``, else ``caller``: the API key
+    or user id), else one of its registry models (``name``, ``name:version``, ``name@alias``, resolved now;
+    the response names the version in ``model`` and ``x-bitnet-model-version``).
 
     Raises:
-        ApiError: 400 without a model name, 404 for an unknown model, 503 when it cannot be loaded now.
+        ApiError: 400 without a model name, 404 for an unknown model, 421 from a replica outside the
+            organization's home region, 503 when it cannot be loaded now.
     """
     name = body.get("model")
     if not isinstance(name, str) or not name:
         raise bad("model is required", "model", "missing_required_parameter")
+    if org_id is not None:
+        await check_home_region(h, org_id)
     try:
         if name in h.models.model_names() or org_id is None:
             return await stack.enter_async_context(h.inference.lease(name))
+        ref = name
+        route = await h.routes.get(org_id, name) if ":" not in name and "@" not in name else None
+        if route is not None:
+            user = body.get("user")
+            try:
+                ref = pick(route, user if isinstance(user, str) and user else caller).ref or name
+            except NotFoundError:
+                raise UnknownModelError(name) from None
         try:
-            version = await registry.resolve(h.stores.db, org_id, name)
+            version = await registry.resolve(h.stores.db, org_id, ref)
         except (NotFoundError, ValidationError):
             raise UnknownModelError(name) from None
         if version.local_path is not None and version.name in h.models.model_names():
@@ -343,7 +360,7 @@ async def admit(h: Handles, access: OrgAccess, kind: RequestType, body: dict[str
     stack = contextlib.AsyncExitStack()
     decision: Decision | None = None
     try:
-        leased = await lease(stack, h, body, access.org_id)
+        leased = await lease(stack, h, body, access.org_id, caller=sticky_id(access))
         plan = plan_generation(kind, body, leased.model, leased.name)
         limits = await stack.enter_async_context(h.tenants.admit(access.org_id))
         reserve = (len(plan.prompt_ids) + plan.params["max_tokens"]) * plan.n
@@ -372,6 +389,14 @@ async def admit(h: Handles, access: OrgAccess, kind: RequestType, body: dict[str
                 await h.limits.settle(decision, used_tokens=0)
         raise
     return Run(plan, leased, access, recv, run_id, int(time.time()), h, stack, decision)
+
+
+def sticky_id(access: OrgAccess) -> str:
+    """Who a request comes from, for A/B routes when its body names no ``user``: its API key, else its user."""
+    principal = access.principal
+    if principal.key is not None:
+        return f"key:{principal.key.key_id}"
+    return f"user:{principal.user_id}"
 
 
 def new_run_id(prefix: str) -> str:

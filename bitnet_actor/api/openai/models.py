@@ -8,6 +8,7 @@ from quart import Blueprint, Response, jsonify
 
 from bitnet_actor.api.auth import handles
 from bitnet_actor.api.openai.admission import inference_access, peek_limits
+from bitnet_actor.api.regions import check_home_region
 from bitnet_actor.services.models import registry
 
 __all__ = ["blueprint"]
@@ -19,8 +20,10 @@ blueprint = Blueprint("models", __name__)
 async def list_models() -> Response:
     """The models this organization may use (``loaded``: in memory now, else loaded on the first request)."""
     access = await inference_access()
-    await peek_limits(access)
     h = handles()
+    if access.org_id is not None:
+        await check_home_region(h, access.org_id)
+    await peek_limits(access)
     loaded = h.models.loaded()
     platform = h.models.model_names()
     data = [

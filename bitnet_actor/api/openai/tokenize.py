@@ -9,7 +9,14 @@ from quart import Blueprint, Response, jsonify
 
 from bitnet_actor.api.auth import handles
 from bitnet_actor.api.errors import json_body
-from bitnet_actor.api.openai.admission import chat_prompt, encode_prompt, inference_access, lease, peek_limits
+from bitnet_actor.api.openai.admission import (
+    chat_prompt,
+    encode_prompt,
+    inference_access,
+    lease,
+    peek_limits,
+    sticky_id,
+)
 from bitnet_actor.api.openai.protocol import DETOKENIZE, TOKENIZE, RequestType, bad
 
 if TYPE_CHECKING:
@@ -32,7 +39,7 @@ async def _leased(kind: RequestType) -> AsyncIterator[tuple[dict[str, Any], Mode
     body = await json_body(max_bytes=MAX_BODY_BYTES)
     kind.check(body)
     async with contextlib.AsyncExitStack() as stack:
-        yield body, (await lease(stack, handles(), body, access.org_id)).model
+        yield body, (await lease(stack, handles(), body, access.org_id, caller=sticky_id(access))).model
 
 
 @blueprint.post("/v1/tokenize")

@@ -130,6 +130,8 @@ class OrgProfile:
     monthly_token_quota: int | None
     quota_mode: str
     stripe_customer_id: str | None = None
+    region: str = "default"
+    """The organization's home region (its inference runs on that region's replicas)."""
 
     @property
     def weight(self) -> int:
@@ -195,7 +197,7 @@ async def org_profile(db: Database, org_id: UUID) -> OrgProfile:
     async with db.transaction(org_id=org_id, readonly=True) as tx:
         row = await tx.fetchrow(
             "SELECT o.plan, b.rpm, b.tpm, b.key_rpm, b.key_tpm, b.key_concurrency, b.monthly_token_quota,"
-            " b.quota_mode, b.stripe_customer_id"
+            " b.quota_mode, b.stripe_customer_id, o.region"
             " FROM organizations o LEFT JOIN org_billing b ON b.org_id = o.id WHERE o.id = $1",
             org_id,
         )
@@ -216,6 +218,7 @@ async def org_profile(db: Database, org_id: UUID) -> OrgProfile:
         monthly_token_quota=pick("monthly_token_quota"),
         quota_mode=pick("quota_mode"),
         stripe_customer_id=row["stripe_customer_id"] if row else None,
+        region=row["region"] if row else "default",
     )
 
 

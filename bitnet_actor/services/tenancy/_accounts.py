@@ -170,7 +170,9 @@ async def _use_email_token(conn: Connection, token: object, purpose: str) -> dic
     return {"email": row["email"], **row["payload"]}
 
 
-async def signup_verify(db: Database, *, token: object, actor: audit.Actor) -> tuple[UUID, UUID]:
+async def signup_verify(
+    db: Database, *, token: object, actor: audit.Actor, region: str = "default"
+) -> tuple[UUID, UUID]:
     """Finish a sign-up: create the verified user, their organization and the owner membership.
 
     Returns:
@@ -197,6 +199,7 @@ async def signup_verify(db: Database, *, token: object, actor: audit.Actor) -> t
             data["org_name"],
             user_id,
             audit.Actor(user_id=user_id, ip=actor.ip, user_agent=actor.user_agent),
+            region,
         )
     return user_id, org_id
 

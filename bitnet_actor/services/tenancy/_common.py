@@ -116,9 +116,11 @@ def _hash_token(token: object) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-async def _insert_org(conn: Connection, org_id: UUID, name: str, owner: UUID, actor: audit.Actor) -> None:
+async def _insert_org(
+    conn: Connection, org_id: UUID, name: str, owner: UUID, actor: audit.Actor, region: str = "default"
+) -> None:
     try:
-        await conn.execute("INSERT INTO organizations (id, name) VALUES ($1, $2)", org_id, name)
+        await conn.execute("INSERT INTO organizations (id, name, region) VALUES ($1, $2, $3)", org_id, name, region)
     except ConflictError:
         raise ConflictStateError("an organization with that name already exists") from None
     await conn.execute("INSERT INTO memberships (org_id, user_id, role) VALUES ($1, $2, 'owner')", org_id, owner)
@@ -129,5 +131,5 @@ async def _insert_org(conn: Connection, org_id: UUID, name: str, owner: UUID, ac
         action="org.created",
         target_type="org",
         target_id=org_id,
-        details={"name": name},
+        details={"name": name, "region": region},
     )

@@ -40,8 +40,11 @@ __all__ = [
 ]
 
 
-async def create_org(db: Database, *, name: object, owner: UUID, actor: audit.Actor) -> Organization:
-    """Create an organization with ``owner`` as its first owner.
+async def create_org(
+    db: Database, *, name: object, owner: UUID, actor: audit.Actor, region: str = "default"
+) -> Organization:
+    """Create an organization with ``owner`` as its first owner, at home in ``region`` (the creating
+    replica's; only an operator moves it: ``bitnet-actor admin set-region``).
 
     Raises:
         ValidationError: bad name. ConflictStateError: the name is taken.
@@ -49,11 +52,13 @@ async def create_org(db: Database, *, name: object, owner: UUID, actor: audit.Ac
     org_id = uuid4()
     checked = _org_name(name)
     async with db.transaction(org_id=org_id) as tx:
-        await _insert_org(tx, org_id, checked, owner, actor)
+        await _insert_org(tx, org_id, checked, owner, actor, region)
     return await get_org(db, org_id)
 
 
-async def admin_create_org(db: Database, *, name: str, owner_email: str) -> tuple[Organization, UUID, str | None]:
+async def admin_create_org(
+    db: Database, *, name: str, owner_email: str, region: str = "default"
+) -> tuple[Organization, UUID, str | None]:
     """Operator path: create an organization and, if needed, its owner's account.
 
     Returns:
@@ -67,7 +72,7 @@ async def admin_create_org(db: Database, *, name: str, owner_email: str) -> tupl
             needs_password = True
         else:
             user_id, needs_password = row["id"], row["password_hash"] is None
-    org = await create_org(db, name=name, owner=user_id, actor=audit.SYSTEM_ACTOR)
+    org = await create_org(db, name=name, owner=user_id, actor=audit.SYSTEM_ACTOR, region=region)
     token = await issue_password_set_token(db, address) if needs_password else None
     return org, user_id, token
 

@@ -177,6 +177,12 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
         OR EXISTS (SELECT 1 FROM model_upload_parts WHERE object_key = p_key)
 $$;
 
+-- An organization's home region: the replicas of that region (BITNET_REGION) serve its inference and take
+-- its model writes; the others answer 421 naming the right region. Set at creation to the creating
+-- replica's region; moved only by an operator (`bitnet-actor admin set-region`).
+ALTER TABLE organizations ADD COLUMN region text NOT NULL DEFAULT 'default'
+    CHECK (region ~ '^[a-z0-9][a-z0-9_-]{0,63}$');
+
 -- The largest model file a plan may upload.
 ALTER TABLE plans ADD COLUMN max_upload_bytes bigint CHECK (max_upload_bytes >= 0);
 UPDATE plans SET max_upload_bytes = CASE name WHEN 'free' THEN 2147483648 WHEN 'pro' THEN 34359738368
