@@ -21,6 +21,7 @@ from bitnet_actor.api import (
     accounts,
     billing,
     health,
+    jobs,
     objects,
     openai,
     openapi,
@@ -65,6 +66,7 @@ def create_app(handles: Handles) -> QuartTrio:
     app.register_blueprint(uploads.blueprint)  # before registry: /models/uploads is not a model name
     app.register_blueprint(registry.blueprint)
     app.register_blueprint(routes.blueprint)
+    app.register_blueprint(jobs.blueprint)
     app.register_blueprint(openapi.blueprint)
     app.register_blueprint(tokens.blueprint)
     app.register_blueprint(stripe_webhook.blueprint)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import trio_asyncio  # imported before anything that may capture asyncio
 
-from bitnet_actor import __version__, cli_models, cli_plans
+from bitnet_actor import __version__, cli_jobs, cli_models, cli_plans
 from bitnet_actor.config import SETTINGS_DOC, Settings
 from bitnet_actor.errors import BitnetError, ConfigError
 
@@ -107,6 +107,7 @@ def _build_parser() -> argparse.ArgumentParser:
     cli_models.add_admin_parsers(admin_sub, lambda p, extra: _add_settings_flags(p, local + extra))
     cli_models.add_models_parser(sub, lambda p, extra: _add_settings_flags(p, local + extra))
     _add_billing_commands(admin_sub, local)
+    cli_jobs.add_parsers(sub, lambda p: _add_settings_flags(p, local), _Parser)
     audit = sub.add_parser("audit", help="audit log tools")
     audit_sub = audit.add_subparsers(dest="audit_command", metavar="ACTION", parser_class=_Parser)
     audit_sub.required = True
@@ -237,6 +238,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if applied
                 else "database schema is up to date"
             )
+            return 0
+        if args.command == "jobs":
+            if not settings.database_url:
+                from bitnet_actor.system import check_data_dir
+
+                check_data_dir(settings.data_dir)
+            print(cli_jobs.run(args, settings))
             return 0
         if args.command in ("admin", "audit"):
             return _run_admin(args, settings)

@@ -5,7 +5,8 @@ stores (embedded or configured), the migrations, the actors under their supervis
 serving ``create_app(handles)`` in the same nursery. The web layer gets ``Handles`` (bitnet_actor.handles),
 never this module's objects.
 
-Supervision: the API-key invalidation listener, the tenants' eviction loop, the usage meter and, with a
+Supervision: the API-key invalidation listener, the tenants' eviction loop, the usage meter, the job worker
+(``actors.jobs``) and, with a
 Stripe key, the billing outbox (``actors.outbox``) run under ``Supervisor``s
 (restarted on a crash, 10 in a minute at most); the model cache is not supervised: it owns the schedulers
 (one per loaded model, started in its nursery), and a scheduler whose step fails fails its batch and goes on,
@@ -33,6 +34,7 @@ import trio_asyncio
 
 from actors import RestartPolicy, Supervisor
 from actors.inference import Inference, Models
+from actors.jobs import JobWorker
 from actors.key_cache import KeyCache
 from actors.meter import UsageMeter
 from actors.model_cache import ModelCache
@@ -86,6 +88,13 @@ def usage_meter(settings: Settings, stores: Stores, metrics: Metrics) -> UsageMe
     )
     metrics.usage_buffered.set_function(meter.buffered)
     return meter
+
+
+def job_worker(settings: Settings, stores: Stores, handles: Handles) -> JobWorker:
+    """A conversion-job worker over ``stores``, working in ``<data dir>/jobs-tmp``; it reads and writes model
+    files through the same encrypted store and local copies as inference."""
+    files = LocalFiles(settings.data_dir / "model-files", handles.model_objects, stores.db)
+    return JobWorker(stores.db, stores.redis, handles.model_objects, files, settings.data_dir / "jobs-tmp")
 
 
 def billing_outbox(settings: Settings, stores: Stores, metrics: Metrics, tenants: Tenants) -> BillingOutbox | None:
@@ -419,6 +428,7 @@ async def run_system(
                     Supervisor("tenants", lambda: tenants, policy),
                     Supervisor("usage-meter", lambda: meter, policy),
                     Supervisor("limits-settler", lambda: limits, policy),
+                    Supervisor("job-worker", lambda: job_worker(settings, stores, handles), policy),
                 ]
                 outbox = billing_outbox(settings, stores, metrics, tenants)
                 if outbox is not None:  # Stripe's calls run in threads, off every request's path

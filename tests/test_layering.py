@@ -29,9 +29,11 @@ LAYERS: dict[str, int] = {
     "bitnet_actor.cli": 6,
     "bitnet_actor.admin": 6,
     "bitnet_actor.admin_plans": 6,
+    "bitnet_actor.admin_jobs": 6,
     "bitnet_actor.cli_plans": 6,
     "bitnet_actor.cli_models": 6,
     "bitnet_actor.admin_models": 6,
+    "bitnet_actor.cli_jobs": 6,
     "bitnet_actor.cli_engine": 6,
     "bitnet_actor.__main__": 6,
     "bitnet_actor": 1,  # the package's own __init__ (version)

@@ -13,6 +13,7 @@ from typing import Any
 from quart import Blueprint, Response, jsonify
 
 from bitnet_actor import __version__
+from bitnet_actor.api.jobs_spec import JOBS_PATHS
 from bitnet_actor.api.openai.spec import V1_PATHS, V1_SCHEMAS
 from bitnet_actor.api.registry_spec import REGISTRY_PATHS
 from bitnet_actor.api.routes_spec import ROUTES_PATHS
@@ -405,6 +406,7 @@ SPEC: dict[str, Any] = {
         **BILLING_PATHS,
         **REGISTRY_PATHS,
         **ROUTES_PATHS,
+        **JOBS_PATHS,
         "/api/v1/oidc/login": {
             "get": {
                 "summary": "Start single sign-on (redirects to the provider)",

@@ -119,6 +119,21 @@ async def an_upload(h: Harness, w: World) -> dict[str, str]:
     return {"upload": (await r.get_json())["id"]}
 
 
+async def a_job(h: Harness, w: World) -> dict[str, str]:
+    """A finished job of org A (a fresh source model; finished, so its events stream ends at once) and no
+    unfinished ones (so creating one is under the limit)."""
+    ids = await a_model(h, w)
+    db, org = h.system.stores.db, uuid.UUID(w.org_a)
+    async with db.transaction(org_id=org) as tx:
+        await tx.execute("UPDATE model_jobs SET state = 'cancelled' WHERE state IN ('queued', 'running')")
+        job = await tx.fetchval(
+            "INSERT INTO model_jobs (org_id, kind, target, output_name, output_version, state)"
+            " VALUES ($1, 'quantize', 'tq2_0', 'out', '1', 'cancelled') RETURNING id",
+            org,
+        )
+    return {**ids, "job": str(job)}
+
+
 async def nothing(h: Harness, w: World) -> dict[str, str]:
     return {}
 
@@ -157,12 +172,20 @@ ROUTES: list[tuple[str, str, dict | str | None, frozenset[str], Prepare]] = [
     ("DELETE", "/api/v1/orgs/{org}/routes/{route}", None, KEY_MAKERS, a_route),
     ("GET", "/api/v1/orgs/{org}/models/uploads/{upload}", None, KEY_MAKERS, an_upload),
     ("DELETE", "/api/v1/orgs/{org}/models/uploads/{upload}", None, KEY_MAKERS, an_upload),
+    ("POST", "/api/v1/orgs/{org}/jobs", "job", KEY_MAKERS, a_job),
+    ("GET", "/api/v1/orgs/{org}/jobs", None, KEY_READERS, nothing),
+    ("GET", "/api/v1/orgs/{org}/jobs/{job}", None, KEY_READERS, a_job),
+    ("GET", "/api/v1/orgs/{org}/jobs/{job}/events", None, KEY_READERS, a_job),
+    ("POST", "/api/v1/orgs/{org}/jobs/{job}/cancel", None, KEY_MAKERS, a_job),
 ]
 
 
 def body_for(spec: dict | str | None, ids: dict[str, str]) -> dict | None:
     if spec == "route":
         return {"targets": [{"version": f"{ids['model']}:1", "weight": 100}]}
+    if spec == "job":
+        out = f"out-{uuid.uuid4().hex[:8]}"
+        return {"source": f"{ids['model']}:1", "target": "tq2_0", "output_name": out, "output_version": "1"}
     if spec == "rename":
         return {"name": f"renamed-{uuid.uuid4().hex[:8]}"}
     if spec == "invite":

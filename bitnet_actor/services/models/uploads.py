@@ -196,9 +196,14 @@ async def ingest(
     temp_root: Path,
     created_by: UUID | None = None,
     description: str = "",
+    parent_id: UUID | None = None,
+    origin: str = "uploaded",
+    origin_details: dict[str, Any] | None = None,
 ) -> registry.ModelVersion:
-    """Inspect an uploaded file and publish it as ``name:version`` of ``org_id``. The spooled file is
-    removed either way.
+    """Inspect an uploaded (or converted) file and publish it as ``name:version`` of ``org_id``. The spooled
+    file is removed either way. ``parent_id``, ``origin`` and ``origin_details`` record lineage (a job's
+    output: its source, ``converted`` or ``quantized``, the tool and options); the file's format, size and
+    digest are added to ``origin_details``.
 
     Raises:
         ValidationError: a bad name or version; the archive's or the loader's refusal (400 with its words).
@@ -218,8 +223,9 @@ async def ingest(
             version=version,
             blob_id=blob_id,
             sha256=spooled.sha256,
-            origin="uploaded",
-            origin_details={"format": fmt, "bytes": spooled.size, "sha256": spooled.sha256},
+            parent_id=parent_id,
+            origin=origin,
+            origin_details={**(origin_details or {}), "format": fmt, "bytes": spooled.size, "sha256": spooled.sha256},
             description=description,
             created_by=created_by,
             facts=facts,
