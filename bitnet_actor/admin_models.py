@@ -1,4 +1,4 @@
-"""Operator commands for customers' models: ``bitnet-actor models push | list`` and ``bitnet-actor admin
+"""Operator commands for customers' models: ``bitnet-actor models push | list | quantize`` and ``bitnet-actor admin
 rotate-keys | shred-org``.
 
 They use the service's configuration (its PostgreSQL, object store and master keys; the embedded ones of the
@@ -9,6 +9,7 @@ engine in a worker and stored encrypted exactly as an upload through ``POST /api
 from __future__ import annotations
 
 import io
+import json
 import sys
 import tarfile
 import time
@@ -20,18 +21,18 @@ import trio_asyncio
 
 from bitnet_actor.services import tenancy
 from bitnet_actor.services.billing.plans import org_profile
-from bitnet_actor.services.errors import ValidationError
-from bitnet_actor.services.models import registry, uploads
+from bitnet_actor.services.errors import ConflictStateError, ValidationError
+from bitnet_actor.services.models import jobs, registry, uploads
 from bitnet_actor.services.models.encrypted import EncryptedObjects
 from bitnet_actor.services.models.keys import LocalKeyProvider
-from bitnet_actor.stores import object_store, open_database_only
+from bitnet_actor.stores import object_store, open_database_only, open_redis_only
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from bitnet_actor.config import Settings
 
-__all__ = ["list_models", "push", "rotate_keys", "shred_org"]
+__all__ = ["list_models", "push", "quantize", "rotate_keys", "shred_org"]
 
 _CHUNK = 1 << 20
 
@@ -145,6 +146,72 @@ async def list_models(settings: Settings, *, org: str) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+class _Tensors:
+    """A job's progress on a terminal: a bar over tensors done with the ETA (a line per 10% otherwise)."""
+
+    def __init__(self, out: TextIO, label: str) -> None:
+        self.out, self.label, self.tty, self.last, self.state = out, label, out.isatty(), -1, ""
+
+    def __call__(self, job: jobs.Job) -> None:
+        p = job.progress or {}
+        total, done = int(p.get("tensors_total") or 0), int(p.get("tensors_done") or 0)
+        pct = 100 * done // total if total else 0
+        eta = p.get("eta_s")
+        tail = f" eta {float(eta):.0f} s" if eta is not None and job.state == "running" else ""
+        if self.tty:
+            bar = "#" * (pct * 30 // 100)
+            self.out.write(f"\r{self.label} {job.state:<9} [{bar:<30}] {pct:3d}% ({done}/{total or '?'} tensors){tail}")
+            self.out.flush()
+        elif pct // 10 != self.last // 10 or job.state != self.state:
+            print(f"{self.label}: {job.state}, {done}/{total or '?'} tensors ({pct}%){tail}", file=self.out)
+        self.last, self.state = pct, job.state
+
+    def close(self) -> None:
+        if self.tty:
+            self.out.write("\n")
+
+
+async def quantize(
+    settings: Settings,
+    source: str,
+    *,
+    org: str,
+    target: str,
+    name: str,
+    version: str,
+    wait: bool = False,
+    poll_s: float = 0.5,
+    out: TextIO = sys.stderr,
+) -> str:
+    """Queue a conversion job of ``source`` (``name:version`` of ``org``) into ``name:version`` in ``target``,
+    as ``POST /api/v1/orgs/{org}/jobs`` does; a running server's job worker takes it from the Redis stream.
+    With ``wait``, follow its progress until it ends; return the job as JSON.
+
+    Raises:
+        ValidationError, NotFoundError, ConflictStateError, ThrottledError: as the API (a bad target or
+        reference, no such source, the output exists, too many unfinished jobs). ConflictStateError also
+        when a waited-for job fails or is cancelled (the job's error in the message).
+    """
+    async with trio_asyncio.open_loop(), open_database_only(settings) as db, open_redis_only(settings) as redis:
+        org_id = await tenancy.org_id_by_name(db, org)
+        job = await jobs.create_job(
+            db, redis, org_id, source=source, target=target, output_name=name, output_version=version
+        )
+        if wait:
+            bar = _Tensors(out, f"job {job.id}")
+            try:
+                while job.state not in jobs.FINAL:
+                    bar(job)
+                    await trio.sleep(poll_s)
+                    job = await jobs.get_job(db, org_id, job.id)
+                bar(job)
+            finally:
+                bar.close()
+            if job.state != "succeeded":
+                raise ConflictStateError(f"job {job.id} {job.state}: {job.error or 'no error recorded'}")
+    return json.dumps(job.to_json(), indent=2)
 
 
 async def rotate_keys(settings: Settings) -> str:

@@ -1,4 +1,4 @@
-"""The argument parsers of ``bitnet-actor models push | list`` and ``bitnet-actor admin rotate-keys |
+"""The argument parsers of ``bitnet-actor models push | list | quantize`` and ``bitnet-actor admin rotate-keys |
 shred-org`` (kept apart from :mod:`bitnet_actor.admin_models` so that building the parser imports no store)."""
 
 from __future__ import annotations
@@ -34,7 +34,18 @@ def add_models_parser(sub: Any, settings_flags: Any) -> None:
     push.add_argument("--version", required=True, help="version label (never reused)")
     listing = models_sub.add_parser("list", help="an organization's model versions (and the platform's)")
     listing.add_argument("--org", required=True, help="organization name")
-    for p in (push, listing):
+    quantize = models_sub.add_parser(
+        "quantize", help="queue a job converting a version (GGUF TQ1_0/TQ2_0/I2_S, or ternary HF) into a new one"
+    )
+    quantize.add_argument("source", help="the version to convert: name:version")
+    quantize.add_argument("--org", required=True, help="organization name")
+    quantize.add_argument("--target", required=True, choices=["tq1_0", "tq2_0", "i2_s", "hf-ternary"])
+    quantize.add_argument("--name", required=True, help="the new version's model name")
+    quantize.add_argument("--version", required=True, help="the new version's label")
+    quantize.add_argument(
+        "--wait", action="store_true", help="follow the job (a running server's worker does it) until it ends"
+    )
+    for p in (push, listing, quantize):
         settings_flags(p, STORE_SETTINGS)
 
 
@@ -60,6 +71,13 @@ def run(args: Any, settings: Settings) -> str:
             return trio.run(
                 lambda: admin_models.push(settings, args.path, org=args.org, name=args.name, version=args.version)
             )
+        if args.models_command == "quantize":
+            return trio.run(
+                lambda: admin_models.quantize(
+                    settings, args.source, org=args.org, target=args.target, name=args.name,
+                    version=args.version, wait=args.wait,
+                )
+            )  # fmt: skip
         return trio.run(lambda: admin_models.list_models(settings, org=args.org))
     if args.admin_command == "rotate-keys":
         return trio.run(admin_models.rotate_keys, settings)

@@ -145,6 +145,14 @@ async def open_database_only(settings: Settings, *, as_owner: bool = False) -> A
         yield await stack.enter_async_context(open_database(dsn))
 
 
+@asynccontextmanager
+async def open_redis_only(settings: Settings) -> AsyncIterator[RedisStore]:
+    """Open just Redis (configured or the data dir's embedded one), for admin commands that queue work."""
+    async with AsyncExitStack() as stack:
+        url = settings.redis_url or await _embedded_redis(stack, settings.data_dir)
+        yield await stack.enter_async_context(open_redis(url))
+
+
 def object_store(settings: Settings) -> ObjectStore:
     """The configured object store: S3 when a bucket is set, else the filesystem store in the data dir
     (the caller closes it)."""
