@@ -20,6 +20,7 @@ from quart_trio import QuartTrio
 from bitnet_actor.api import (
     accounts,
     billing,
+    downloads,
     health,
     jobs,
     objects,
@@ -65,6 +66,7 @@ def create_app(handles: Handles) -> QuartTrio:
     app.register_blueprint(billing.blueprint)
     app.register_blueprint(uploads.blueprint)  # before registry: /models/uploads is not a model name
     app.register_blueprint(registry.blueprint)
+    app.register_blueprint(downloads.blueprint)
     app.register_blueprint(routes.blueprint)
     app.register_blueprint(jobs.blueprint)
     app.register_blueprint(openapi.blueprint)

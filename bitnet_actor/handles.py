@@ -203,4 +203,6 @@ class Handles:
     model_objects: EncryptedObjects
     """Model files in the object store, encrypted at rest (uploads, parts, conversion outputs)."""
     routes: RoutesHandle
+    link_key: bytes
+    """The key signing model download links (derived from the service's secret key)."""
     readiness: Readiness = field(default_factory=Readiness)

@@ -53,6 +53,7 @@ from bitnet_actor.services.billing.stripe import StripeBilling
 from bitnet_actor.services.email import LogEmailSender
 from bitnet_actor.services.jwt import JwtService
 from bitnet_actor.services.limits import RequestLimits
+from bitnet_actor.services.models import downloads
 from bitnet_actor.services.models.encrypted import EncryptedObjects
 from bitnet_actor.services.models.files import LocalFiles
 from bitnet_actor.services.models.keys import LocalKeyProvider
@@ -144,6 +145,7 @@ def build_handles(
         meter=meter or usage_meter(settings, stores, metrics),
         limits=limits or request_limits(settings, stores, metrics),
         routes=routes or RouteCache(stores.db, stores.redis),
+        link_key=downloads.link_key(secret_key(settings)),
         readiness=readiness or Readiness(),
     )
 

@@ -90,6 +90,57 @@ REGISTRY_PATHS: dict[str, Any] = {
         "parameters": [ORG, _NAME, _VERSION],
         "post": {"summary": "Deprecate a published version (it keeps serving)", "responses": ok("version")},
     },
+    "/api/v1/orgs/{org_id}/models/{name}/versions/{version}/download": {
+        "parameters": [ORG, _NAME, _VERSION],
+        "post": {
+            "summary": "A short-lived signed URL to download the version's file (needs models:write)",
+            "requestBody": {
+                "required": False,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"expires_in": {"type": "integer", "minimum": 1, "maximum": 86400}},
+                            "additionalProperties": False,
+                        }
+                    }
+                },
+            },
+            "responses": ok(
+                "the link",
+                {
+                    "type": "object",
+                    "properties": {
+                        "object": S,
+                        "url": S,
+                        "expires_at": {"type": "integer"},
+                        "model": S,
+                        "filename": S,
+                        "bytes": {"type": "integer"},
+                        "sha256": S,
+                    },
+                },
+            ),
+        },
+    },
+    "/api/v1/model-downloads/{token}": {
+        "parameters": [path_param("token", "the signed link's token")],
+        "get": {
+            "summary": "Download a version's file (decrypted) through a signed link; one byte range at most",
+            "security": [],
+            "parameters": [
+                {"name": "Range", "in": "header", "required": False, "schema": S},
+                {"name": "If-Range", "in": "header", "required": False, "schema": S},
+            ],
+            "responses": {
+                "200": {"description": "the file", "content": {"application/octet-stream": {}}},
+                "206": {"description": "the byte range asked for", "content": {"application/octet-stream": {}}},
+                "403": {"$ref": "#/components/responses/Error"},
+                "404": {"$ref": "#/components/responses/Error"},
+                "416": {"$ref": "#/components/responses/Error"},
+            },
+        },
+    },
     "/api/v1/orgs/{org_id}/models/{name}/versions/{version}/lineage": {
         "parameters": [ORG, _NAME, _VERSION],
         "get": {"summary": "The chain of versions to the root and how each was made", "responses": ok("list")},

@@ -165,6 +165,7 @@ ROUTES: list[tuple[str, str, dict | str | None, frozenset[str], Prepare]] = [
     ("POST", "/api/v1/orgs/{org}/models/{model}/versions/1/deprecate", None, KEY_MAKERS, a_model),
     ("DELETE", "/api/v1/orgs/{org}/models/{model}/versions/1", None, KEY_MAKERS, a_model),
     ("PUT", "/api/v1/orgs/{org}/models/{model}/aliases/stable", {"version": "1"}, KEY_MAKERS, a_model),
+    ("POST", "/api/v1/orgs/{org}/models/{model}/versions/1/download", None, KEY_MAKERS, a_model),
     ("POST", "/api/v1/orgs/{org}/models/uploads", {"total_bytes": 10}, KEY_MAKERS, nothing),
     ("GET", "/api/v1/orgs/{org}/routes", None, KEY_READERS, nothing),
     ("GET", "/api/v1/orgs/{org}/routes/{route}", None, KEY_READERS, a_route),

@@ -47,6 +47,7 @@ async def test_other_region_answers_421(aio_loop: object, pg_dsn: str, redis_url
                 ("GET", "/v1/models", None),
                 ("POST", "/api/v1/orgs/current/models/uploads", {"total_bytes": 10}),
                 ("PUT", "/api/v1/orgs/current/routes/ab", {"targets": [{"version": "a:1", "weight": 100}]}),
+                ("POST", "/api/v1/orgs/current/models/a/versions/1/download", {}),
             ]:
                 r = await c.request(method, path, json=body)
                 assert r.status_code == 421, (path, r.text)
