@@ -210,20 +210,22 @@ class JobWorker:
                 bytes_total=bytes_total, eta_s=round(eta, 2) if eta is not None else None,
             )  # fmt: skip
 
+        spent: list[float] = []
+
+        def convert() -> Any:
+            t0 = time.thread_time()
+            try:
+                return self._convert(
+                    src_path, dst, job.target, progress=progress, should_stop=stop.is_set,
+                    source_sha256=source.sha256,
+                )  # fmt: skip
+            finally:
+                spent.append(time.thread_time() - t0)
+
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._keep_alive, job, entry_id, latest, stop)
-                result = await trio.to_thread.run_sync(
-                    lambda: self._convert(
-                        src_path,
-                        dst,
-                        job.target,
-                        progress=progress,
-                        should_stop=stop.is_set,
-                        source_sha256=source.sha256,
-                    ),
-                    limiter=_CPU,
-                )
+                result = await trio.to_thread.run_sync(convert, limiter=_CPU)
                 nursery.cancel_scope.cancel()
             if stop.is_set():
                 raise JobCancelledError
@@ -249,6 +251,9 @@ class JobWorker:
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(_remove, job_dir)
+            if spent:
+                with trio.move_on_after(5, shield=True):
+                    await job_service.add_cpu_seconds(self._db, job, spent[0])
 
     async def _keep_alive(
         self, job: job_service.Job, entry_id: bytes, latest: dict[str, Any], stop: threading.Event

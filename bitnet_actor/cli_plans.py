@@ -14,7 +14,7 @@ __all__ = ["COMMANDS", "add_parsers", "run"]
 # ---- the command line --------------------------------------------------------------------------------------
 
 _PLAN_LIMITS = ("rpm", "tpm", "key_rpm", "key_tpm", "key_concurrency", "monthly_token_quota")
-_PLAN_INTS = ("monthly_fee_cents", "weight", "max_running")
+_PLAN_INTS = ("monthly_fee_cents", "weight", "max_running", "max_active_jobs")
 COMMANDS = ("plans", "edit-plan", "set-plan", "set-limits")
 
 

@@ -45,6 +45,9 @@ def test_plans_edit_and_assign(fresh_dsn_sync: str, redis_url: str, tmp_path: Pa
     r = run_cli("admin", "edit-plan", "--name", "team", "--rpm", "400", **env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["rpm"] == 400 and json.loads(r.stdout)["key_concurrency"] == 8
+    assert json.loads(r.stdout)["max_active_jobs"] == 4  # the default
+    r = run_cli("admin", "edit-plan", "--name", "team", "--max-active-jobs", "12", **env)
+    assert r.returncode == 0 and json.loads(r.stdout)["max_active_jobs"] == 12, r.stderr
 
     r = run_cli("admin", "create-org", "--name", "Acme", "--owner-email", "boss@acme.example", **env)
     assert r.returncode == 0, r.stderr
@@ -82,6 +85,7 @@ def test_bad_plans_and_limits_are_refused(fresh_dsn_sync: str, redis_url: str, t
         (("--name", "pro", "--input-price", "0.123456"), "more than 4 decimals"),
         (("--name", "pro", "--model-price", "demo=1"), "MODEL=INPUT,OUTPUT"),
         (("--name", "pro", "--weight", "0"), "weight must be a whole number between 1 and"),
+        (("--name", "pro", "--max-active-jobs", "1001"), "max_active_jobs must be a whole number between 1 and"),
         (("--name", "Bad Name", "--rpm", "1"), "a plan name is"),
         (("--name", "pro",), "needs at least one value"),
     ):  # fmt: skip

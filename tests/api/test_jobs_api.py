@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from actors.jobs import JobWorker
+from bitnet_actor.services.billing import plans
 from bitnet_actor.services.models import jobs as job_service
 from bitnet_actor.services.models.files import LocalFiles
 from tests.api.test_uploads_api import tar_of
@@ -117,6 +118,7 @@ async def test_a_tq2_0_job_completes_and_serves(harness: Harness, source_dir: Pa
     assert done == sorted(done) and len(set(done)) > 2, done  # monotone, seen moving
     final = await get(h, owner, org, job["id"])
     assert final["state"] == "succeeded" and final["attempts"] == 1 and final["result_version_id"]
+    assert final["cpu_seconds"] > 0  # the conversion thread's CPU time, recorded
     p = final["progress"]
     assert p["tensors_done"] == p["tensors_total"] > 0 and p["bytes_done"] == p["bytes_total"] > 0
     listed = await (await h.call("GET", f"/api/v1/orgs/{org}/jobs", owner)).get_json()
@@ -222,10 +224,15 @@ async def test_job_limits_and_conflicts(harness: Harness, source_dir: Path) -> N
     body = {"source": "src:1", "target": "tq2_0", "output_name": "o0", "output_version": "1"}
     r = await h.call("POST", f"/api/v1/orgs/{org}/jobs", owner, json=body)
     assert r.status_code == 409  # another job makes it
-    for i in range(1, job_service.MAX_ACTIVE_JOBS):
+    r = await h.call("POST", f"/api/v1/orgs/{org}/jobs", owner, json={**body, "output_name": "more"})
+    assert r.status_code == 429 and r.headers["Retry-After"]  # the free plan: one unfinished job
+    assert "its plan allows 1" in (await r.get_json())["error"]["message"]
+    await plans.set_org_plan(h.system.stores.db, uuid.UUID(org), "pro")
+    for i in range(1, 4):  # the pro plan's max_active_jobs
         await create(h, owner, org, f"o{i}")
     r = await h.call("POST", f"/api/v1/orgs/{org}/jobs", owner, json={**body, "output_name": "more"})
     assert r.status_code == 429 and r.headers["Retry-After"]
+    assert "its plan allows 4" in (await r.get_json())["error"]["message"]
     r = await h.call("POST", f"/api/v1/orgs/{org}/jobs", owner, json={**body, "output_name": "x", "target": "q4"})
     assert r.status_code == 400
     r = await h.call("POST", f"/api/v1/orgs/{org}/jobs", owner, json={**body, "source": "nope:1"})

@@ -84,6 +84,7 @@ class Plan:
     custom: bool = True
     model_prices: Mapping[str, ModelPrice] = field(default_factory=dict)
     max_upload_bytes: int | None = None  # None: no limit
+    max_active_jobs: int = 4  # unfinished conversion jobs at once
 
     def price(self, model: str) -> ModelPrice:
         """The price of ``model`` on this plan (its own, else the plan's default)."""
@@ -112,6 +113,7 @@ class Plan:
             "weight": self.weight,
             "max_running": self.max_running,
             "max_upload_bytes": self.max_upload_bytes,
+            "max_active_jobs": self.max_active_jobs,
             "custom": self.custom,
         }
 
@@ -164,6 +166,7 @@ def _plan(row: Record, prices: Mapping[str, ModelPrice]) -> Plan:
         custom=row["custom"],
         model_prices=prices,
         max_upload_bytes=row["max_upload_bytes"],
+        max_active_jobs=row["max_active_jobs"],
     )
 
 
@@ -277,8 +280,10 @@ async def upsert_plan(db: Database, name: str, values: Mapping[str, Any]) -> Pla
             if value not in ("hard", "overage"):
                 raise ValidationError("quota_mode must be hard or overage", field=key)
             cols[key] = value
-        elif key in ("weight", "max_running", "monthly_fee_cents"):
-            top = {"weight": 100, "max_running": 4096, "monthly_fee_cents": 100_000_000_000}[key]
+        elif key in ("weight", "max_running", "monthly_fee_cents", "max_active_jobs"):
+            top = {"weight": 100, "max_running": 4096, "monthly_fee_cents": 100_000_000_000, "max_active_jobs": 1000}[
+                key
+            ]
             low = 0 if key == "monthly_fee_cents" else 1
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= top:
                 raise ValidationError(f"{key} must be a whole number between {low} and {top}", field=key)

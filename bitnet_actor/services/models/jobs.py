@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from bitnet_actor.services.billing import plans
 from bitnet_actor.services.errors import ConflictStateError, NotFoundError, ThrottledError, ValidationError
 from bitnet_actor.services.models import registry
 
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 __all__ = [
     "DEAD_STREAM",
     "GROUP",
-    "MAX_ACTIVE_JOBS",
     "STREAM",
     "TARGETS",
     "Job",
@@ -56,14 +56,13 @@ DEAD_STREAM = "bitnet:jobs:dead"
 """Where a job that failed its last attempt is recorded (``job_id``, ``org_id``, ``error``)."""
 TARGETS = {"hf-ternary": "convert", "tq1_0": "quantize", "tq2_0": "quantize", "i2_s": "quantize"}
 """Target format -> job kind."""
-MAX_ACTIVE_JOBS = 4
 """Queued plus running jobs an organization may have at once (more: 429)."""
 FINAL = ("succeeded", "failed", "cancelled")
 
 _COLUMNS = (
     "j.id, j.org_id, j.kind, j.source_version_id, j.target, j.output_name, j.output_version, j.state,"
     " j.attempts, j.max_attempts, j.progress, j.error, j.result_version_id, j.cancel_requested, j.created_at,"
-    " j.started_at, j.finished_at, j.lease_until, j.worker"
+    " j.started_at, j.finished_at, j.lease_until, j.worker, j.cpu_seconds"
 )
 
 
@@ -90,6 +89,7 @@ class Job:
     finished_at: datetime | None
     lease_until: datetime | None
     worker: str | None
+    cpu_seconds: float = 0.0
 
     @classmethod
     def from_row(cls, row: Record) -> Job:
@@ -124,6 +124,7 @@ class Job:
             "error": self.error,
             "result_version_id": str(self.result_version_id) if self.result_version_id else None,
             "cancel_requested": self.cancel_requested,
+            "cpu_seconds": round(self.cpu_seconds, 3),
             "created_at": ts(self.created_at),
             "started_at": ts(self.started_at),
             "finished_at": ts(self.finished_at),
@@ -155,7 +156,7 @@ async def create_job(
         ValidationError: a bad target, source reference, name or version.
         NotFoundError: the source is not a ready version of this organization.
         ConflictStateError: the output version exists, or another unfinished job makes it.
-        ThrottledError: the organization has :data:`MAX_ACTIVE_JOBS` unfinished jobs already.
+        ThrottledError: the organization has its plan's ``max_active_jobs`` unfinished jobs already.
     """
     if target not in TARGETS:
         raise ValidationError(f"target must be one of {', '.join(TARGETS)}", field="target")
@@ -168,6 +169,7 @@ async def create_job(
         raise NotFoundError(f"the model {source!r} is not one of this organization's")
     if await registry.version_exists(db, org_id, output_name, output_version):
         raise ConflictStateError(f"model {output_name} already has a version {output_version!r}")
+    limit = (await plans.org_profile(db, org_id)).plan.max_active_jobs
     async with db.transaction(org_id=org_id) as tx:
         # One organization's job creations in turn, so the count below cannot be raced past.
         await tx.execute("SELECT pg_advisory_xact_lock(hashtextextended('model_jobs:' || $1::uuid::text, 0))", org_id)
@@ -176,9 +178,9 @@ async def create_job(
         )
         if any((r["output_name"], r["output_version"]) == (output_name, output_version) for r in active):
             raise ConflictStateError(f"another job is making {output_name}:{output_version}")
-        if len(active) >= MAX_ACTIVE_JOBS:
+        if len(active) >= limit:
             raise ThrottledError(
-                f"this organization has {len(active)} unfinished jobs (at most {MAX_ACTIVE_JOBS})", retry_after=30
+                f"this organization has {len(active)} unfinished jobs (its plan allows {limit})", retry_after=30
             )
         job_id = await tx.fetchval(
             "INSERT INTO model_jobs (org_id, kind, source_version_id, target, output_name, output_version,"
@@ -320,6 +322,14 @@ async def finish_cancelled(db: Database, job: Job, *, worker: str) -> None:
             " WHERE id = $1 AND state = 'running' AND worker = $2",
             job.id,
             worker,
+        )
+
+
+async def add_cpu_seconds(db: Database, job: Job, seconds: float) -> None:
+    """Add an attempt's conversion CPU time to the job (what the job cost, whatever its outcome)."""
+    async with db.transaction(org_id=job.org_id) as tx:
+        await tx.execute(
+            "UPDATE model_jobs SET cpu_seconds = cpu_seconds + $2 WHERE id = $1", job.id, max(0.0, seconds)
         )
 
 
