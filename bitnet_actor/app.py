@@ -30,10 +30,12 @@ from bitnet_actor.api import (
     routes,
     stripe_webhook,
     tokens,
+    traced,
     uploads,
 )
 from bitnet_actor.api.auth import OrgConverter
 from bitnet_actor.api.errors import install_error_handlers
+from bitnet_actor.observability import clear_log_context
 
 if TYPE_CHECKING:
     from bitnet_actor.handles import Handles
@@ -84,6 +86,9 @@ def create_app(handles: Handles) -> QuartTrio:
         g.started = time.perf_counter()
         metrics.http_in_flight.inc()
         g.counted = True
+        clear_log_context()
+
+    traced.install(app, handles.tracing)  # its hooks: after _start (the request id), before _finish (the ids)
 
     @app.after_request
     async def _finish(response: Response) -> Response:

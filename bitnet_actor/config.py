@@ -62,6 +62,7 @@ class Settings:
     no_demo_model: bool = False
     shutdown_grace: float = 30.0
     log_level: str = "info"
+    otel_endpoint: str = ""
     ratelimit_fail_open: float = 30.0
     stripe_api_key: str = ""
     stripe_api_base: str = ""
@@ -314,6 +315,11 @@ SETTINGS_DOC: dict[str, tuple[str, str, str]] = {
     "BITNET_REQUEST_TIMEOUT": ("--request-timeout", "600", "seconds a generation may take"),
     "BITNET_SHUTDOWN_GRACE": ("--shutdown-grace", "30", "seconds in-flight requests get after SIGTERM"),
     "BITNET_LOG_LEVEL": ("--log-level", "info", "debug, info, warning or error"),
+    "BITNET_OTEL_ENDPOINT": (
+        "--otel-endpoint",
+        "unset",
+        "OTLP/HTTP collector URL for traces (or the standard OTEL_EXPORTER_OTLP_* variables); unset: off",
+    ),
     "BITNET_RATELIMIT_FAIL_OPEN": (
         "--ratelimit-fail-open",
         "30",

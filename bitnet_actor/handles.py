@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import trio
 
+from bitnet_actor.tracing import Tracing
+
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
     from uuid import UUID
@@ -205,4 +207,6 @@ class Handles:
     routes: RoutesHandle
     link_key: bytes
     """The key signing model download links (derived from the service's secret key)."""
+    tracing: Tracing = field(default_factory=Tracing)
+    """Request traces (off unless an OTLP endpoint is configured)."""
     readiness: Readiness = field(default_factory=Readiness)

@@ -1,7 +1,10 @@
 """Logs and metrics.
 
-- Logs: one JSON object per line on stderr (``JsonFormatter``); the access log is the logger
-  ``bitnet_actor.access`` with one line per request (request id, method, route, status, latency).
+- Logs: one JSON object per line on stderr (``JsonFormatter``), every line with the same keys (docs/logging.md):
+  ``timestamp, level, service, logger, message, request_id, trace_id, span_id, org_id, latency_ms, error``
+  (null when they don't apply) and ``attrs`` for anything else a line carries. The request's ids come from
+  :func:`bind_log_context` (set by the HTTP hooks and the authentication); the access log is the logger
+  ``bitnet_actor.access`` with one line per request. Prompts, completions, keys and secrets are never logged.
 - Metrics: ``Metrics`` owns one Prometheus registry per service instance (so tests can run several), with
   process and platform collectors and the HTTP request counter / latency histogram. Labels are route
   templates and status codes, never tenant ids or raw paths (unbounded cardinality).
@@ -9,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
@@ -73,23 +77,52 @@ class _LiveCollector:
 # Fields of LogRecord that are not "extra" data.
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
+SERVICE = "bitnet-actor"
+LOG_KEYS = (
+    "timestamp", "level", "service", "logger", "message", "request_id", "trace_id", "span_id", "org_id",
+    "latency_ms", "error", "attrs",
+)  # fmt: skip
+"""The keys of every log line, in order (docs/logging.md)."""
+_CONTEXT_KEYS = ("request_id", "trace_id", "span_id", "org_id")
+_LOG_CONTEXT: contextvars.ContextVar[dict[str, str | None]] = contextvars.ContextVar("bitnet_log_context")
+
+
+def bind_log_context(**values: str | None) -> None:
+    """Attach ids (``request_id``, ``trace_id``, ``span_id``, ``org_id``) to the log lines of the current task
+    from now on (a request's task: its lines carry them without passing them around)."""
+    current = _LOG_CONTEXT.get(None)
+    merged = {**(current or {}), **{k: v for k, v in values.items() if k in _CONTEXT_KEYS}}
+    _LOG_CONTEXT.set(merged)
+
+
+def clear_log_context() -> None:
+    """Forget the current task's ids (a new request on a reused task)."""
+    _LOG_CONTEXT.set({})
+
 
 class JsonFormatter(logging.Formatter):
-    """Format a record as one JSON line: time, level, logger, message, any ``extra=`` fields, exception."""
+    """Format a record as one JSON line with :data:`LOG_KEYS`: the task's ids from :func:`bind_log_context`
+    (or the record's own ``extra=`` of the same names), ``latency_ms`` and ``error`` from ``extra=`` or the
+    exception, and the other ``extra=`` fields under ``attrs``."""
 
     def format(self, record: logging.LogRecord) -> str:
         """Return the record as a JSON object on one line."""
-        out: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in record.__dict__.items():
-            if key not in _RESERVED and not key.startswith("_"):
-                out[key] = value
+        extra = {k: v for k, v in record.__dict__.items() if k not in _RESERVED and not k.startswith("_")}
+        context = _LOG_CONTEXT.get(None) or {}
+        error = extra.pop("error", None)
         if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
+            error = self.formatException(record.exc_info)
+        out: dict[str, Any] = {
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "service": SERVICE,
+            "logger": record.name,
+            "message": record.getMessage(),
+            **{key: extra.pop(key, None) or context.get(key) for key in _CONTEXT_KEYS},
+            "latency_ms": extra.pop("latency_ms", None),
+            "error": error,
+            "attrs": extra,
+        }
         return json.dumps(out, default=str, ensure_ascii=False)
 
 

@@ -50,7 +50,7 @@ from bitnet_actor.observability import Metrics
 from bitnet_actor.services import platform_models
 from bitnet_actor.services.authn import AuthServices
 from bitnet_actor.services.billing.stripe import StripeBilling
-from bitnet_actor.services.email import LogEmailSender
+from bitnet_actor.services.email import FileEmailSender
 from bitnet_actor.services.jwt import JwtService
 from bitnet_actor.services.limits import RequestLimits
 from bitnet_actor.services.models import downloads
@@ -63,6 +63,7 @@ from bitnet_actor.services.refresh import RefreshTokens
 from bitnet_actor.services.sessions import SessionStore
 from bitnet_actor.services.throttle import LoginThrottle
 from bitnet_actor.stores import Stores, open_stores, secret_key
+from bitnet_actor.tracing import Tracing
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
@@ -129,6 +130,7 @@ def build_handles(
     limits: RequestLimits | None = None,
     readiness: Readiness | None = None,
     routes: RouteCache | None = None,
+    tracing: Tracing | None = None,
 ) -> Handles:
     """The web layer's handles over the running parts (the caller starts the actors behind them; a meter
     made here is not running: its events wait in its buffer, or spill once it is full)."""
@@ -146,6 +148,7 @@ def build_handles(
         limits=limits or request_limits(settings, stores, metrics),
         routes=routes or RouteCache(stores.db, stores.redis),
         link_key=downloads.link_key(secret_key(settings)),
+        tracing=tracing or Tracing(),
         readiness=readiness or Readiness(),
     )
 
@@ -225,7 +228,7 @@ def build_auth(
         keys=keys or KeyCache(stores.db, stores.redis),
         sessions=SessionStore(stores.redis),
         throttle=LoginThrottle(redis=stores.redis),
-        mailer=mailer or LogEmailSender(),
+        mailer=mailer or FileEmailSender(settings.data_dir / "mail"),
         jwt=JwtService(stores.db, encryption_key=key, issuer=base),
         refresh=RefreshTokens(stores.db),
         oidc=oidc,
@@ -408,6 +411,7 @@ async def run_system(
             meter = usage_meter(settings, stores, metrics)
             limits = request_limits(settings, stores, metrics)
             routes = RouteCache(stores.db, stores.redis)
+            tracing = Tracing.from_settings(settings)
             handles = build_handles(
                 settings,
                 stores,
@@ -418,6 +422,7 @@ async def run_system(
                 meter=meter,
                 limits=limits,
                 routes=routes,
+                tracing=tracing,
             )
             readiness = handles.readiness
             async with trio.open_nursery() as nursery:
@@ -452,6 +457,8 @@ async def run_system(
                     nursery.start_soon(_preload, cache, name, readiness.warming)
                 if auth.oidc is not None:
                     nursery.start_soon(_close_at_exit, auth.oidc.aclose)
+                if tracing.enabled:  # the last spans flushed to the collector at exit
+                    nursery.start_soon(_close_at_exit, partial(trio.to_thread.run_sync, tracing.shutdown))
                 if handle_signals:
                     nursery.start_soon(_watch_signals, stop, readiness.draining, nursery.cancel_scope)
                 else:

@@ -110,7 +110,7 @@ def test_serve_with_embedded_defaults_then_sigterm(data_dir: Path) -> None:
         assert processes_using(data_dir) == [], "embedded servers left running after shutdown"
         out = server.output()
         assert "Traceback" not in out
-        assert '"msg": "stopped"' in out
+        assert '"message": "stopped"' in out
     finally:
         server.close()
 

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 from uuid import UUID
 
-from quart import current_app, request
+from quart import current_app, g, request
 from werkzeug.routing import BaseConverter
 
 from bitnet_actor.api.errors import ApiError
+from bitnet_actor.api.traced import child_span
+from bitnet_actor.observability import bind_log_context
 from bitnet_actor.services import audit, authn, tenancy
 from bitnet_actor.services.authn import Principal
 from bitnet_actor.services.errors import AuthenticationError, PermissionDeniedError
@@ -93,12 +95,17 @@ def request_actor(principal: Principal | None = None) -> audit.Actor:
 
 
 async def authenticate(*, optional: bool = False) -> Principal | None:
-    """Resolve the caller from the request's credentials.
+    """Resolve the caller from the request's credentials (an ``auth`` span of the request's trace).
 
     Raises:
         ApiError: 401 for missing (unless ``optional``), malformed, unknown, revoked or expired credentials;
             403 for a cookie-authenticated unsafe request without the CSRF token.
     """
+    with child_span(handles().tracing, "auth"):
+        return await _authenticate(optional=optional)
+
+
+async def _authenticate(*, optional: bool) -> Principal | None:
     auth = handles().auth
     header = request.headers.get("Authorization", "")
     try:
@@ -188,7 +195,7 @@ async def org_access(org: OrgRef, permission: Permission) -> OrgAccess:
         if principal.key.org_id != org_id:
             raise not_found
         check_permission(permission, scopes=principal.key.scopes)
-        return OrgAccess(principal, org_id, None)
+        return bound(OrgAccess(principal, org_id, None))
     assert principal.user_id is not None
     if principal.token_org is not None and principal.token_org != org_id:
         raise not_found
@@ -198,7 +205,14 @@ async def org_access(org: OrgRef, permission: Permission) -> OrgAccess:
     check_permission(permission, role=role)
     if principal.token_scopes is not None:
         check_permission(permission, scopes=principal.token_scopes)
-    return OrgAccess(principal, org_id, role)
+    return bound(OrgAccess(principal, org_id, role))
+
+
+def bound(access: OrgAccess) -> OrgAccess:
+    """``access``, its organization now named by the request's log lines and trace."""
+    g.org_id = access.org_id
+    bind_log_context(org_id=str(access.org_id))
+    return access
 
 
 def check_permission(permission: Permission, *, role: str | None = None, scopes: frozenset[str] | None = None) -> None:

@@ -25,6 +25,7 @@ from bitnet_actor.services.email import MemoryEmailSender
 from bitnet_actor.services.sessions import COOKIE_NAME
 from bitnet_actor.stores import open_stores
 from bitnet_actor.system import build_auth, build_handles, build_model_cache
+from bitnet_actor.tracing import Tracing
 
 PASSWORD = "correct horse battery staple"
 
@@ -113,8 +114,8 @@ class Harness:
 
 
 @asynccontextmanager
-async def open_harness(settings: Settings) -> AsyncIterator[Harness]:
-    """The app over real stores with ``settings``, its key cache listening, a test client."""
+async def open_harness(settings: Settings, tracing: Tracing | None = None) -> AsyncIterator[Harness]:
+    """The app over real stores with ``settings`` (and ``tracing``), its key cache listening, a test client."""
     mailer = MemoryEmailSender()
     async with open_stores(settings) as stores:
         keys = KeyCache(stores.db, stores.redis)
@@ -127,6 +128,7 @@ async def open_harness(settings: Settings) -> AsyncIterator[Harness]:
             auth=auth,
             cache=build_model_cache(settings, metrics, {}),
             tenants=Tenants(stores.db),
+            tracing=tracing,
         )
         async with trio.open_nursery() as inner:
             await inner.start(keys.run)

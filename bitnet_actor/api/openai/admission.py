@@ -22,11 +22,12 @@ from quart import g, has_request_context, has_websocket_context
 
 from actors.inference import Generate
 from actors.model_cache import ModelCapacityError, ModelLoadFailedError, UnknownModelError
-from bitnet_actor.api.auth import OrgAccess, authenticate, check_permission, handles
+from bitnet_actor.api.auth import OrgAccess, authenticate, bound, check_permission, handles
 from bitnet_actor.api.errors import ApiError
 from bitnet_actor.api.openai.protocol import CHAT, COMPLETION, RequestType, bad
 from bitnet_actor.api.openai.run import Run
 from bitnet_actor.api.regions import check_home_region
+from bitnet_actor.api.traced import child_span, request_context
 from bitnet_actor.engine.tokenizer import TokenizerError
 from bitnet_actor.services import tenancy
 from bitnet_actor.services.errors import NotFoundError, ValidationError
@@ -80,7 +81,7 @@ async def inference_org(h: Handles, principal: Principal) -> OrgAccess:
     """
     if principal.key is not None:
         check_permission("inference", scopes=principal.key.scopes)
-        return OrgAccess(principal, principal.key.org_id, None)
+        return bound(OrgAccess(principal, principal.key.org_id, None))
     if principal.token_org is None or principal.user_id is None:
         raise ApiError(403, "inference needs an API key (or an access token bound to an organization)")
     role = await tenancy.membership_role(h.stores.db, principal.token_org, principal.user_id)
@@ -89,7 +90,7 @@ async def inference_org(h: Handles, principal: Principal) -> OrgAccess:
     check_permission("inference", role=role)
     if principal.token_scopes is not None:
         check_permission("inference", scopes=principal.token_scopes)
-    return OrgAccess(principal, principal.token_org, role)
+    return bound(OrgAccess(principal, principal.token_org, role))
 
 
 async def lease(
@@ -364,7 +365,8 @@ async def admit(h: Handles, access: OrgAccess, kind: RequestType, body: dict[str
         plan = plan_generation(kind, body, leased.model, leased.name)
         limits = await stack.enter_async_context(h.tenants.admit(access.org_id))
         reserve = (len(plan.prompt_ids) + plan.params["max_tokens"]) * plan.n
-        decision = await check_limits(h, access, limits, request_id=run_id, tokens=reserve)
+        with child_span(h.tracing, "rate_limit", tokens_reserved=reserve):
+            decision = await check_limits(h, access, limits, request_id=run_id, tokens=reserve)
         generate = Generate(
             org_id=access.org_id,
             prompt_ids=plan.prompt_ids,
@@ -388,7 +390,9 @@ async def admit(h: Handles, access: OrgAccess, kind: RequestType, body: dict[str
             if decision is not None:  # admitted, then refused further on: it used nothing
                 await h.limits.settle(decision, used_tokens=0)
         raise
-    return Run(plan, leased, access, recv, run_id, int(time.time()), h, stack, decision)
+    run = Run(plan, leased, access, recv, run_id, int(time.time()), h, stack, decision)
+    run.trace(request_context())
+    return run
 
 
 def sticky_id(access: OrgAccess) -> str:

@@ -8,12 +8,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import trio
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode
 
 from actors.scheduler import Failed, Finished, Token
 from bitnet_actor.services.billing.ledger import UsageEvent
+from bitnet_actor.tracing import epoch_ns
 
 if TYPE_CHECKING:
     import contextlib
+
+    from opentelemetry.context import Context
 
     from actors.model_cache import Lease
     from bitnet_actor.api.auth import OrgAccess
@@ -26,6 +31,7 @@ __all__ = ["Choice", "Run"]
 log = logging.getLogger(__name__)
 
 _RECORD_GRACE_S = 10
+_TOKENS_PER_EVENT = 16  # a decode event on the trace per this many tokens
 
 
 @dataclass(slots=True)
@@ -65,6 +71,35 @@ class Run:
     completion_tokens: int = 0
     queue_s: float = 0.0
     recorded: bool = False
+    span: Span | None = None
+    """The generation's span when tracing is on (see :meth:`trace`)."""
+
+    def trace(self, context: Context | None) -> None:
+        """Start the generation's span (GenAI semantic conventions) under ``context`` (the request's span;
+        None: a root span, as for a websocket's responses). Its queue, prefill and decode children are
+        written by :meth:`record` from the times the run saw."""
+        tracing = self.handles.tracing
+        if not tracing.enabled:
+            return
+        operation = "chat" if self.plan.chat else "text_completion"
+        params = self.plan.params
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": operation,
+            "gen_ai.provider.name": "bitnet-actor",
+            "gen_ai.request.model": self.plan.model,
+            "gen_ai.request.max_tokens": params.get("max_tokens") or 0,
+            "gen_ai.request.choice.count": self.plan.n,
+            "gen_ai.response.id": self.id,
+            "gen_ai.response.model": self.lease.name,
+            "gen_ai.usage.input_tokens": len(self.plan.prompt_ids) * self.plan.n,
+            "bitnet.org_id": str(self.access.org_id),
+        }
+        for name in ("temperature", "top_p", "top_k", "seed"):
+            if params.get(name) is not None:
+                attributes[f"gen_ai.request.{name}"] = params[name]
+        self.span = tracing.tracer.start_span(
+            f"{operation} {self.plan.model}", context=context, attributes=attributes, start_time=epoch_ns(self.started)
+        )
 
     def choice(self, index: int) -> Choice:
         """The choice ``index`` (created on first use)."""
@@ -82,6 +117,8 @@ class Run:
                 metrics.itl.labels(self.plan.model).observe(now - self.last_token_at)
             self.last_token_at = now
             self.completion_tokens += 1
+            if self.span is not None and self.completion_tokens % _TOKENS_PER_EVENT == 0:
+                self.span.add_event("gen_ai.decode.tokens", {"tokens": self.completion_tokens})
         elif isinstance(event, Finished):
             self.queue_s = max(self.queue_s, event.queue_s)
 
@@ -134,3 +171,35 @@ class Run:
                 request_data=self.plan.request_data,
             )
             self.handles.meter.record(event)
+            if self.span is not None:
+                self._end_span(outcome, finish, elapsed)
+
+    def _end_span(self, outcome: str, finish: str | None, elapsed: float) -> None:
+        """Write the queue / prefill / decode children from the recorded times and end the generation's span."""
+        span = self.span
+        assert span is not None
+        self.span = None
+        tracer = self.handles.tracing.tracer
+        context = trace.set_span_in_context(span)
+        now = time.perf_counter()
+        admitted = min(self.started + self.queue_s, now)
+        first = self.first_token_at if self.first_token_at is not None else now
+        last = self.last_token_at if self.last_token_at is not None else first
+        for name, start, end in (("queue_wait", self.started, admitted), ("prefill", admitted, max(first, admitted))):
+            tracer.start_span(name, context=context, start_time=epoch_ns(start)).end(end_time=epoch_ns(end))
+        if self.first_token_at is not None:
+            decode = tracer.start_span(
+                "decode", context=context, start_time=epoch_ns(first), attributes={"tokens": self.completion_tokens}
+            )
+            decode.end(end_time=epoch_ns(last))
+        span.add_event("stream.end", {"outcome": outcome})
+        span.set_attribute("gen_ai.usage.output_tokens", self.completion_tokens)
+        span.set_attribute(
+            "gen_ai.response.finish_reasons", [c.finish_reason or outcome for c in self.choices.values()]
+        )
+        span.set_attribute("bitnet.latency_ms", round(elapsed * 1000, 3))
+        if self.first_token_at is not None:
+            span.set_attribute("bitnet.ttft_ms", round((self.first_token_at - self.started) * 1000, 3))
+        if outcome not in ("completed", "cancelled") or finish in ("error", "timeout"):
+            span.set_status(Status(StatusCode.ERROR, finish or outcome))
+        span.end()
