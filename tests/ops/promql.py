@@ -62,9 +62,16 @@ def read(expr: str) -> Reading:
     """Return the metric names, functions and labels ``expr`` uses.
 
     Raises:
-        ValueError: an unbalanced brace or bracket (what is left cannot be read).
+        ValueError: unbalanced parentheses, braces or brackets (what is left cannot be read).
     """
     text = _STRING.sub('""', expr)
+    depth = 0
+    for c in text:
+        depth += {"(": 1, ")": -1}.get(c, 0)
+        if depth < 0:
+            break
+    if depth:
+        raise ValueError(f"unbalanced parentheses in {expr!r}")
     text = _VARIABLE.sub("1", text)
     matched: dict[str, set[str]] = {}
     for name, matchers in _SELECTOR.findall(text):

@@ -5,7 +5,10 @@ series), with the labels it groups and filters by."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +156,34 @@ def test_provisioning_points_at_the_dashboards() -> None:
     assert source["url"].startswith("${")  # taken from Grafana's environment
 
 
+def concrete(expr: str) -> str:
+    """``expr`` as Grafana sends it: intervals and ranges for $__*, a match-all regex for the others."""
+    return re.sub(r"\$\{?(\w+)\}?", lambda m: "1m" if m[1].startswith("__") else ".*", expr)
+
+
+def test_promtool_parses_every_expression(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("BITNET_TEST_REQUIRE_OPS_TOOLS") == "1":
+            pytest.fail("promtool is missing (BITNET_TEST_REQUIRE_OPS_TOOLS=1): Debian's prometheus package has it")
+        pytest.skip("promtool is missing (Debian's prometheus package has it)")
+    found = [(f"{path.name} {where}", expr) for path in DASHBOARDS for where, expr in expressions(load(path))]
+    rules = [
+        {"record": f"grafana:check:{i}", "expr": concrete(expr), "labels": {"where": where}}
+        for i, (where, expr) in enumerate(found)
+    ]
+    assert rules
+    good = tmp_path / "dashboards.rules.yaml"
+    good.write_text(yaml.safe_dump({"groups": [{"name": "grafana", "rules": rules}]}))
+    done = subprocess.run([promtool, "check", "rules", str(good)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    bad = tmp_path / "bogus.rules.yaml"  # the same check refuses a broken expression
+    broken = [{"record": "grafana:check:bad", "expr": concrete("sum by (le (rate(x[$__rate_interval]))")}]
+    bad.write_text(yaml.safe_dump({"groups": [{"name": "grafana", "rules": broken}]}))
+    done = subprocess.run([promtool, "check", "rules", str(bad)], capture_output=True, text=True, check=False)
+    assert done.returncode != 0
+
+
 # --- the PromQL checker itself
 
 
@@ -189,6 +220,8 @@ def test_the_checker_reports_what_is_not_exported() -> None:
         "histogram_quantile(0.9, rate(bitnet_http_request_duration_seconds_sum[5m]))": "no _bucket series",
         "histogram_quantile(0.9, sum(rate(bitnet_http_request_duration_seconds_bucket[5m])))": "without le",
         "sum(rate(bitnet_http_requests_total{a='1'[5m]))": "unbalanced",
+        "sum(rate((bitnet_http_requests_total[5m]))": "unbalanced parentheses",
+        "sum(rate(bitnet_http_requests_total[5m])))": "unbalanced parentheses",
     }
     for expr, expected in bad.items():
         assert any(expected in p for p in promql.problems(expr, exported)), (expr, promql.problems(expr, exported))
