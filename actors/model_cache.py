@@ -89,7 +89,8 @@ class ModelCacheStatistics:
     budget: int
     loads: int
     evictions: int
-    hits: int
+    hits: int  # acquires that found the model loaded
+    misses: int  # acquires that had to load it or wait for a load (hits + misses = acquires of known models)
     failures: int
 
 
@@ -109,7 +110,7 @@ class ModelCache:
         self._entries: dict[str, _Entry] = {}
         self._nursery: trio.Nursery | None = None
         self._lock = trio.Lock()  # one load at a time: budget decisions need a stable view
-        self.loads = self.evictions = self.hits = self.failures = 0
+        self.loads = self.evictions = self.hits = self.misses = self.failures = 0
 
     def register(self, name: str, path: str, *, pinned: bool = False) -> None:
         """Make ``name`` loadable from ``path`` (a local directory or file)."""
@@ -146,9 +147,12 @@ class ModelCache:
         entry = self._entries.get(name)
         if entry is None:
             raise UnknownModelError(f"the model {name!r} does not exist")
+        if entry.model is not None and entry.scheduler is not None:
+            self.hits += 1
+        else:
+            self.misses += 1
         while True:
             if entry.model is not None and entry.scheduler is not None:
-                self.hits += 1
                 entry.leases += 1
                 entry.last_used = time.monotonic()
                 return Lease(name, entry.model, entry.scheduler)
@@ -254,7 +258,14 @@ class ModelCache:
         """Loaded models, bytes, counters."""
         loaded = tuple(sorted(e.name for e in self._entries.values() if e.model is not None))
         return ModelCacheStatistics(
-            loaded, self._loaded_bytes(), self.budget_bytes, self.loads, self.evictions, self.hits, self.failures
+            loaded,
+            self._loaded_bytes(),
+            self.budget_bytes,
+            self.loads,
+            self.evictions,
+            self.hits,
+            self.misses,
+            self.failures,
         )
 
     def schedulers(self) -> dict[str, Scheduler]:

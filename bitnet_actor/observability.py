@@ -71,7 +71,18 @@ class _LiveCollector:
             yield CounterMetricFamily(
                 "bitnet_model_cache_hits", "Requests that found their model loaded.", value=cache.hits
             )
+            yield CounterMetricFamily(
+                "bitnet_model_cache_misses",
+                "Requests that found their model not loaded (they loaded it or waited for its load).",
+                value=cache.misses,
+            )
+            yield CounterMetricFamily("bitnet_model_load_failures", "Model loads that failed.", value=cache.failures)
             yield GaugeMetricFamily("bitnet_model_memory_bytes", "Bytes of loaded models.", value=cache.bytes)
+            yield GaugeMetricFamily(
+                "bitnet_model_memory_budget_bytes",
+                "The models' memory budget (BITNET_MODEL_MEMORY).",
+                value=cache.budget,
+            )
 
 
 # Fields of LogRecord that are not "extra" data.

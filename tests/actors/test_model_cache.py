@@ -50,7 +50,13 @@ async def test_concurrent_requests_share_one_load(model_dirs: tuple[Path, Path],
     assert calls == [str(model_dirs[0])]
     assert len({id(lease.model) for lease in leases}) == 1
     stats = cache.statistics()
-    assert (stats.loads, stats.hits) == (1, 5)
+    # None of the five found "a" loaded: one loaded it, four waited for that load.
+    assert (stats.loads, stats.hits, stats.misses) == (1, 0, 5)
+    for lease in leases:
+        cache.release(lease)
+    cache.release(await cache.acquire("a"))
+    stats = cache.statistics()
+    assert (stats.loads, stats.hits, stats.misses) == (1, 1, 5)
     with pytest.raises(UnknownModelError):
         await cache.acquire("nope")
 
@@ -79,6 +85,7 @@ async def test_failed_load_reaches_every_waiter_and_is_retried(
     assert len(errors) == 3
     assert "config.json" in str(errors[0])
     assert len(calls) == 1  # one load for the three waiters
+    assert (cache.statistics().misses, cache.statistics().failures) == (3, 1)
     shutil.rmtree(broken)
     shutil.copytree(model_dirs[0], broken)  # fixed on disk: the next request loads it
     lease = await cache.acquire("broken")
