@@ -172,6 +172,20 @@ class Metrics:
             "bitnet_http_requests_in_flight", "HTTP requests being handled now.", registry=self.registry
         )
         self.ready = Gauge("bitnet_ready", "1 when the last readiness check passed, else 0.", registry=self.registry)
+        self.dependency_up = Gauge(
+            "bitnet_dependency_up",
+            "1 when a backing store (postgres, redis, object_store) answered the last readiness check, else 0.",
+            ["dependency"],
+            registry=self.registry,
+        )
+        self.jobs_queued = Gauge(
+            "bitnet_jobs_queued",
+            "Conversion jobs on the Redis stream bitnet:jobs, read at scrape time: state=waiting (not yet taken by"
+            " a worker), state=pending (taken, not yet acknowledged: running or awaiting a retry). NaN when Redis"
+            " did not answer.",
+            ["state"],
+            registry=self.registry,
+        )
 
         latency = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128)
         self.ttft = Histogram(

@@ -109,6 +109,63 @@ async def test_readyz_names_the_failed_store(stores: Stores, tmp_path: Path) -> 
     await dead.aclose()
 
 
+def sample(text: str, name: str) -> float:
+    """The value of the one sample ``name`` (with its labels) in a Prometheus text exposition."""
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ")]
+    assert len(values) == 1, f"{name}: {values}"
+    return values[0]
+
+
+async def test_readiness_sets_a_gauge_per_dependency(stores: Stores, tmp_path: Path) -> None:
+    import math
+
+    import redis.asyncio as aioredis
+
+    from bitnet_actor.stores.redis import RedisStore
+
+    dead = RedisStore(aioredis.Redis.from_url("redis://127.0.0.1:1", socket_connect_timeout=1), "redis://127.0.0.1:1")
+    app, _ = build_app(Stores(db=stores.db, redis=dead, objects=stores.objects), tmp_path)
+    try:
+        async with app.test_app() as test_app:
+            client = test_app.test_client()
+            assert (await client.get("/readyz")).status_code == 503
+            text = (await (await client.get("/metrics")).get_data()).decode()
+            assert sample(text, 'bitnet_dependency_up{dependency="redis"}') == 0
+            assert sample(text, 'bitnet_dependency_up{dependency="postgres"}') == 1
+            assert sample(text, 'bitnet_dependency_up{dependency="object_store"}') == 1
+            assert sample(text, "bitnet_ready") == 0
+            # The job queue is on the Redis that does not answer: its depth is unknown, and the scrape still works.
+            assert math.isnan(sample(text, 'bitnet_jobs_queued{state="waiting"}'))
+            assert math.isnan(sample(text, 'bitnet_jobs_queued{state="pending"}'))
+    finally:
+        await dead.run(lambda r: r.aclose())
+    app, _ = build_app(stores, tmp_path)
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        assert (await client.get("/readyz")).status_code == 200
+        text = (await (await client.get("/metrics")).get_data()).decode()
+        for name in ("redis", "postgres", "object_store"):
+            assert sample(text, f'bitnet_dependency_up{{dependency="{name}"}}') == 1
+
+
+async def test_metrics_read_the_job_queue_depth_at_scrape_time(client, stores: Stores) -> None:
+    from bitnet_actor.services.models import jobs
+
+    async def waiting() -> float:
+        text = (await (await client.get("/metrics")).get_data()).decode()
+        sample(text, 'bitnet_jobs_queued{state="pending"}')  # present and a number
+        return sample(text, 'bitnet_jobs_queued{state="waiting"}')
+
+    before = await waiting()  # no job worker runs here: nothing takes entries meanwhile
+    assert before == (await jobs.queue_depth(stores.redis)).waiting
+    ids = [await stores.redis.run(lambda r: r.xadd(jobs.STREAM, {"job_id": "-", "org_id": "-"})) for _ in range(2)]
+    try:
+        assert await waiting() == before + 2
+    finally:
+        await stores.redis.run(lambda r: r.xdel(jobs.STREAM, *ids))
+    assert await waiting() == before
+
+
 async def test_readyz_waits_for_platform_models_to_load(stores: Stores, tmp_path: Path) -> None:
     app, system = build_app(stores, tmp_path)
     system.readiness.warming.update({"bitnet-demo", "big"})  # what run_system sets while the first loads run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import trio
@@ -9,6 +10,7 @@ from quart import Blueprint, Response, current_app, jsonify
 
 from bitnet_actor.api.errors import ApiError
 from bitnet_actor.observability import CONTENT_TYPE_LATEST
+from bitnet_actor.services.models import jobs as job_service
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -18,8 +20,10 @@ if TYPE_CHECKING:
 __all__ = ["blueprint"]
 
 blueprint = Blueprint("health", __name__)
+log = logging.getLogger(__name__)
 
 _CHECK_TIMEOUT_S = 3.0
+_SCRAPE_READ_TIMEOUT_S = 1.0  # a scrape must answer even when Redis does not (the gauge says NaN then)
 
 
 def _handles() -> Handles:
@@ -69,6 +73,8 @@ async def readyz() -> Response:
         for name, check in checks.items():
             nursery.start_soon(run, name, check)
     system.metrics.ready.set(0 if failures else 1)
+    for name in checks:
+        system.metrics.dependency_up.labels(name).set(0 if name in failures else 1)
     if failures:
         detail = "; ".join(f"{name}: {why}" for name, why in sorted(failures.items()))
         raise ApiError(503, f"not ready: {detail}", code="not_ready", headers={"Retry-After": "5"})
@@ -77,5 +83,16 @@ async def readyz() -> Response:
 
 @blueprint.get("/metrics")
 async def metrics() -> Response:
-    """Prometheus text exposition of this instance's registry."""
-    return Response(_handles().metrics.render(), content_type=CONTENT_TYPE_LATEST)
+    """Prometheus text exposition of this instance's registry, with the job queue's depth read now."""
+    system = _handles()
+    waiting = pending = float("nan")
+    with trio.move_on_after(_SCRAPE_READ_TIMEOUT_S):
+        try:
+            depth = await job_service.queue_depth(system.stores.redis)
+        except Exception as exc:
+            log.warning("could not read the job queue's depth: %s", exc)
+        else:
+            waiting, pending = depth.waiting, depth.pending
+    system.metrics.jobs_queued.labels("waiting").set(waiting)
+    system.metrics.jobs_queued.labels("pending").set(pending)
+    return Response(system.metrics.render(), content_type=CONTENT_TYPE_LATEST)

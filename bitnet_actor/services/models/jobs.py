@@ -9,8 +9,9 @@ another worker may :func:`claim` the job again. Every claim counts an attempt; a
 ``max_attempts`` puts the job back to ``queued`` (retried later), the last one fails it for good
 (dead-lettered). A finished job is never claimed again, so a stream entry delivered twice is harmless.
 
-The web layer calls :func:`create_job`, :func:`get_job`, :func:`list_jobs` and :func:`request_cancel`; the
-worker :func:`claim`, :func:`heartbeat`, :func:`succeed`, :func:`fail_attempt` and :func:`finish_cancelled`.
+The web layer calls :func:`create_job`, :func:`get_job`, :func:`list_jobs` and :func:`request_cancel` (and
+:func:`queue_depth` for the metrics); the worker :func:`claim`, :func:`heartbeat`, :func:`succeed`,
+:func:`fail_attempt` and :func:`finish_cancelled`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "STREAM",
     "TARGETS",
     "Job",
+    "QueueDepth",
     "claim",
     "create_job",
     "enqueue",
@@ -44,6 +46,7 @@ __all__ = [
     "get_job",
     "heartbeat",
     "list_jobs",
+    "queue_depth",
     "request_cancel",
     "succeed",
 ]
@@ -129,6 +132,46 @@ class Job:
             "started_at": ts(self.started_at),
             "finished_at": ts(self.finished_at),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    """Entries of :data:`STREAM` by their state in the workers' group (all organizations together)."""
+
+    waiting: int
+    """Not yet delivered to any worker."""
+    pending: int
+    """Delivered and not yet acknowledged: running, awaiting a retry, or left by a dead worker."""
+
+
+_DEPTH_CAP = 10_000
+"""On Redis < 7 (no ``lag`` in XINFO GROUPS) the waiting entries are counted by reading them, at most this many."""
+
+
+async def queue_depth(redis: RedisStore, *, stream: str = STREAM, group: str = GROUP) -> QueueDepth:
+    """How many entries of ``stream`` wait for a worker of ``group`` and how many a worker holds.
+
+    Before any worker created the group every entry waits. The stream is never trimmed, so its length is not
+    the depth: ``waiting`` is the group's ``lag`` (Redis >= 7), else the entries after its last delivered id,
+    counted up to :data:`_DEPTH_CAP`.
+    """
+    name = group
+
+    async def read(r: Any) -> QueueDepth:  # noqa: ASYNC910  # an asyncio coroutine (RedisStore.run)
+        if not await r.exists(stream):
+            return QueueDepth(0, 0)
+        groups = await r.xinfo_groups(stream)
+        info = next((g for g in groups if g["name"] in (name, name.encode())), None)
+        if info is None:
+            return QueueDepth(int(await r.xlen(stream)), 0)
+        lag = info.get("lag")
+        if lag is None:  # Redis < 7, or 7 after deletions made the lag unknown
+            last = info["last-delivered-id"]
+            last = last.decode() if isinstance(last, bytes) else str(last)
+            lag = len(await r.xrange(stream, min=f"({last}", max="+", count=_DEPTH_CAP))
+        return QueueDepth(int(lag), int(info["pending"]))
+
+    return await redis.run(read)
 
 
 async def enqueue(redis: RedisStore, job_id: UUID, org_id: UUID) -> None:
