@@ -41,6 +41,15 @@ setup() {
     "$PY" setup.py --quiet build_ext --inplace >/dev/null
     if [[ ",$extras," == *",test,"* ]]; then
         opencl_cpu
+        ops_tools
+    fi
+}
+
+# promtool and amtool (Debian's prometheus packages) for the alert-rule and config tests of tests/ops; they
+# skip without them unless BITNET_TEST_REQUIRE_OPS_TOOLS=1 (CI), which makes them fail instead.
+ops_tools() {
+    if ! bash "$ROOT/ops/install_promtool.sh"; then
+        say "could not install promtool/amtool: the Prometheus config tests will skip (or fail under CI)"
     fi
 }
 
