@@ -177,9 +177,7 @@ class JobWorker:
             permanent = isinstance(cause, (ModelLoadError, ServiceError)) and not isinstance(cause, DeviceError)
             log.warning("job %s attempt %d failed: %s", job.id, job.attempts, cause, exc_info=not permanent)
             error = str(cause) if permanent else f"{type(cause).__name__}: {cause}"
-            return await job_service.fail_attempt(
-                self._db, job, worker=self.name, error=error, permanent=permanent
-            )
+            return await job_service.fail_attempt(self._db, job, worker=self.name, error=error, permanent=permanent)
         if await job_service.succeed(self._db, job, worker=self.name, version_id=version_id):
             return "succeeded"
         return "lost"
