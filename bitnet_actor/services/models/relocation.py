@@ -125,10 +125,10 @@ async def move_org_objects(
     report = MoveReport()
     for index, row in enumerate(rows, 1):
         key, source = row["object_key"], row["region"]
-        size, copied = await _copy(objects, key, source, target)
+        size, copied, drop_old = await _copy(objects, key, source, target)
         if not await _switch(objects, org_id, key, source, target):
             continue  # deleted or moved meanwhile: the copy was cleaned up
-        if copied:
+        if drop_old:
             await stores.stored_in(source).delete(key)
         report += MoveReport(moved=1, bytes=size)
         if on_object is not None:
@@ -139,21 +139,21 @@ async def move_org_objects(
     return report
 
 
-async def _copy(objects: EncryptedObjects, key: str, source: str | None, target: str | None) -> tuple[int, bool]:
+async def _copy(objects: EncryptedObjects, key: str, source: str | None, target: str | None) -> tuple[int, bool, bool]:
     """Copy one object's ciphertext from ``source``'s store to ``target``'s and verify it; return (its
-    size, whether the old copy must go)."""
+    size, whether it was copied now, whether the old copy must go once the data key is switched)."""
     stores = objects.stores
     src, dst = stores.stored_in(source), stores.stored_in(target)
     if stores.same_store(source, target):
-        return (await src.stat(key)).size, False
+        return (await src.stat(key)).size, False, False
     try:
         size = (await src.stat(key)).size
     except ObjectNotFoundError:
         if await dst.exists(key):  # the old copy went already (another run's): nothing to copy
-            return (await dst.stat(key)).size, False
+            return (await dst.stat(key)).size, False, False
         raise
     if await dst.exists(key) and (await dst.stat(key)).size == size:
-        return size, True  # copied by an interrupted run (a store's put is atomic: it is whole)
+        return size, False, True  # copied by an interrupted run (a store's put is atomic: it is whole)
     async with src.open_stream(key) as stream:
         info = await dst.put(stream)
     if info.key != key or info.size != size or (await dst.stat(key)).size != size:
@@ -163,7 +163,7 @@ async def _copy(objects: EncryptedObjects, key: str, source: str | None, target:
             f"the copy of {key} in region {target or 'default'}'s store does not verify "
             f"({info.key}, {info.size} bytes; expected {size} bytes): nothing was switched, run it again"
         )
-    return size, True
+    return size, True, True
 
 
 async def _switch(objects: EncryptedObjects, org_id: UUID, key: str, source: str | None, target: str | None) -> bool:
