@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -18,12 +19,15 @@ import trio_asyncio
 from bitnet_actor.services import api_keys, audit, tenancy
 from bitnet_actor.services.billing import invoices, usage
 from bitnet_actor.services.errors import NotFoundError, ValidationError
-from bitnet_actor.stores import open_database_only
+from bitnet_actor.stores import open_database_only, region_stores
 from bitnet_actor.stores.embedded import EmbeddedRedis, redis_answers
 from bitnet_actor.stores.redis import open_redis
 
 if TYPE_CHECKING:
+    from typing import TextIO
+
     from bitnet_actor.config import Settings
+    from bitnet_actor.services.models.relocation import ObjectMoved
     from bitnet_actor.stores.redis import RedisStore
 
 __all__ = ["create_key", "create_org", "invoice_json", "revoke_key", "set_region", "usage_table", "verify_audit"]
@@ -96,16 +100,43 @@ async def revoke_key(settings: Settings, *, org: str, name: str) -> str:
     return f"revoked {len(keys)} key{'s' if len(keys) != 1 else ''} named {name} in {org}"
 
 
-async def set_region(settings: Settings, *, org: str, region: str, move_data: bool = False) -> str:
-    """Move an organization's home region (refused while it has stored models, unless ``move_data``)."""
+async def set_region(
+    settings: Settings, *, org: str, region: str, move_data: bool = False, out: TextIO = sys.stderr
+) -> str:
+    """Move an organization's home region (refused while it has stored models, unless ``move_data``: then its
+    objects move to the new region's store first, a progress line per object on ``out``); return the summary.
+    """
     from bitnet_actor.services import regions
+    from bitnet_actor.services.models.encrypted import EncryptedObjects
+    from bitnet_actor.services.models.keys import LocalKeyProvider
 
-    async with trio_asyncio.open_loop(), open_database_only(settings) as db:
+    def progress(moved: ObjectMoved) -> None:
+        how = "copied" if moved.copied else "already there"
+        print(
+            f"[{moved.index}/{moved.total}] {moved.key} ({moved.size} bytes): "
+            f"{moved.source or 'default'} -> {moved.target or 'default'} store ({how})",
+            file=out,
+            flush=True,
+        )
+
+    async with trio_asyncio.open_loop(), open_database_only(settings) as db, AsyncExitStack() as stack:
         org_id = await tenancy.org_id_by_name(db, org)
-        before, after = await regions.set_region(db, org_id, region, move_data=move_data)
-    if before == after:
-        return f"organization {org} is already in region {after}"
-    return f"moved organization {org} from region {before} to {after} (replicas follow within a minute)"
+        objects = None
+        if move_data:
+            stores = region_stores(settings)
+            stack.push_async_callback(stores.aclose)
+            objects = EncryptedObjects(stores, db, LocalKeyProvider.from_settings(settings))
+        change = await regions.set_region(db, org_id, region, objects=objects, on_object=progress)
+    moved = ""
+    if change.moved is not None:
+        cleaned = f", {change.moved.cleaned} leftover old copies deleted" if change.moved.cleaned else ""
+        moved = f"; moved {change.moved.moved} object(s), {change.moved.bytes} bytes{cleaned}"
+    if change.before == change.after:
+        return f"organization {org} is already in region {change.after}{moved}"
+    return (
+        f"moved organization {org} from region {change.before} to {change.after}{moved}"
+        " (replicas follow within a minute)"
+    )
 
 
 async def _running_redis(settings: Settings, stack: AsyncExitStack) -> RedisStore | None:

@@ -25,7 +25,7 @@ from bitnet_actor.services.errors import ConflictStateError, ValidationError
 from bitnet_actor.services.models import jobs, registry, uploads
 from bitnet_actor.services.models.encrypted import EncryptedObjects
 from bitnet_actor.services.models.keys import LocalKeyProvider
-from bitnet_actor.stores import object_store, open_database_only, open_redis_only
+from bitnet_actor.stores import open_database_only, open_redis_only, region_stores
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -107,9 +107,9 @@ async def push(settings: Settings, path: Path, *, org: str, name: str, version: 
     total = await trio.to_thread.run_sync(_size, path)
     async with trio_asyncio.open_loop(), open_database_only(settings) as db, AsyncExitStack() as stack:
         org_id = await tenancy.org_id_by_name(db, org)
-        store = object_store(settings)
-        stack.push_async_callback(store.aclose)
-        objects = EncryptedObjects(store, db, LocalKeyProvider.from_settings(settings))
+        stores = region_stores(settings)
+        stack.push_async_callback(stores.aclose)
+        objects = EncryptedObjects(stores, db, LocalKeyProvider.from_settings(settings))
         spool_dir = settings.data_dir / "uploads-tmp"
         progress = _Bytes(out, str(path), total)
         limit = (await org_profile(db, org_id)).plan.max_upload_bytes
@@ -217,9 +217,9 @@ async def quantize(
 async def rotate_keys(settings: Settings) -> str:
     """Re-wrap every model object's data key under the current master key (data untouched)."""
     async with trio_asyncio.open_loop(), open_database_only(settings, as_owner=True) as owner, AsyncExitStack() as st:
-        store = object_store(settings)
-        st.push_async_callback(store.aclose)
-        report = await EncryptedObjects(store, owner, LocalKeyProvider.from_settings(settings)).rotate(owner)
+        stores = region_stores(settings)
+        st.push_async_callback(stores.aclose)
+        report = await EncryptedObjects(stores, owner, LocalKeyProvider.from_settings(settings)).rotate(owner)
     return (
         f"data keys re-wrapped under the current master key: {report.rewrapped}"
         f" (already current: {report.already_current})"
@@ -230,9 +230,9 @@ async def shred_org(settings: Settings, *, org: str) -> str:
     """Crypto-shred an organization's model objects: their data keys destroyed, their ciphertext deleted."""
     async with trio_asyncio.open_loop(), open_database_only(settings) as db, AsyncExitStack() as stack:
         org_id = await tenancy.org_id_by_name(db, org)
-        store = object_store(settings)
-        stack.push_async_callback(store.aclose)
-        destroyed = await EncryptedObjects(store, db, LocalKeyProvider.from_settings(settings)).shred_org(org_id)
+        stores = region_stores(settings)
+        stack.push_async_callback(stores.aclose)
+        destroyed = await EncryptedObjects(stores, db, LocalKeyProvider.from_settings(settings)).shred_org(org_id)
         async with db.transaction(org_id=org_id) as tx:
             await tx.execute("DELETE FROM model_uploads WHERE org_id = $1", org_id)
             await tx.execute("DELETE FROM model_versions WHERE org_id = $1", org_id)

@@ -100,9 +100,12 @@ def _build_parser() -> argparse.ArgumentParser:
     set_region.add_argument(
         "--region", dest="target_region", required=True, help="the new region (a BITNET_REGION of some replicas)"
     )
-    set_region.add_argument("--move-data", action="store_true", help="also move its stored models (not yet)")
-    for p in (create_org, create_key, revoke_key, set_region):
+    set_region.add_argument(
+        "--move-data", action="store_true", help="also move its stored objects to the new region's object store"
+    )
+    for p in (create_org, create_key, revoke_key):
         _add_settings_flags(p, local)
+    _add_settings_flags(set_region, local + cli_models.STORE_SETTINGS)
     cli_plans.add_parsers(admin_sub, lambda p: _add_settings_flags(p, local))
     cli_models.add_admin_parsers(admin_sub, lambda p, extra: _add_settings_flags(p, local + extra))
     cli_models.add_models_parser(sub, lambda p, extra: _add_settings_flags(p, local + extra))

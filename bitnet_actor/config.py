@@ -19,7 +19,14 @@ from bitnet_actor.errors import ConfigError
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["SETTINGS_DOC", "Settings", "default_data_dir", "parse_master_keys", "parse_region_urls"]
+__all__ = [
+    "SETTINGS_DOC",
+    "Settings",
+    "default_data_dir",
+    "parse_master_keys",
+    "parse_region_stores",
+    "parse_region_urls",
+]
 
 
 def default_data_dir() -> Path:
@@ -70,6 +77,7 @@ class Settings:
     payment_grace_days: float = 7.0
     region: str = "default"
     region_urls: str = ""
+    region_stores: str = ""
 
     @property
     def base_url(self) -> str:
@@ -108,8 +116,19 @@ class Settings:
             raise ConfigError("BITNET_DATABASE_URL must be a postgresql:// URL")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("BITNET_REDIS_URL must be a redis://, rediss:// or unix:// URL")
-        if any([self.s3_endpoint, self.s3_access_key_id, self.s3_secret_access_key]) and not self.s3_bucket:
-            raise ConfigError("BITNET_S3_BUCKET is required when any other BITNET_S3_* setting is given")
+        region_stores = parse_region_stores(self.region_stores)
+        on_s3 = any(url.startswith("s3://") for url in region_stores.values())
+        s3_settings = [self.s3_endpoint, self.s3_access_key_id, self.s3_secret_access_key]
+        if any(s3_settings) and not self.s3_bucket and not on_s3:
+            raise ConfigError(
+                "BITNET_S3_BUCKET is required when any other BITNET_S3_* setting is given (unless "
+                "BITNET_REGION_STORES names an s3:// store)"
+            )
+        if on_s3 and not (self.s3_access_key_id and self.s3_secret_access_key):
+            raise ConfigError(
+                "BITNET_S3_ACCESS_KEY_ID and BITNET_S3_SECRET_ACCESS_KEY are required with s3:// stores in "
+                "BITNET_REGION_STORES"
+            )
         if self.s3_bucket and not (self.s3_access_key_id and self.s3_secret_access_key):
             raise ConfigError(
                 "BITNET_S3_ACCESS_KEY_ID and BITNET_S3_SECRET_ACCESS_KEY are required with BITNET_S3_BUCKET"
@@ -260,6 +279,48 @@ def parse_region_urls(raw: str) -> dict[str, str]:
     return out
 
 
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_STORES_FORM = "REGION=s3://BUCKET[/PREFIX] or REGION=file:///ABSOLUTE/PATH"
+
+
+def parse_region_stores(raw: str) -> dict[str, str]:
+    """``REGION=URL,...`` -> region -> the URL of its object store, normalized: ``s3://bucket`` or
+    ``s3://bucket/prefix`` (no trailing slash; the endpoint and credentials are the ``BITNET_S3_*`` ones), or
+    ``file:///absolute/path`` (no trailing slash).
+
+    Raises:
+        ConfigError: a malformed entry, a bad region name, a bad bucket, a relative or non-local file path,
+            a region given twice.
+    """
+    out: dict[str, str] = {}
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        region, sep, url = item.partition("=")
+        region, url = region.strip(), url.strip()
+        if not sep or not _REGION_RE.match(region):
+            raise ConfigError(f"BITNET_REGION_STORES entries must be {_STORES_FORM}, not {item!r}")
+        if region in out:
+            raise ConfigError(f"BITNET_REGION_STORES: region {region!r} is given twice")
+        out[region] = _store_url(item, url)
+    return out
+
+
+def _store_url(item: str, url: str) -> str:
+    if url.startswith("s3://"):
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        prefix = prefix.strip("/")
+        if not _BUCKET_RE.match(bucket) or "//" in prefix:
+            raise ConfigError(f"BITNET_REGION_STORES: {item!r} needs a bucket name (3-63 of a-z, 0-9, '.', '-')")
+        return f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+    if url.startswith("file://"):
+        path = url.removeprefix("file://")
+        if not path.startswith("/") or path.rstrip("/") == "":
+            raise ConfigError(f"BITNET_REGION_STORES: {item!r} needs an absolute path: file:///ABSOLUTE/PATH")
+        return "file://" + path.rstrip("/")
+    raise ConfigError(f"BITNET_REGION_STORES entries must be {_STORES_FORM}, not {item!r}")
+
+
 def _convert(name: str, raw: str) -> object:
     kind = {
         "data_dir": Path,
@@ -334,5 +395,10 @@ SETTINGS_DOC: dict[str, tuple[str, str, str]] = {
         "--region-urls",
         "unset",
         "REGION=BASE_URL,... where each region is served (named in 421 answers)",
+    ),
+    "BITNET_REGION_STORES": (
+        "--region-stores",
+        "unset",
+        "REGION=s3://BUCKET[/PREFIX] or REGION=file:///PATH,...: a region's own object store; others: the default",
     ),
 }

@@ -134,7 +134,9 @@ def build_handles(
 ) -> Handles:
     """The web layer's handles over the running parts (the caller starts the actors behind them; a meter
     made here is not running: its events wait in its buffer, or spill once it is full)."""
-    model_objects = EncryptedObjects(stores.objects, stores.db, LocalKeyProvider.from_settings(settings))
+    model_objects = EncryptedObjects(
+        stores.regions or stores.objects, stores.db, LocalKeyProvider.from_settings(settings)
+    )
     return Handles(
         settings=settings,
         stores=stores,

@@ -45,6 +45,15 @@ def test_from_env_reads_prefixed_variables() -> None:
         ({"BITNET_REGION_URLS": "eu"}, "entries must be REGION=http"),
         ({"BITNET_REGION_URLS": "eu=ftp://x"}, "entries must be REGION=http"),
         ({"BITNET_REGION_URLS": "eu=http://a,eu=http://b"}, "region 'eu' is given twice"),
+        ({"BITNET_REGION_STORES": "eu"}, "entries must be REGION=s3://BUCKET"),
+        ({"BITNET_REGION_STORES": "EU=file:///x"}, "entries must be REGION=s3://BUCKET"),
+        ({"BITNET_REGION_STORES": "eu=https://s3.example/b"}, "entries must be REGION=s3://BUCKET"),
+        ({"BITNET_REGION_STORES": "eu=file://relative/path"}, "needs an absolute path"),
+        ({"BITNET_REGION_STORES": "eu=file:///"}, "needs an absolute path"),
+        ({"BITNET_REGION_STORES": "eu=s3://"}, "needs a bucket name"),
+        ({"BITNET_REGION_STORES": "eu=s3://Bad_Bucket/p"}, "needs a bucket name"),
+        ({"BITNET_REGION_STORES": "eu=file:///a,eu=file:///b"}, "region 'eu' is given twice"),
+        ({"BITNET_REGION_STORES": "eu=s3://models-eu"}, "are required with s3:// stores in BITNET_REGION_STORES"),
     ],
 )
 def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:
@@ -67,6 +76,21 @@ def test_regions_parse() -> None:
     assert settings.validated().region == "eu"
     assert parse_region_urls(settings.region_urls) == {"eu": "https://eu.x", "us": "http://us.x"}
     assert Settings().region == "default"
+
+
+def test_region_stores_parse() -> None:
+    from bitnet_actor.config import parse_region_stores
+
+    raw = " eu = s3://models-eu/prod/ , us=file:///srv/objects-us/, ap=s3://models-ap"
+    assert parse_region_stores(raw) == {
+        "eu": "s3://models-eu/prod",
+        "us": "file:///srv/objects-us",
+        "ap": "s3://models-ap",
+    }
+    assert parse_region_stores("") == {}
+    keys = {"BITNET_S3_ACCESS_KEY_ID": "a", "BITNET_S3_SECRET_ACCESS_KEY": "b", "BITNET_S3_ENDPOINT": "http://s3"}
+    # S3 credentials without a default bucket are fine when a region's store is on S3
+    assert Settings.from_env({**keys, "BITNET_REGION_STORES": raw}).validated().region_stores == raw
 
 
 def test_every_field_is_documented() -> None:

@@ -13,20 +13,21 @@ import os
 import secrets
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import trio
 
+from bitnet_actor.config import parse_region_stores
 from bitnet_actor.stores.embedded import EmbeddedPostgres, EmbeddedRedis
 from bitnet_actor.stores.migrate import migrate
-from bitnet_actor.stores.objects import FilesystemObjectStore, ObjectStore, S3ObjectStore
+from bitnet_actor.stores.objects import FilesystemObjectStore, ObjectStore, RegionStores, S3ObjectStore
 from bitnet_actor.stores.postgres import Database, open_database
 from bitnet_actor.stores.redis import RedisStore, open_redis
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
-    from pathlib import Path
 
     from bitnet_actor.config import Settings
 
@@ -37,25 +38,28 @@ __all__ = [
     "object_store",
     "open_database_only",
     "open_stores",
+    "region_stores",
     "secret_key",
 ]
 
 log = logging.getLogger(__name__)
 
 
-async def _shielded(fn: Callable[[], Awaitable[None]]) -> None:
-    with trio.move_on_after(10, shield=True):
-        await fn()
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Stores:
-    """The open storage backends of one process."""
+    """The open storage backends of one process.
+
+    Attributes:
+        objects: The default object store.
+        regions: The stores of every region (``BITNET_REGION_STORES``), ``objects`` as their default; None:
+            ``objects`` is the only one.
+    """
 
     db: Database
     redis: RedisStore
     objects: ObjectStore
     embedded: tuple[str, ...] = ()
+    regions: RegionStores | None = None
 
 
 def load_or_create_secret(data_dir: Path, name: str, nbytes: int = 32) -> bytes:
@@ -154,21 +158,55 @@ async def open_redis_only(settings: Settings) -> AsyncIterator[RedisStore]:
 
 
 def object_store(settings: Settings) -> ObjectStore:
-    """The configured object store: S3 when a bucket is set, else the filesystem store in the data dir
-    (the caller closes it)."""
+    """The configured (default) object store: S3 when a bucket is set, else the filesystem store in the data
+    dir (the caller closes it)."""
     if settings.uses_s3:
-        tmp = settings.data_dir / "tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
-        return S3ObjectStore(
-            endpoint_url=settings.s3_endpoint or None,
-            bucket=settings.s3_bucket,
-            access_key_id=settings.s3_access_key_id,
-            secret_access_key=settings.s3_secret_access_key,
-            region=settings.s3_region,
-            tmp_dir=tmp,
-        )
+        return _s3_store(settings, settings.s3_bucket, "")
+    return _filesystem_store(settings, settings.data_dir / "objects")
+
+
+def region_stores(settings: Settings) -> RegionStores:
+    """The object stores of every region: those of ``BITNET_REGION_STORES``, opened on first use, and
+    :func:`object_store` for the others (the caller closes them all with ``aclose``).
+
+    Raises:
+        ConfigError: ``BITNET_REGION_STORES`` is malformed.
+    """
+    default = object_store(settings)
+    location = f"s3://{settings.s3_bucket}" if settings.uses_s3 else f"file://{settings.data_dir / 'objects'}"
+    return RegionStores(
+        default,
+        parse_region_stores(settings.region_stores),
+        open_store=lambda url: _store_at(settings, url),
+        default_location=location,
+    )
+
+
+def _store_at(settings: Settings, url: str) -> ObjectStore:
+    """The store of a URL of ``BITNET_REGION_STORES`` (normalized: ``s3://bucket[/prefix]``, ``file:///path``)."""
+    if url.startswith("s3://"):
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        return _s3_store(settings, bucket, prefix)
+    return _filesystem_store(settings, Path(url.removeprefix("file://")))
+
+
+def _s3_store(settings: Settings, bucket: str, prefix: str) -> S3ObjectStore:
+    tmp = settings.data_dir / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    return S3ObjectStore(
+        endpoint_url=settings.s3_endpoint or None,
+        bucket=bucket,
+        access_key_id=settings.s3_access_key_id,
+        secret_access_key=settings.s3_secret_access_key,
+        region=settings.s3_region,
+        prefix=prefix,
+        tmp_dir=tmp,
+    )
+
+
+def _filesystem_store(settings: Settings, root: Path) -> FilesystemObjectStore:
     return FilesystemObjectStore(
-        settings.data_dir / "objects",
+        root,
         signing_key=load_or_create_secret(settings.data_dir, "object-url-signing.key"),
         base_url=settings.base_url,
     )
@@ -203,8 +241,8 @@ async def open_stores(
         app = app_dsn(dsn, settings.database_app_user, settings.database_app_password)
         db = await stack.enter_async_context(open_database(app))
         redis = await stack.enter_async_context(open_redis(redis_url))
-        objects = object_store(settings)
+        regions = region_stores(settings)
         if not settings.uses_s3:
             embedded.append("objects")
-        stack.push_async_callback(_shielded, objects.aclose)
-        yield Stores(db=db, redis=redis, objects=objects, embedded=tuple(embedded))
+        stack.push_async_callback(regions.aclose)
+        yield Stores(db=db, redis=redis, objects=regions.default, embedded=tuple(embedded), regions=regions)

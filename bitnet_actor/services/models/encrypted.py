@@ -8,6 +8,11 @@ ciphertexts under two data keys, and the plaintext digest beside each is what de
 
 A crash between storing the ciphertext and its data key leaves an object no one can decrypt and no row names;
 it is garbage (safe to delete), never a readable leak.
+
+Regions: an organization's objects go to its home region's store
+(:class:`~bitnet_actor.stores.objects.RegionStores`), and the data key records which (its ``region``); reads
+and deletes go to the recorded store, so objects stay readable wherever they were put. Platform objects use
+the default store. :mod:`.relocation` moves an organization's objects to another region's store.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import trio
 
 from bitnet_actor.services.models import keys as _keys
 from bitnet_actor.services.models.crypto import DEFAULT_CHUNK_SIZE, DecryptingStream, EncryptingStream, RangeDecryptor
+from bitnet_actor.stores.objects import RegionStores
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator
@@ -73,43 +79,62 @@ class EncryptedObjects:
     """Encrypted model objects for every organization (``org_id`` None: a platform object).
 
     Args:
-        store: Where the ciphertext goes.
+        stores: Where the ciphertext goes: the stores of every region, or one store for everything (not
+            closed here either way).
         db: The service role's database (row-level security scopes data keys to the organization).
         keys: The master keys.
         chunk_size: Plaintext bytes per authenticated chunk for new objects.
     """
 
     def __init__(
-        self, store: ObjectStore, db: Database, keys: KeyProvider, *, chunk_size: int = DEFAULT_CHUNK_SIZE
+        self,
+        stores: RegionStores | ObjectStore,
+        db: Database,
+        keys: KeyProvider,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> None:
         """See the class docstring."""
-        self._store = store
+        self._stores = stores if isinstance(stores, RegionStores) else RegionStores(stores)
         self._db = db
         self._keys = keys
         self._chunk_size = chunk_size
 
+    @property
+    def stores(self) -> RegionStores:
+        """The object stores, by region."""
+        return self._stores
+
+    @property
+    def db(self) -> Database:
+        """The database of the data keys (the service role's)."""
+        return self._db
+
     async def put(self, org_id: uuid.UUID | None, data: bytes | AsyncIterable[bytes]) -> EncryptedObject:
-        """Encrypt and store ``data`` (never held whole in memory) for ``org_id``.
+        """Encrypt and store ``data`` (never held whole in memory) for ``org_id``, in its home region's store.
 
         Raises:
             StoreError: The object store or the database failed (no data key is left behind; the
                 ciphertext is deleted).
         """
         source = _Once(data) if isinstance(data, bytes) else data
+        region = self._stores.placement(await self.home_region(org_id))
+        store = self._stores.for_region(region)
         dek = secrets.token_bytes(32)
         data_key_id = uuid.uuid4()
         stream = EncryptingStream(
             source, dek=dek, data_key_id=data_key_id, nonce_prefix=secrets.token_bytes(8), chunk_size=self._chunk_size
         )
-        info = await self._store.put(stream)
+        info = await store.put(stream)
         try:
             await _keys.store_data_key(
                 self._db, self._keys, data_key_id=data_key_id, org_id=org_id, object_key=info.key, dek=dek,
                 plaintext_sha256=stream.sha256, plaintext_size=stream.size, chunk_size=self._chunk_size,
+                region=region,
             )  # fmt: skip
         except BaseException:
             with trio.move_on_after(_CLEANUP_S, shield=True):
-                await self._store.delete(info.key)  # undecryptable without its key; don't leave it
+                await store.delete(info.key)  # undecryptable without its key; don't leave it
             raise
         return EncryptedObject(info, stream.sha256, stream.size, data_key_id)
 
@@ -131,10 +156,11 @@ class EncryptedObjects:
             ObjectIntegrityError: a bad header or an impossible size.
         """
         data_key, dek = await self._unwrapped(org_id, key)
-        size = (await self._store.stat(key)).size
+        store = self._stores.stored_in(data_key.region)
+        size = (await store.stat(key)).size
 
         async def read_at(offset: int, length: int) -> bytes:
-            return await self._store.read_range(key, offset, length)
+            return await store.read_range(key, offset, length)
 
         return await RangeDecryptor.open(read_at, ciphertext_len=size, dek=dek, data_key_id=data_key.id)
 
@@ -148,19 +174,33 @@ class EncryptedObjects:
         return await _keys.find_by_plaintext(self._db, org_id=org_id, plaintext_sha256=plaintext_sha256)
 
     async def delete(self, org_id: uuid.UUID | None, key: str) -> None:
-        """Delete an object of ``org_id``'s and its data key (the key first: what is left can never be read)."""
+        """Delete an object of ``org_id``'s and its data key (the key first: what is left can never be read),
+        from the store its data key names (without one: the store the organization's objects go to now)."""
         async with self._db.transaction(org_id=org_id) as tx:
-            await tx.execute("DELETE FROM model_data_keys WHERE object_key = $1", key)
-        await self._store.delete(key)
+            row = await tx.fetchrow("DELETE FROM model_data_keys WHERE object_key = $1 RETURNING region", key)
+        if row is not None:
+            store = self._stores.stored_in(row["region"])
+        else:
+            store = self._stores.for_region(self._stores.placement(await self.home_region(org_id)))
+        await store.delete(key)
 
     async def shred_org(self, org_id: uuid.UUID, *, delete_objects: bool = True) -> int:
         """Crypto-shred an organization's objects (see :func:`.keys.shred_org`); optionally delete their
         ciphertext too (undecryptable either way). Returns how many data keys were destroyed now."""
-        object_keys = await _keys.shred_org(self._db, org_id)
+        shredded = await _keys.shred_org(self._db, org_id)
         if delete_objects:
-            for key in object_keys:
-                await self._store.delete(key)
-        return len(object_keys)
+            for key, region in shredded:
+                await self._stores.stored_in(region).delete(key)
+        return len(shredded)
+
+    async def home_region(self, org_id: uuid.UUID | None) -> str | None:
+        """``org_id``'s home region (None for platform objects, and without region stores: nothing to
+        choose)."""
+        if org_id is None or not self._stores.regions:
+            return None
+        async with self._db.transaction(org_id=org_id, readonly=True) as tx:
+            region: str | None = await tx.fetchval("SELECT region FROM organizations WHERE id = $1", org_id)
+        return region
 
     async def rotate(self, owner_db: Database) -> RotationReport:
         """Re-wrap every data key under the current master key (see :func:`.keys.rotate`; ``owner_db``
@@ -190,7 +230,8 @@ class PlaintextStream:
     async def _open(self) -> AsyncIterator[bytes]:
         if self._plain is None:
             data_key, dek = await self._objects._unwrapped(self._org_id, self._key)
-            source = self._objects._store.open_stream(self._key, chunk_size=data_key.chunk_size + 16)
+            store = self._objects.stores.stored_in(data_key.region)
+            source = store.open_stream(self._key, chunk_size=data_key.chunk_size + 16)
             await source.__aenter__()
             self._source, self.data_key = source, data_key
             self._plain = DecryptingStream(

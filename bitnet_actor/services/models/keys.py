@@ -181,6 +181,8 @@ class DataKey:
         plaintext_sha256 / plaintext_size: The plaintext's identity and size.
         chunk_size: The object's plaintext chunk size.
         created_at / destroyed_at: When it was stored and (if it was) shredded.
+        region: The region whose object store holds it; None for the default store
+            (:class:`~bitnet_actor.stores.objects.RegionStores`).
     """
 
     id: uuid.UUID
@@ -193,6 +195,7 @@ class DataKey:
     chunk_size: int
     created_at: datetime
     destroyed_at: datetime | None
+    region: str | None = None
 
     async def unwrap(self, keys: KeyProvider) -> bytes:
         """Return the DEK.
@@ -208,7 +211,7 @@ class DataKey:
 
 _COLUMNS = (
     "id, org_id, object_key, key_id, wrapped_key, plaintext_sha256, plaintext_size, chunk_size, created_at, "
-    "destroyed_at"
+    "destroyed_at, region"
 )
 
 
@@ -223,8 +226,10 @@ async def store_data_key(
     plaintext_sha256: str,
     plaintext_size: int,
     chunk_size: int,
+    region: str | None = None,
 ) -> DataKey:
-    """Wrap ``dek`` with the current master key and store it for ``object_key``, as ``org_id``.
+    """Wrap ``dek`` with the current master key and store it for ``object_key``, as ``org_id``; ``region``
+    names the store the object was put in (None: the default store).
 
     Raises:
         ConflictError: a data key is already stored for ``object_key`` (or under ``data_key_id``).
@@ -233,8 +238,8 @@ async def store_data_key(
     async with db.transaction(org_id=org_id) as tx:
         row = await tx.fetchrow(
             "INSERT INTO model_data_keys (id, org_id, object_key, key_id, wrapped_key, plaintext_sha256, "
-            f"plaintext_size, chunk_size) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {_COLUMNS}",
-            data_key_id, org_id, object_key, key_id, wrapped, plaintext_sha256, plaintext_size, chunk_size,
+            f"plaintext_size, chunk_size, region) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {_COLUMNS}",
+            data_key_id, org_id, object_key, key_id, wrapped, plaintext_sha256, plaintext_size, chunk_size, region,
         )  # fmt: skip
     assert row is not None
     return DataKey(**dict(row))
@@ -265,7 +270,7 @@ async def find_by_plaintext(db: Database, *, org_id: uuid.UUID | None, plaintext
     return None if row is None else DataKey(**dict(row))
 
 
-async def shred_org(db: Database, org_id: uuid.UUID) -> list[str]:
+async def shred_org(db: Database, org_id: uuid.UUID) -> list[tuple[str, str | None]]:
     """Crypto-shred an organization: destroy the wrapped DEKs of all its objects, which can then never be
     decrypted again. Idempotent.
 
@@ -274,15 +279,16 @@ async def shred_org(db: Database, org_id: uuid.UUID) -> list[str]:
     master key and the old master key is deleted (a wrapped DEK without its master key is noise).
 
     Returns:
-        The store keys of the objects whose keys were destroyed now (their ciphertext may be deleted).
+        ``(store key, region)`` of the objects whose keys were destroyed now (their ciphertext, in that
+        region's store, may be deleted).
     """
     async with db.transaction(org_id=org_id) as tx:
         rows = await tx.fetch(
             "UPDATE model_data_keys SET wrapped_key = NULL, destroyed_at = now() "
-            "WHERE org_id = $1 AND destroyed_at IS NULL RETURNING object_key",
+            "WHERE org_id = $1 AND destroyed_at IS NULL RETURNING object_key, region",
             org_id,
         )
-    return [row["object_key"] for row in rows]
+    return [(row["object_key"], row["region"]) for row in rows]
 
 
 @dataclass(frozen=True, slots=True)

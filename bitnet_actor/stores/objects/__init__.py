@@ -21,7 +21,7 @@ Typical use::
                 ...
 
 Modules: :mod:`._keys` (keys, :class:`ObjectInfo`, presigned-URL signatures), :mod:`._base` (the interface and
-the shared machinery), :mod:`.filesystem` and :mod:`.s3` (the backends).
+the shared machinery), :mod:`.filesystem` and :mod:`.s3` (the backends), :mod:`.regions` (a store per region).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from bitnet_actor.stores.objects._keys import (
     verify_presigned,
 )
 from bitnet_actor.stores.objects.filesystem import FilesystemObjectStore
+from bitnet_actor.stores.objects.regions import RegionStores
 from bitnet_actor.stores.objects.s3 import S3ObjectStore
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "ObjectInfo",
     "ObjectStore",
     "ObjectStream",
+    "RegionStores",
     "S3ObjectStore",
     "key_for_digest",
     "sign_presigned",

@@ -1,4 +1,5 @@
-"""A tiny HF model directory with a tokenizer and chat template (written once per session), and archives of it."""
+"""A tiny HF model directory with a tokenizer and chat template (written once per session), and archives of it;
+a database of its own per test for the encrypted-objects tests."""
 
 from __future__ import annotations
 
@@ -6,11 +7,15 @@ import io
 import json
 import os
 import tarfile
+import uuid
 import zipfile
 from typing import TYPE_CHECKING
 
 import pytest
 
+from bitnet_actor.stores import app_dsn
+from bitnet_actor.stores.migrate import migrate
+from bitnet_actor.stores.postgres import Database, open_database
 from tests.stores.conftest import s3_server
 
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
@@ -18,7 +23,31 @@ os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 __all__ = ["s3_server"]  # the store tests' SeaweedFS server, for the encrypted-objects tests
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from pathlib import Path
+
+
+class Dbs:
+    """The tables' owner and the service role, on a database of the test's own."""
+
+    def __init__(self, owner: Database, app: Database) -> None:
+        self.owner, self.app = owner, app
+
+    async def new_org(self) -> uuid.UUID:
+        org: uuid.UUID = await self.owner.fetchval(
+            "INSERT INTO organizations (name) VALUES ($1) RETURNING id", f"crypto-{uuid.uuid4().hex[:8]}"
+        )
+        return org
+
+
+@pytest.fixture
+async def dbs(fresh_dsn: str) -> AsyncIterator[Dbs]:
+    """A database of this test's own (rotation walks every row), migrated; and the service role's pool."""
+    async with open_database(fresh_dsn, max_size=2) as owner:
+        await migrate(owner)
+        async with open_database(app_dsn(fresh_dsn, "bitnet_app"), max_size=4) as app:
+            yield Dbs(owner, app)
+
 
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
 

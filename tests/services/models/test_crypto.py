@@ -37,15 +37,13 @@ from bitnet_actor.services.models.crypto import (
     ciphertext_size,
     plaintext_size,
 )
-from bitnet_actor.stores import app_dsn
-from bitnet_actor.stores.migrate import migrate
 from bitnet_actor.stores.objects import FilesystemObjectStore, ObjectStore, S3ObjectStore
-from bitnet_actor.stores.postgres import Database, open_database
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Callable
     from pathlib import Path
 
+    from tests.services.models.conftest import Dbs
     from tests.stores.conftest import S3Server
 
 
@@ -325,26 +323,6 @@ async def test_local_key_provider_from_settings(tmp_path: Path) -> None:
 
 
 # -------------------------------------------------------------------- EncryptedObjects: stores and PostgreSQL
-
-
-class Dbs:
-    def __init__(self, owner: Database, app: Database) -> None:
-        self.owner, self.app = owner, app
-
-    async def new_org(self) -> uuid.UUID:
-        org: uuid.UUID = await self.owner.fetchval(
-            "INSERT INTO organizations (name) VALUES ($1) RETURNING id", f"crypto-{uuid.uuid4().hex[:8]}"
-        )
-        return org
-
-
-@pytest.fixture
-async def dbs(fresh_dsn: str) -> AsyncIterator[Dbs]:
-    """A database of this test's own (rotation walks every row), migrated; and the service role's pool."""
-    async with open_database(fresh_dsn, max_size=2) as owner:
-        await migrate(owner)
-        async with open_database(app_dsn(fresh_dsn, "bitnet_app"), max_size=4) as app:
-            yield Dbs(owner, app)
 
 
 @pytest.fixture(params=["fs", "s3"])
