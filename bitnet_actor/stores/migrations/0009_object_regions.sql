@@ -1,4 +1,4 @@
--- 0008: where each encrypted model object is stored (bitnet_actor/stores/objects/regions.py).
+-- 0009: where each encrypted model object is stored (bitnet_actor/stores/objects/regions.py).
 --
 -- An organization's objects go to its home region's object store when BITNET_REGION_STORES gives that region
 -- one, else to the default store (BITNET_S3_BUCKET or the data dir). region records which: a region name, or
