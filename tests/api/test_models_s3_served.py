@@ -5,8 +5,6 @@ through a signed link as the uploaded bytes, and gone from the bucket once delet
 from __future__ import annotations
 
 import hashlib
-import io
-import tarfile
 import uuid
 from typing import TYPE_CHECKING
 
@@ -16,6 +14,7 @@ import trio
 
 from bitnet_actor.engine.convert import convert_model
 from tests.api.served import _org_with_key, serve
+from tests.api.test_uploads_api import tar_of
 from tests.stores.conftest import s3_server
 
 if TYPE_CHECKING:
@@ -24,14 +23,6 @@ if TYPE_CHECKING:
     from tests.stores.conftest import S3Server
 
 __all__ = ["s3_server"]
-
-
-def _tar(model_dir: Path) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        for path in sorted(model_dir.iterdir()):
-            tf.add(path, arcname=path.name)
-    return buf.getvalue()
 
 
 def _bucket_objects(server: S3Server) -> dict[str, bytes]:
@@ -54,7 +45,7 @@ async def test_upload_serve_download_and_delete_on_s3(
 ) -> None:
     gguf = tmp_path / "tiny.gguf"
     await trio.to_thread.run_sync(lambda: convert_model(model_dir, gguf, "i2_s"))
-    files = {"g": gguf.read_bytes(), "h": _tar(model_dir)}
+    files = {"g": gguf.read_bytes(), "h": tar_of(model_dir, top=None)}
     tokenizer = (model_dir / "tokenizer.json").read_bytes()
     s3 = {
         "s3_endpoint": s3_server.endpoint_url,
