@@ -27,9 +27,10 @@ A backup holds:
 - ``manifest.json``, written last (a backup without one is incomplete): the time, the schema version, the tables'
   row counts, every object with its size and SHA-256, the versions of pg_dump and of this tool.
 
-Restore refuses a database that holds any table (unless ``--force``: the backup's objects then replace the
-database's), checks the dump and every object against the manifest before it changes anything, restores the
-database in one transaction and checks the row counts, and copies secrets only where the target has none.
+Restore refuses a database that holds any table (unless ``--force``: its schemas are then dropped with all
+they hold, in a transaction of their own, before the backup's are restored), checks the dump and every object
+against the manifest before it changes anything, restores the database in one transaction and checks the row
+counts, and copies secrets only where the target has none.
 
 Progress goes to stderr, the summary to stdout. Exit status: 0 done; 1 the backup or restore failed (a damaged
 backup, a database that is not empty, a server or tool missing); 2 bad arguments. Errors are one line.
@@ -655,7 +656,8 @@ def _restore_database(
     conn, env = _libpq(dsn)
     argv = [pg_restore, "--verbose", "--no-owner", "--exit-on-error", "--single-transaction", f"--dbname={conn}"]
     if force and before["tables"]:
-        argv += ["--clean", "--if-exists"]
+        _sql(dsn, _empty_database)  # not pg_restore --clean: it trips over partitioned indexes
+        progress("database: --force: dropped the database's schemas and their contents")
     retarget: list[str] = []
     if entry["owner"] != owner:
         # The backup's owner_all policies name the role it was taken as; this install's owner is another.
@@ -684,6 +686,22 @@ def _restore_database(
     if retarget:
         _sql(dsn, owner_policies)
         progress(f"database: owner_all policies of {len(retarget)} tables now name {owner}")
+
+
+async def _empty_database(conn: Any) -> None:
+    """Drop every schema of the database with its contents and re-create ``public`` as a new database has it."""
+    schemas = await conn.fetch(
+        "SELECT nspname FROM pg_namespace WHERE nspname NOT IN ('pg_catalog', 'information_schema')"
+        " AND nspname NOT LIKE 'pg_toast%' AND nspname NOT LIKE 'pg_temp%'"
+    )
+    async with conn.transaction():
+        for row in schemas:
+            await conn.execute(f"DROP SCHEMA {_quote_ident(row['nspname'])} CASCADE")
+        await conn.execute("CREATE SCHEMA public")
+        await conn.execute("GRANT USAGE ON SCHEMA public TO PUBLIC")
+        with contextlib.suppress(Exception):
+            async with conn.transaction():
+                await conn.execute("ALTER SCHEMA public OWNER TO pg_database_owner")
 
 
 def _quote_ident(name: str) -> str:

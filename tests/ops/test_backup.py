@@ -12,6 +12,7 @@ import sys
 import uuid
 from functools import partial
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -22,7 +23,7 @@ from tests.api.served import _org_with_key, serve
 from tests.api.test_org_models_served import tar_bytes
 from tests.conftest import with_database
 from tests.ops._tools import REPO, require
-from tests.test_cli import clean_env
+from tests.test_cli import clean_env, run_cli
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -74,20 +75,26 @@ async def _sql(dsn: str, query: str) -> Any:
     return await trio.to_thread.run_sync(asyncio.run, _fetch(dsn, query))
 
 
+async def _digests(dsn: str) -> dict[str, tuple[int, str | None]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        tables = await conn.fetch(
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND n.nspname = 'public' ORDER BY 1"
+        )
+        out = {}
+        for (table,) in tables:
+            row = await conn.fetchrow(f"SELECT count(*), md5(string_agg(x::text, '|' ORDER BY x::text)) FROM {table} x")
+            assert row is not None
+            out[table] = (row[0], row[1])
+        return out
+    finally:
+        await conn.close()
+
+
 async def table_digests(dsn: str) -> dict[str, tuple[int, str | None]]:
     """Every table's row count and a checksum of its rows (as the superuser: row-level security does not apply)."""
-    tables = await _sql(
-        dsn,
-        "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS t FROM pg_class c"
-        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND n.nspname = 'public' ORDER BY 1",
-    )
-    out = {}
-    for row in tables:
-        (got,) = await _sql(
-            dsn, f"SELECT count(*) AS n, md5(string_agg(x::text, '|' ORDER BY x::text)) AS h FROM {row[0]} x"
-        )
-        out[row[0]] = got
-    return out
+    return await trio.to_thread.run_sync(asyncio.run, _digests(dsn))
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -203,3 +210,55 @@ def test_bad_arguments(tmp_path: Path) -> None:
     assert_one_line_error(run("restore", "--from", "s3://"), "names no bucket", code=2)
     (tmp_path / "manifest.json").write_text("{not json")
     assert_one_line_error(run("restore", "--from", str(tmp_path)), "is not JSON")
+
+
+def test_restore_as_another_owner_and_force(
+    two_databases: tuple[str, str], pg_dsn: str, redis_url: str, tmp_path: Path
+) -> None:
+    """Restored by a role that is neither a superuser nor the one the backup was taken as: it owns everything,
+    the owner_all policies name it (its SECURITY DEFINER lookups and the audit check see every row), and the
+    service role works under row-level security; ``--force`` then replaces the database's contents."""
+    require(_pg_dump_available(), "pg_dump is missing (neither the pgserver package nor PATH has it)")
+    source_dsn, _ = two_databases
+    src: dict[str, Any] = {
+        "BITNET_DATABASE_URL": source_dsn,
+        "BITNET_REDIS_URL": redis_url,
+        "BITNET_DATA_DIR": str(tmp_path / "a"),
+    }
+    r = run_cli("admin", "create-org", "--name", "Acme", "--owner-email", "o@acme.example", **src)
+    assert r.returncode == 0, r.stderr
+    assert run("backup", "--to", str(tmp_path / "bk"), **src).returncode == 0
+
+    role, database = f"owner_{uuid.uuid4().hex[:8]}", f"bitnet_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_fetch(pg_dsn, f"CREATE ROLE {role} LOGIN NOSUPERUSER"))
+    asyncio.run(_fetch(pg_dsn, f'CREATE DATABASE "{database}" OWNER {role}'))
+    try:
+        parts = urlsplit(with_database(pg_dsn, database))
+        dsn = urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc.rpartition('@')[2]}"))
+        dst: dict[str, Any] = {
+            "BITNET_DATABASE_URL": dsn,
+            "BITNET_REDIS_URL": redis_url,
+            "BITNET_DATA_DIR": str(tmp_path / "b"),
+        }
+        r = run("restore", "--from", str(tmp_path / "bk"), **dst)
+        assert r.returncode == 0, r.stderr
+        assert "owner_all policies of" in r.stderr and f"now name {role}" in r.stderr
+        assert "BITNET_SECRET_KEY" not in r.stdout and "master.key" in r.stdout  # the keys to bring
+        owners = asyncio.run(_fetch(dsn, "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'"))
+        assert owners == [(role,)]
+        r = run_cli("admin", "create-key", "--org", "Acme", "--name", "after", "--scopes", "inference", **dst)
+        assert r.returncode == 0 and r.stdout.startswith("bnk_live_"), r.stderr
+        r = run_cli("audit", "verify", **dst)
+        assert r.returncode == 0, r.stdout + r.stderr
+        keys = "SELECT count(*) FROM api_keys"
+        assert asyncio.run(_fetch(with_database(pg_dsn, database), keys)) == [(1,)]
+
+        r = run("restore", "--from", str(tmp_path / "bk"), **dst)
+        assert_one_line_error(r, "pass --force")
+        r = run("restore", "--from", str(tmp_path / "bk"), "--force", **dst)
+        assert r.returncode == 0, r.stderr
+        assert asyncio.run(_fetch(with_database(pg_dsn, database), keys)) == [(0,)]  # the backup's state again
+        assert asyncio.run(_digests(with_database(pg_dsn, database))) == asyncio.run(_digests(source_dsn))
+    finally:
+        asyncio.run(_fetch(pg_dsn, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        asyncio.run(_fetch(pg_dsn, f"DROP ROLE {role}"))
