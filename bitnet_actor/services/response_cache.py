@@ -102,7 +102,11 @@ class ResponseCache:
         except (UnicodeDecodeError, json.JSONDecodeError):
             log.warning("response cache entry %s is damaged (a miss)", key)
             return None
-        return body if isinstance(body, dict) and isinstance(body.get("choices"), list) else None
+        choices = body.get("choices") if isinstance(body, dict) else None
+        if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+            log.warning("response cache entry %s is not a response (a miss)", key)
+            return None
+        return dict(body)
 
     async def put(self, key: str, body: Mapping[str, Any], ttl_s: int) -> bool:
         """Keep ``body`` (without ``id`` / ``created``) under ``key`` for ``ttl_s`` seconds; whether it was."""

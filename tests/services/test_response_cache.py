@@ -128,7 +128,7 @@ async def test_too_large_or_damaged_entries_are_misses(redis: RedisStore) -> Non
     huge = {"choices": [{"text": "x" * MAX_VALUE_BYTES}]}
     assert not await cache.put(k, huge, 60)
     assert await redis.get(k) is None
-    for damaged in (b"\xff\xfe", b"{not json", json.dumps({"choices": "no"}).encode(), b"[1]"):
+    for damaged in (b"\xff\xfe", b"{not json", json.dumps({"choices": "no"}).encode(), b"[1]", b'{"choices": [1]}'):
         await redis.set(k, damaged, ex=60)
         assert await cache.get(k) is None
 

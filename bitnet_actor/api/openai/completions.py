@@ -247,7 +247,7 @@ class SseStream:
         run = self.run
         assert run.cached is not None
         for index, stored in enumerate(run.cached["choices"]):
-            text = stored["message"]["content"] if run.plan.chat else stored["text"]
+            text = (stored.get("message") or {}).get("content") if run.plan.chat else stored.get("text")
             self.pending.append(self._chunk([self._choice(index, text, None, stored.get("logprobs"))]))
             finish = stored.get("finish_reason")
             self.pending.append(self._chunk([self._choice(index, "" if not run.plan.chat else None, finish)]))

@@ -84,7 +84,7 @@ class Run:
         ones (what :meth:`record` meters)."""
         self.cached = body
         for index, stored in enumerate(body["choices"]):
-            text = stored.get("message", {}).get("content") if self.plan.chat else stored.get("text")
+            text = (stored.get("message") or {}).get("content") if self.plan.chat else stored.get("text")
             self.choice(index).text.append(text or "")
             self.choices[index].finish_reason = stored.get("finish_reason")
         self.completion_tokens = int((body.get("usage") or {}).get("completion_tokens") or 0)
