@@ -10,12 +10,16 @@ nursery when the model is loaded, stopped when it is evicted).
   pinned) are evicted least-recently-used first until the new one fits; if it can't fit even then,
   ``ModelCapacityError`` says why (the HTTP edge answers 503).
 - ``pin(name)`` keeps a model loaded (the default models of ``serve --model``).
+- Every lease names what was loaded (``Lease.identity``): a registry version's content hash (its cache
+  name, ``sha256:...``), else the name with a fingerprint of the files it was loaded from (their paths,
+  sizes and modification times), so that answers cached for one set of weights never serve another.
 
 Restart policy: none needed; it does no work that can fail except loads, whose errors go to the waiters.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -69,6 +73,7 @@ class _Entry:
     leases: int = 0
     pinned: bool = False
     last_used: float = field(default_factory=time.monotonic)
+    identity: str = ""  # what was loaded (see the module docstring), set by each load
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +83,8 @@ class Lease:
     name: str
     model: Model
     scheduler: Scheduler
+    identity: str = ""
+    """What was loaded: the same for the same weights, different for any other (see the module docstring)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +162,7 @@ class ModelCache:
             if entry.model is not None and entry.scheduler is not None:
                 entry.leases += 1
                 entry.last_used = time.monotonic()
-                return Lease(name, entry.model, entry.scheduler)
+                return Lease(name, entry.model, entry.scheduler, entry.identity)
             if entry.loading is not None:
                 done = entry.loading
                 await done.wait()
@@ -188,6 +195,7 @@ class ModelCache:
                 self._make_room(need, entry.name)
                 log.info("loading model %s from %s", entry.name, entry.path)
                 model = await trio.to_thread.run_sync(self._loader, entry.path)
+                entry.identity = await trio.to_thread.run_sync(_identity, entry.name, entry.path)
                 entry.nbytes = model.nbytes
                 log.info("model %s loaded on %s (%d MiB)", entry.name, model.device, entry.nbytes >> 20)
                 self._make_room(0, entry.name)  # the real size may differ from the file's
@@ -271,6 +279,20 @@ class ModelCache:
     def schedulers(self) -> dict[str, Scheduler]:
         """The running schedulers by model name."""
         return {e.name: e.scheduler for e in self._entries.values() if e.scheduler is not None}
+
+
+def _identity(name: str, path: str) -> str:
+    if name.startswith("sha256:"):  # a registry version: named by its content
+        return name
+    digest = hashlib.sha256(name.encode())
+    try:
+        files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs) if os.path.isdir(path) else [path]
+        for file in files:
+            st = os.stat(file)
+            digest.update(f"\0{os.path.relpath(file, path)}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    except OSError:
+        digest.update(f"\0{path}\0unreadable".encode())
+    return f"{name}@{digest.hexdigest()[:32]}"
 
 
 def _estimate(path: str) -> int:

@@ -124,5 +124,5 @@ async def set_limits(settings: Settings, *, org: str, values: Mapping[str, Any])
         org_id = await tenancy.org_id_by_name(db, org)
         await plans.set_org_overrides(db, org_id, values, actor=ADMIN_ACTOR)
         profile = await plans.org_profile(db, org_id)
-    limits = {name: getattr(profile, name) for name in (*plans.LIMIT_FIELDS, "quota_mode")}
+    limits = {name: getattr(profile, name) for name in (*plans.LIMIT_FIELDS, "quota_mode", "response_cache_ttl_s")}
     return json.dumps({"organization": org, "plan": profile.plan.name, "limits": limits}, indent=2)

@@ -98,6 +98,8 @@ def create_app(handles: Handles) -> QuartTrio:
             response.headers.setdefault(name, value)
         if g.get("model_version"):  # a registry model served this request
             response.headers.setdefault("x-bitnet-model-version", g.model_version)
+        if g.get("response_cache"):  # hit / miss / bypass: the organization's response cache is on
+            response.headers.setdefault("x-bitnet-cache", g.response_cache)
         started = g.get("started")
         latency = time.perf_counter() - started if started is not None else 0.0
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"

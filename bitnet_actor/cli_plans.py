@@ -46,6 +46,8 @@ def add_parsers(admin_sub: Any, settings_flags: Any) -> None:
     for name in _PLAN_LIMITS:
         limits.add_argument(f"--{name.replace('_', '-')}", dest=f"limit_{name}", metavar="N|none")
     limits.add_argument("--quota-mode", choices=("hard", "overage", "none"))
+    limits.add_argument("--response-cache-ttl", metavar="SECONDS|none",
+                        help="keep deterministic completions this long (1 .. 604800 s); 'none' or 0: off")  # fmt: skip
     for p in (listing, edit, set_plan_p, limits):
         settings_flags(p)
 
@@ -69,6 +71,9 @@ def _limit_values(args: Any) -> dict[str, Any]:
             values[name] = parse_limit(name, raw)
     if getattr(args, "quota_mode", None) is not None:
         values["quota_mode"] = None if args.quota_mode == "none" else args.quota_mode
+    ttl = getattr(args, "response_cache_ttl", None)
+    if ttl is not None:
+        values["response_cache_ttl_s"] = None if ttl == "none" else _whole("response_cache_ttl", ttl)
     return values
 
 

@@ -238,6 +238,18 @@ class Metrics:
             ["model", "reason"],
             registry=self.registry,
         )
+        self.response_cache_hits = Counter(
+            "bitnet_response_cache_hits",
+            "Completions answered from an organization's response cache (no generation), by model.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.response_cache_misses = Counter(
+            "bitnet_response_cache_misses",
+            "Cacheable completions not found in the response cache (generated, then kept), by model.",
+            ["model"],
+            registry=self.registry,
+        )
         self.usage_events = Counter(
             "bitnet_usage_events", "Usage events written to the ledger (new ones only).", registry=self.registry
         )

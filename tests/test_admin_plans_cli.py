@@ -65,6 +65,13 @@ def test_plans_edit_and_assign(fresh_dsn_sync: str, redis_url: str, tmp_path: Pa
     r = run_cli("admin", "set-limits", "--org", "Acme", "--rpm", "none", **env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["limits"]["rpm"] == 400  # back to the plan's
+    r = run_cli("admin", "set-limits", "--org", "Acme", "--response-cache-ttl", "3600", **env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["limits"]["response_cache_ttl_s"] == 3600
+    assert _query(fresh_dsn_sync, "SELECT response_cache_ttl_s FROM org_billing")[0]["response_cache_ttl_s"] == 3600
+    r = run_cli("admin", "set-limits", "--org", "Acme", "--response-cache-ttl", "none", **env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["limits"]["response_cache_ttl_s"] is None
 
     r = run_cli("admin", "create-key", "--org", "Acme", "--name", "ci", "--scopes", "inference", "--rpm", "7",
                 "--max-concurrency", "3", **env)  # fmt: skip
@@ -97,6 +104,9 @@ def test_bad_plans_and_limits_are_refused(fresh_dsn_sync: str, redis_url: str, t
     assert_one_line_error(run_cli("admin", "set-plan", "--org", "Nope", "--plan", "pro", **env), "no organization")
     assert_one_line_error(
         run_cli("admin", "set-limits", "--org", "Acme", "--key-concurrency", "1000001", **env), "between 0 and"
+    )
+    assert_one_line_error(
+        run_cli("admin", "set-limits", "--org", "Acme", "--response-cache-ttl", "604801", **env), "7 days"
     )
     assert_one_line_error(
         run_cli("admin", "create-key", "--org", "Acme", "--name", "k", "--scopes", "inference", "--tpm", "-1", **env),

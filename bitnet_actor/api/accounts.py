@@ -25,6 +25,7 @@ from bitnet_actor.api.auth import (
 from bitnet_actor.api.errors import ApiError
 from bitnet_actor.api.validate import Field, parse_body, parse_datetime
 from bitnet_actor.services import api_keys, audit, tenancy
+from bitnet_actor.services.billing import plans
 from bitnet_actor.services.billing.plans import check_limit
 from bitnet_actor.services.permissions import ROLE_PERMISSIONS, SCOPES, scopes_allowed
 from bitnet_actor.services.sessions import COOKIE_NAME
@@ -192,21 +193,42 @@ async def create_org() -> Response:
     return _json({**json_ready(org), "role": "owner"}, 201)
 
 
+async def _org_settings(org_id: UUID) -> dict[str, Any]:
+    """The organization's own settings (the response cache's lifetime; null: off)."""
+    profile = await plans.org_profile(handles().stores.db, org_id)
+    return {"response_cache_ttl_s": profile.response_cache_ttl_s}
+
+
 @blueprint.get("/orgs/<org:org_id>")
 async def get_org(org_id: OrgRef) -> Response:
-    """One organization."""
+    """One organization, with its settings."""
     access = await org_access(org_id, "org:read")
     org = await tenancy.get_org(handles().stores.db, access.org_id)
-    return _json({**json_ready(org), "role": access.role})
+    return _json({**json_ready(org), **await _org_settings(access.org_id), "role": access.role})
 
 
 @blueprint.patch("/orgs/<org:org_id>")
 async def update_org(org_id: OrgRef) -> Response:
-    """Rename an organization."""
+    """Rename an organization and / or change its settings: ``response_cache_ttl_s`` (seconds, 1 .. 7 days;
+    null or 0 turns the response cache off)."""
     access = await org_access(org_id, "org:update")
-    body = await parse_body({"name": Field(str, max_len=200)})
-    org = await tenancy.update_org(handles().stores.db, access.org_id, name=body["name"], actor=access.actor)
-    return _json(org)
+    body = await parse_body(
+        {"name": Field(str, required=False, max_len=200), "response_cache_ttl_s": Field(int, required=False)}
+    )
+    raw = await request.get_json(silent=True) or {}  # parse_body drops nulls; a null TTL turns the cache off
+    if "name" not in body and "response_cache_ttl_s" not in raw:
+        raise ApiError(400, "nothing to change: give name and / or response_cache_ttl_s", code="invalid_value")
+    h = handles()
+    if "response_cache_ttl_s" in raw:
+        await plans.set_org_overrides(
+            h.stores.db, access.org_id, {"response_cache_ttl_s": raw["response_cache_ttl_s"]}, actor=access.actor
+        )
+        h.tenants.forget(access.org_id)  # this replica at once; the others when they next refresh the plan
+    if "name" in body:
+        org = await tenancy.update_org(h.stores.db, access.org_id, name=body["name"], actor=access.actor)
+    else:
+        org = await tenancy.get_org(h.stores.db, access.org_id)
+    return _json({**json_ready(org), **await _org_settings(access.org_id)})
 
 
 # ------------------------------------------------------------------ members and invitations

@@ -218,7 +218,14 @@ SPEC: dict[str, Any] = {
             },
             "Organization": {
                 "type": "object",
-                "properties": {"id": _S, "name": _S, "plan": _S, "created_at": _S, "role": _ROLE},
+                "properties": {
+                    "id": _S,
+                    "name": _S,
+                    "plan": _S,
+                    "created_at": _S,
+                    "role": _ROLE,
+                    "response_cache_ttl_s": {"type": ["integer", "null"]},
+                },
             },
             "Member": {
                 "type": "object",
@@ -328,7 +335,23 @@ SPEC: dict[str, Any] = {
         "/api/v1/orgs/{org_id}": {
             "parameters": [_ORG],
             "get": {"summary": "An organization", "responses": _ok("organization", _ref("Organization"))},
-            "patch": {"summary": "Rename", "requestBody": _body({"name": _S}, ["name"]), "responses": _ok("renamed")},
+            "patch": {
+                "summary": "Rename, or change the settings (owner, admin)",
+                "requestBody": _body(
+                    {
+                        "name": _S,
+                        "response_cache_ttl_s": {
+                            "type": ["integer", "null"],
+                            "minimum": 0,
+                            "maximum": 604800,
+                            "description": "keep deterministic completions (temperature 0 or a seed) this many"
+                            " seconds for identical requests; null or 0: the response cache is off",
+                        },
+                    },
+                    [],
+                ),
+                "responses": _ok("changed", _ref("Organization")),
+            },
         },
         "/api/v1/orgs/{org_id}/members": {
             "parameters": [_ORG],

@@ -7,6 +7,12 @@ the monthly quota (429 ``rate_limit_exceeded`` with Retry-After, 429 ``insuffici
 limiter is away past its fail-open window) reserving the prompt plus ``max_tokens`` of every choice, and
 submits the generation (429 with Retry-After when the queue is full). Whatever fails on the way gives back
 what was taken; the rate-limit headers of the decision go on the response (:func:`expose_limits`).
+
+With ``cache=True`` (HTTP completions and chat) and the organization's response cache on, a deterministic
+request is looked up in the response cache (:mod:`bitnet_actor.services.response_cache`) after the limits
+were taken and before anything is submitted: a hit is a run with the stored body and nothing generating
+(it is still metered and settled like any run); ``x-bitnet-cache`` says ``hit``, ``miss`` or ``bypass``
+(on but not deterministic). Without the cache on, no header.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from bitnet_actor.services.errors import NotFoundError, ValidationError
 from bitnet_actor.services.limits import LimiterUnavailableError
 from bitnet_actor.services.models import registry
 from bitnet_actor.services.models.routes import pick
+from bitnet_actor.services.response_cache import ResponseCache, cache_key, deterministic
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -349,11 +356,15 @@ async def peek_limits(access: OrgAccess) -> None:
         await check_limits(h, access, profile, request_id="", tokens=0, requests=0)
 
 
-async def admit(h: Handles, access: OrgAccess, kind: RequestType, body: dict[str, Any], *, run_id: str) -> Run:
+async def admit(
+    h: Handles, access: OrgAccess, kind: RequestType, body: dict[str, Any], *, run_id: str, cache: bool = False
+) -> Run:
     """Lease, plan, hold the organization's admission and submit: a started :class:`Run`.
 
     ``body`` has passed ``kind.check``. The run owns what was taken (the lease, the admission) until
-    :meth:`Run.record`; on any failure here it is all given back before the error propagates.
+    :meth:`Run.record`; on any failure here it is all given back before the error propagates. ``cache``:
+    use the organization's response cache (see the module docstring); a hit submits nothing and returns a
+    run holding the stored body (``Run.cached``).
 
     Raises:
         ApiError: 400 / 404 / 429 / 503.
@@ -367,6 +378,13 @@ async def admit(h: Handles, access: OrgAccess, kind: RequestType, body: dict[str
         reserve = (len(plan.prompt_ids) + plan.params["max_tokens"]) * plan.n
         with child_span(h.tracing, "rate_limit", tokens_reserved=reserve):
             decision = await check_limits(h, access, limits, request_id=run_id, tokens=reserve)
+        key = _cache_lookup_key(access, limits, leased, plan) if cache else None
+        cached = await _cache_get(h, key, plan.model) if key is not None else None
+        if cached is not None:
+            run = Run(plan, leased, access, _ended(), run_id, int(time.time()), h, stack, decision)
+            run.replay(cached)
+            run.trace(request_context())
+            return run
         generate = Generate(
             org_id=access.org_id,
             prompt_ids=plan.prompt_ids,
@@ -391,8 +409,51 @@ async def admit(h: Handles, access: OrgAccess, kind: RequestType, body: dict[str
                 await h.limits.settle(decision, used_tokens=0)
         raise
     run = Run(plan, leased, access, recv, run_id, int(time.time()), h, stack, decision)
+    if key is not None:
+        run.cache_key, run.cache_ttl_s = key, limits.response_cache_ttl_s
     run.trace(request_context())
     return run
+
+
+def _cache_state(state: str) -> None:
+    if has_request_context():
+        g.response_cache = state  # bitnet_actor.app puts it on the response as x-bitnet-cache
+
+
+def _cache_lookup_key(access: OrgAccess, profile: OrgProfile, leased: Lease, plan: Plan) -> str | None:
+    """The response cache key of this request; None when the organization has no cache or it cannot apply."""
+    if not profile.response_cache_ttl_s:
+        return None
+    if not deterministic(plan.params) or not leased.identity:
+        _cache_state("bypass")
+        return None
+    return cache_key(
+        org_id=access.org_id,
+        identity=leased.identity,
+        endpoint="chat" if plan.chat else "completions",
+        prompt_ids=plan.prompt_ids,
+        params=plan.params,
+        n=plan.n,
+        logprobs=plan.logprobs,
+    )
+
+
+async def _cache_get(h: Handles, key: str, model: str) -> dict[str, Any] | None:
+    body = await ResponseCache(h.stores.redis).get(key)
+    if body is None:
+        h.metrics.response_cache_misses.labels(model).inc()
+        _cache_state("miss")
+    else:
+        h.metrics.response_cache_hits.labels(model).inc()
+        _cache_state("hit")
+    return body
+
+
+def _ended() -> trio.MemoryReceiveChannel[Any]:
+    """A reply channel with nothing coming (a cache hit: no generation)."""
+    send, recv = trio.open_memory_channel[Any](0)
+    send.close()
+    return recv
 
 
 def sticky_id(access: OrgAccess) -> str:

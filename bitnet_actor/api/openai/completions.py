@@ -3,6 +3,10 @@
 Streaming is SSE: ``data: {json}\\n\\n`` chunks, ``data: [DONE]\\n\\n`` at the end;
 ``stream_options.include_usage`` adds a last chunk with the usage and no choices. Usage is recorded for every
 request, whatever the client asked for and however it ended (:meth:`Run.record`).
+
+A response cache hit (:func:`~bitnet_actor.api.openai.admission.admit`) answers with the stored body under
+a new id; streamed, it is replayed as one content chunk and one finish chunk per choice (then the usage
+chunk when asked, and ``[DONE]``). A miss to keep is stored once it completed without error, streamed or not.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from bitnet_actor.api.errors import ApiError, json_body
 from bitnet_actor.api.openai.admission import admit, inference_access, new_run_id
 from bitnet_actor.api.openai.protocol import CHAT, COMPLETION, RequestType
 from bitnet_actor.api.openai.sse import DONE, sse_event, sse_response
+from bitnet_actor.services.response_cache import ResponseCache
 
 if TYPE_CHECKING:
     from bitnet_actor.api.openai.run import Choice, Run
@@ -39,7 +44,7 @@ async def _start(kind: RequestType, prefix: str) -> Run:
     access = await inference_access()
     body = await json_body(max_bytes=MAX_BODY_BYTES)
     kind.check(body)
-    return await admit(handles(), access, kind, body, run_id=new_run_id(prefix))
+    return await admit(handles(), access, kind, body, run_id=new_run_id(prefix), cache=True)
 
 
 def _piece(model: Model, token_id: int) -> str:
@@ -69,32 +74,20 @@ def _completion_logprobs(model: Model, choice: Choice) -> dict[str, Any]:
     }
 
 
-async def _collect(run: Run) -> Response:
-    outcome = "completed"
-    try:
-        async with run.recv:
-            async for event in run.recv:
-                run.observe(event)
-                choice = run.choice(event.index)
-                if isinstance(event, Token):
-                    choice.text.append(event.text)
-                    if event.token_id >= 0:
-                        choice.tokens.append(event.token_id)
-                        if event.logprob is not None:
-                            choice.logprobs.append(event.logprob)
-                            choice.top.append(event.top_logprobs or ())
-                elif isinstance(event, Finished):
-                    choice.finish_reason = event.reason
-                elif isinstance(event, Failed):
-                    choice.error = event
-    except BaseException:
-        outcome = "cancelled"
-        raise
-    finally:
-        await run.record(outcome)  # noqa: ASYNC102  # record() shields its work, with a timeout
-    failures = [c.error for c in run.choices.values() if c.error is not None]
-    if failures:
-        _raise_failure(failures[0])
+def _accumulate(run: Run, event: Token) -> Choice:
+    """Add a token event to its choice: text, token id and log-probabilities."""
+    choice = run.choice(event.index)
+    choice.text.append(event.text)
+    if event.token_id >= 0:
+        choice.tokens.append(event.token_id)
+        if event.logprob is not None:
+            choice.logprobs.append(event.logprob)
+            choice.top.append(event.top_logprobs or ())
+    return choice
+
+
+def _body(run: Run) -> dict[str, Any]:
+    """The non-streamed response of a run that ended without error (what the response cache keeps)."""
     model = run.lease.model
     choices = []
     for index in range(run.plan.n):
@@ -122,7 +115,7 @@ async def _collect(run: Run) -> Response:
         else:
             logprobs = _completion_logprobs(model, c) if run.plan.logprobs is not None else None
             choices.append({"index": index, "text": text, "logprobs": logprobs, "finish_reason": c.finish_reason})
-    body = {
+    return {
         "id": run.id,
         "object": "chat.completion" if run.plan.chat else "text_completion",
         "created": run.created,
@@ -131,6 +124,49 @@ async def _collect(run: Run) -> Response:
         "usage": run.usage(),
         "system_fingerprint": None,
     }
+
+
+def _cached_body(run: Run) -> dict[str, Any]:
+    """A cache hit's response: the stored body under this request's id, time, model name and usage."""
+    assert run.cached is not None
+    return {**run.cached, "id": run.id, "created": run.created, "model": run.plan.model, "usage": run.usage()}
+
+
+async def _keep(run: Run, body: dict[str, Any]) -> None:
+    """Keep a completed, error-free response in the response cache when the run is a miss to keep."""
+    if run.cache_key is None or run.cache_ttl_s is None:
+        return
+    if any(c.error is not None or c.finish_reason is None for c in (run.choice(i) for i in range(run.plan.n))):
+        return
+    await ResponseCache(run.handles.stores.redis).put(run.cache_key, body, run.cache_ttl_s)
+
+
+async def _collect(run: Run) -> Response:
+    if run.cached is not None:
+        await run.record("completed")
+        return jsonify(_cached_body(run))
+    outcome = "completed"
+    try:
+        async with run.recv:
+            async for event in run.recv:
+                run.observe(event)
+                choice = run.choice(event.index)
+                if isinstance(event, Token):
+                    _accumulate(run, event)
+                elif isinstance(event, Finished):
+                    choice.finish_reason = event.reason
+                elif isinstance(event, Failed):
+                    choice.error = event
+    except BaseException:
+        outcome = "cancelled"
+        raise
+    finally:
+        await run.record(outcome)  # noqa: ASYNC102  # record() shields its work, with a timeout
+    failures = [c.error for c in run.choices.values() if c.error is not None]
+    if failures:
+        _raise_failure(failures[0])
+    body = _body(run)
+    await _keep(run, body)
     return jsonify(body)
 
 
@@ -206,8 +242,26 @@ class SseStream:
             return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         return {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
 
+    def _replay(self) -> None:
+        """A cache hit's events: per choice, its whole text (and log-probabilities) then its finish."""
+        run = self.run
+        assert run.cached is not None
+        for index, stored in enumerate(run.cached["choices"]):
+            text = (stored.get("message") or {}).get("content") if run.plan.chat else stored.get("text")
+            self.pending.append(self._chunk([self._choice(index, text, None, stored.get("logprobs"))]))
+            finish = stored.get("finish_reason")
+            self.pending.append(self._chunk([self._choice(index, "" if not run.plan.chat else None, finish)]))
+        if run.plan.include_usage:
+            self.pending.append(self._chunk([], usage=run.usage()))
+        self.pending.append(DONE)
+
     async def __anext__(self) -> bytes:
         run = self.run
+        if run.cached is not None and not self.done:
+            self.done = True
+            self.outcome = "completed"
+            self._replay()
+            await run.record(self.outcome)
         while not self.pending:
             if self.done:
                 raise StopAsyncIteration
@@ -226,6 +280,8 @@ class SseStream:
                         self.pending.append(self._chunk([], usage=run.usage()))
                 self.pending.append(DONE)
                 await run.record(self.outcome)
+                if self.outcome == "completed":
+                    await _keep(run, _body(run))
                 break
             run.observe(got)
             choice = run.choice(got.index)
@@ -243,7 +299,7 @@ class SseStream:
                             "top_logprobs": [{_piece(model, t): lp for t, lp in (got.top_logprobs or ())}],
                             "text_offset": [sum(len(x) for x in choice.text)],
                         }
-                choice.text.append(got.text)
+                _accumulate(run, got)
                 if got.text or logprobs is not None or (run.plan.chat and got.index not in self.sent_role):
                     self.pending.append(self._chunk([self._choice(got.index, got.text, None, logprobs)]))
             elif isinstance(got, Finished):

@@ -73,6 +73,21 @@ class Run:
     recorded: bool = False
     span: Span | None = None
     """The generation's span when tracing is on (see :meth:`trace`)."""
+    cached: dict[str, Any] | None = None
+    """A response cache hit: the stored body (nothing generates; see :meth:`replay`)."""
+    cache_key: str | None = None
+    """A response cache miss: where to keep the response once it completed without error."""
+    cache_ttl_s: int | None = None
+
+    def replay(self, body: dict[str, Any]) -> None:
+        """Make this run a response cache hit answered with ``body``: its choices and usage are the stored
+        ones (what :meth:`record` meters)."""
+        self.cached = body
+        for index, stored in enumerate(body["choices"]):
+            text = (stored.get("message") or {}).get("content") if self.plan.chat else stored.get("text")
+            self.choice(index).text.append(text or "")
+            self.choices[index].finish_reason = stored.get("finish_reason")
+        self.completion_tokens = int((body.get("usage") or {}).get("completion_tokens") or 0)
 
     def trace(self, context: Context | None) -> None:
         """Start the generation's span (GenAI semantic conventions) under ``context`` (the request's span;
@@ -122,14 +137,17 @@ class Run:
         elif isinstance(event, Finished):
             self.queue_s = max(self.queue_s, event.queue_s)
 
-    def usage(self) -> dict[str, int]:
-        """OpenAI's usage object."""
+    def usage(self) -> dict[str, Any]:
+        """OpenAI's usage object (a cache hit reports its prompt as cached)."""
         prompt = len(self.plan.prompt_ids) * self.plan.n
-        return {
+        usage: dict[str, Any] = {
             "prompt_tokens": prompt,
             "completion_tokens": self.completion_tokens,
             "total_tokens": prompt + self.completion_tokens,
         }
+        if self.cached is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": prompt}
+        return usage
 
     async def record(self, outcome: str, *, endpoint: str | None = None) -> None:
         """Give back the lease, admission and unused reservation, count metrics and meter the usage: once,
@@ -143,9 +161,10 @@ class Run:
             model = self.plan.model
             elapsed = time.perf_counter() - self.started
             metrics.e2e.labels(model).observe(elapsed)
-            metrics.queue_wait.labels(model).observe(self.queue_s)
-            metrics.prompt_tokens.labels(model).inc(len(self.plan.prompt_ids) * self.plan.n)
-            metrics.generation_tokens.labels(model).inc(self.completion_tokens)
+            if self.cached is None:  # a cache hit processed and generated nothing
+                metrics.queue_wait.labels(model).observe(self.queue_s)
+                metrics.prompt_tokens.labels(model).inc(len(self.plan.prompt_ids) * self.plan.n)
+                metrics.generation_tokens.labels(model).inc(self.completion_tokens)
             for choice in self.choices.values() or [Choice(finish_reason=outcome)]:
                 metrics.finished.labels(model, choice.finish_reason or outcome).inc()
             usage = self.usage()
@@ -168,7 +187,13 @@ class Run:
                 ttft_ms=int((self.first_token_at - self.started) * 1000) if self.first_token_at is not None else None,
                 finish_reason=finish,
                 outcome=outcome,
-                request_data=self.plan.request_data,
+                # A cache hit: metered as the plan prices its tokens, marked as served from the cache.
+                cached_tokens=usage["prompt_tokens"] if self.cached is not None else 0,
+                request_data=(
+                    {**self.plan.request_data, "response_cache": "hit"}
+                    if self.cached is not None
+                    else self.plan.request_data
+                ),
             )
             self.handles.meter.record(event)
             if self.span is not None:

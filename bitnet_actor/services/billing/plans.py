@@ -4,7 +4,8 @@ A plan sets the organization-wide requests and tokens per minute, the per-key de
 concurrency), the monthly token quota (a hard stop, or overage billed), the prices (cents per 1M input and
 output tokens, with per-model overrides) and the scheduler's share (weight, running sequences). An
 organization may override its plan's limits and quota (``org_billing``), and a key its own limits
-(``api_keys.rpm / tpm / max_concurrency``). :func:`org_profile` resolves all of it for one organization.
+(``api_keys.rpm / tpm / max_concurrency``). :func:`org_profile` resolves all of it for one organization,
+with the organization's own settings kept beside the overrides (``response_cache_ttl_s``: the response cache).
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_PLAN",
     "LIMIT_FIELDS",
+    "RESPONSE_CACHE_TTL_MAX_S",
     "ModelPrice",
     "OrgProfile",
     "Plan",
+    "check_cache_ttl",
     "check_limit",
     "check_price",
     "get_plan",
@@ -52,6 +55,8 @@ _MAX_LIMIT = {
     "max_upload_bytes": 10**15,
 }
 LIMIT_FIELDS = tuple(k for k in _MAX_LIMIT if k != "max_upload_bytes")  # what organizations may override
+RESPONSE_CACHE_TTL_MAX_S = 7 * 24 * 3600
+"""The longest an organization may keep cached responses (seconds; migration 0010 checks it too)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +139,8 @@ class OrgProfile:
     stripe_customer_id: str | None = None
     region: str = "default"
     """The organization's home region (its inference runs on that region's replicas)."""
+    response_cache_ttl_s: int | None = None
+    """How long deterministic responses stay cached (None: the response cache is off)."""
 
     @property
     def weight(self) -> int:
@@ -200,7 +207,7 @@ async def org_profile(db: Database, org_id: UUID) -> OrgProfile:
     async with db.transaction(org_id=org_id, readonly=True) as tx:
         row = await tx.fetchrow(
             "SELECT o.plan, b.rpm, b.tpm, b.key_rpm, b.key_tpm, b.key_concurrency, b.monthly_token_quota,"
-            " b.quota_mode, b.stripe_customer_id, o.region"
+            " b.quota_mode, b.stripe_customer_id, o.region, b.response_cache_ttl_s"
             " FROM organizations o LEFT JOIN org_billing b ON b.org_id = o.id WHERE o.id = $1",
             org_id,
         )
@@ -222,6 +229,7 @@ async def org_profile(db: Database, org_id: UUID) -> OrgProfile:
         quota_mode=pick("quota_mode"),
         stripe_customer_id=row["stripe_customer_id"] if row else None,
         region=row["region"] if row else "default",
+        response_cache_ttl_s=row["response_cache_ttl_s"] if row else None,
     )
 
 
@@ -238,6 +246,24 @@ def check_limit(name: str, value: object) -> int | None:
     top = _MAX_LIMIT.get(name, 100_000_000)
     if not 0 <= value <= top:
         raise ValidationError(f"{name} must be between 0 and {top}, not {value}", field=name)
+    return value
+
+
+def check_cache_ttl(value: object) -> int | None:
+    """A response cache lifetime as given by a person: None or 0 (off), else 1 s .. 7 days.
+
+    Raises:
+        ValidationError: not a whole number, negative or longer than 7 days.
+    """
+    name = "response_cache_ttl_s"
+    if value is None or value == 0:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= RESPONSE_CACHE_TTL_MAX_S:
+        raise ValidationError(
+            f"{name} must be a whole number of seconds between 1 and {RESPONSE_CACHE_TTL_MAX_S}"
+            " (7 days), or null / 0 to turn the response cache off",
+            field=name,
+        )
     return value
 
 
@@ -368,7 +394,7 @@ async def set_org_overrides(
     db: Database, org_id: UUID, values: Mapping[str, Any], *, actor: audit.Actor = audit.SYSTEM_ACTOR
 ) -> None:
     """Override ``org_id``'s plan limits / quota (``values``: any of LIMIT_FIELDS and ``quota_mode``; None
-    clears an override).
+    clears an override) and set its response cache (``response_cache_ttl_s``: seconds, None or 0: off).
 
     Raises:
         ValidationError: a bad value.
@@ -381,6 +407,8 @@ async def set_org_overrides(
             if value not in ("hard", "overage", None):
                 raise ValidationError("quota_mode must be hard or overage", field=key)
             cols[key] = value
+        elif key == "response_cache_ttl_s":
+            cols[key] = check_cache_ttl(value)
         else:
             raise ValidationError(f"unknown override {key!r}", field=key)
     if not cols:
