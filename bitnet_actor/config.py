@@ -370,7 +370,11 @@ SETTINGS_DOC: dict[str, tuple[str, str, str]] = {
     "BITNET_DEVICE": ("--device", "cpu", "where models run: cpu, opencl, or auto (an OpenCL GPU if usable, else CPU)"),
     "BITNET_OPENCL_DEVICE": ("--opencl-device", "auto", "OpenCL device: auto (GPU first), P:D, or a name fragment"),
     "BITNET_KV_CACHE": ("--kv-cache", "f32", "KV cache type: f32, or f16 (half the memory, faster long contexts)"),
-    "BITNET_OUTPUT_LAYER": ("--output-layer", "exact", "output matrix: exact, q8 (int8) or q6 (6-bit): faster decode"),
+    "BITNET_OUTPUT_LAYER": (
+        "--output-layer",
+        "exact",
+        "output matrix: exact, q8 (int8) or q6 (6-bit): faster decode, logits move slightly (docs/output-layer.md)",
+    ),
     "BITNET_MAX_BATCH": ("--max-batch", "8", "sequences decoded together per model"),
     "BITNET_MAX_QUEUE": ("--max-queue", "64", "requests waiting per model before 429"),
     "BITNET_REQUEST_TIMEOUT": ("--request-timeout", "600", "seconds a generation may take"),
