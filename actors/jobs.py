@@ -157,11 +157,14 @@ class JobWorker:
                 await trio.sleep(backoff)
                 backoff *= 2
                 continue
-            if state == "failed":
-                current = await job_service.get_job(self._db, org_id, job_id)
-                dead = {"job_id": str(job_id), "org_id": str(org_id), "error": current.error or ""}
-                await self._redis.run(lambda r, d=dead: r.xadd(job_service.DEAD_STREAM, d))  # type: ignore[misc]
-            await self._ack(entry_id)
+            # The job's end is recorded: its dead letter and the ack follow even if this worker is being
+            # cancelled now (else the entry is redelivered, found finished and acked with no dead letter).
+            with trio.move_on_after(10, shield=True):
+                if state == "failed":
+                    current = await job_service.get_job(self._db, org_id, job_id)
+                    dead = {"job_id": str(job_id), "org_id": str(org_id), "error": current.error or ""}
+                    await self._redis.run(lambda r, d=dead: r.xadd(job_service.DEAD_STREAM, d))  # type: ignore[misc]
+                await self._ack(entry_id)
             return
 
     async def _attempt(self, job: job_service.Job, entry_id: bytes) -> str:

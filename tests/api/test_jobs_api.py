@@ -197,6 +197,11 @@ async def test_a_killed_worker_is_replaced_and_the_job_completes_once(harness: H
     assert pending["pending"] == 0
 
 
+async def dead_lettered(h: Harness, job_id: str) -> bool:
+    dead = await h.system.stores.redis.run(lambda r: r.xrange(job_service.DEAD_STREAM))
+    return any(fields[b"job_id"].decode() == job_id for _, fields in dead)
+
+
 async def test_a_failing_job_is_retried_then_dead_lettered(harness: Harness, source_dir: Path) -> None:
     h = harness
     owner, org = await setup_org(h, source_dir)
@@ -208,10 +213,13 @@ async def test_a_failing_job_is_retried_then_dead_lettered(harness: Harness, sou
         await nursery.start(worker(h).run)
         job = await create(h, owner, org)
         final = await wait_for(h, owner, org, job["id"], lambda j: j["state"] not in ("queued", "running"))
+        for _ in range(100):  # the dead letter follows the job's state (within 5 s)
+            if await dead_lettered(h, job["id"]):
+                break
+            await trio.sleep(0.05)
         nursery.cancel_scope.cancel()
     assert final["state"] == "failed" and final["attempts"] == final["max_attempts"] == 3 and final["error"]
-    dead = await h.system.stores.redis.run(lambda r: r.xrange(job_service.DEAD_STREAM))
-    assert any(fields[b"job_id"].decode() == job["id"] for _, fields in dead)
+    assert await dead_lettered(h, job["id"])
     r = await h.call("GET", f"/api/v1/orgs/{org}/models/q/versions/1", owner)
     assert r.status_code == 404
     assert temp_files(h) == []
