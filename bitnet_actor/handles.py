@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from bitnet_actor.services.models.routes import Route
     from bitnet_actor.services.ratelimit import Decision
     from bitnet_actor.stores.objects import ObjectStore
+    from bitnet_actor.stores.objects.regions import RegionStores
     from bitnet_actor.stores.postgres import Database
     from bitnet_actor.stores.redis import RedisStore
 
@@ -163,6 +164,11 @@ class StoresHandle(Protocol):
     @property
     def objects(self) -> ObjectStore:
         """The object store."""
+        ...
+
+    @property
+    def regions(self) -> RegionStores | None:
+        """The stores of every region (``BITNET_REGION_STORES``), ``objects`` as their default."""
         ...
 
 

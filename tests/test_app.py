@@ -33,8 +33,8 @@ async def stores(aio_loop: object, pg_dsn: str, redis_url: str, tmp_path: Path) 
         yield opened
 
 
-def build_app(stores: Stores, tmp_path: Path) -> tuple[QuartTrio, Handles]:
-    settings = Settings(data_dir=tmp_path)
+def build_app(stores: Stores, tmp_path: Path, settings: Settings | None = None) -> tuple[QuartTrio, Handles]:
+    settings = settings or Settings(data_dir=tmp_path)
     metrics = Metrics()
     system = build_handles(
         settings,
@@ -282,3 +282,28 @@ async def test_presigned_filesystem_download(stores: Stores, client) -> None:
     assert response.status_code == 403
     response = await client.get(url.path)
     assert response.status_code == 403
+
+
+async def test_readyz_checks_this_regions_own_store(
+    aio_loop: object, pg_dsn: str, redis_url: str, tmp_path: Path
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=pg_dsn,
+        redis_url=redis_url,
+        region="eu",
+        region_stores="eu=s3://eu-models,us=s3://us-models",  # eu's is unreachable; us's is not ours to check
+        s3_endpoint="http://127.0.0.1:1",
+        s3_access_key_id="a",
+        s3_secret_access_key="b",
+    )
+    async with open_stores(settings) as stores:
+        app, system = build_app(stores, tmp_path, settings)
+        async with app.test_app() as test_app:
+            response = await test_app.test_client().get("/readyz")
+            assert response.status_code == 503
+            message = (await response.get_json())["error"]["message"]
+            assert "object_store_eu:" in message and "object_store_us" not in message, message
+            assert "object_store:" not in message  # the default store (the data dir) answers
+            metrics = system.metrics.render().decode()
+            assert sample(metrics, 'bitnet_dependency_up{dependency="object_store_eu"}') == 0

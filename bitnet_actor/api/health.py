@@ -40,7 +40,8 @@ async def healthz() -> Response:
 @blueprint.get("/readyz")
 async def readyz() -> Response:
     """Readiness: the platform models have finished their first load (or failed it), PostgreSQL, Redis and the
-    object store answer, and we are not shutting down.
+    object store answer (and this replica's region store, when ``BITNET_REGION_STORES`` gives its region one
+    of its own: its organizations' models live there), and we are not shutting down.
 
     503 names every failed check, so an operator reading a probe failure knows which dependency to look at.
     A model that failed to load does not hold readiness back (its requests get 503s naming the failure).
@@ -58,6 +59,11 @@ async def readyz() -> Response:
         "redis": system.stores.redis.ping,
         "object_store": system.stores.objects.ping,
     }
+    regions, here = system.stores.regions, system.settings.region
+    if regions is not None and here in regions.regions:
+        own = regions.for_region(here)
+        if own is not system.stores.objects:
+            checks[f"object_store_{here}"] = own.ping
     failures: dict[str, str] = {}
 
     async def run(name: str, check: Callable[[], Awaitable[None]]) -> None:
