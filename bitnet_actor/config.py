@@ -259,6 +259,16 @@ def parse_master_keys(raw: str) -> list[tuple[str, bytes]]:
 _REGION_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
+def _region_entries(raw: str) -> list[tuple[str, str, str, str]]:
+    """The non-empty entries of a ``REGION=VALUE,...`` list as (entry, region, '=' or '', value), stripped."""
+    out = []
+    for item in (part.strip() for part in raw.split(",")):
+        if item:
+            region, sep, value = item.partition("=")
+            out.append((item, region.strip(), sep, value.strip()))
+    return out
+
+
 def parse_region_urls(raw: str) -> dict[str, str]:
     """``REGION=BASE_URL,...`` -> region -> base URL without a trailing slash.
 
@@ -266,11 +276,7 @@ def parse_region_urls(raw: str) -> dict[str, str]:
         ConfigError: a malformed entry, a bad region name, a URL that is not http(s), a region given twice.
     """
     out: dict[str, str] = {}
-    for item in (part.strip() for part in raw.split(",")):
-        if not item:
-            continue
-        region, sep, url = item.partition("=")
-        region, url = region.strip(), url.strip()
+    for item, region, sep, url in _region_entries(raw):
         if not sep or not _REGION_RE.match(region) or not url.startswith(("http://", "https://")):
             raise ConfigError(f"BITNET_REGION_URLS entries must be REGION=http(s)://BASE_URL, not {item!r}")
         if region in out:
@@ -293,11 +299,7 @@ def parse_region_stores(raw: str) -> dict[str, str]:
             a region given twice.
     """
     out: dict[str, str] = {}
-    for item in (part.strip() for part in raw.split(",")):
-        if not item:
-            continue
-        region, sep, url = item.partition("=")
-        region, url = region.strip(), url.strip()
+    for item, region, sep, url in _region_entries(raw):
         if not sep or not _REGION_RE.match(region):
             raise ConfigError(f"BITNET_REGION_STORES entries must be {_STORES_FORM}, not {item!r}")
         if region in out:

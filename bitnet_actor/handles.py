@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from bitnet_actor.services.billing.ledger import UsageEvent
     from bitnet_actor.services.billing.plans import OrgProfile
     from bitnet_actor.services.models.encrypted import EncryptedObjects
+    from bitnet_actor.services.models.files import LocalFiles
     from bitnet_actor.services.models.registry import ModelVersion
     from bitnet_actor.services.models.routes import Route
     from bitnet_actor.services.ratelimit import Decision
@@ -210,6 +211,8 @@ class Handles:
     limits: LimitsHandle
     model_objects: EncryptedObjects
     """Model files in the object store, encrypted at rest (uploads, parts, conversion outputs)."""
+    model_files: LocalFiles
+    """Their decrypted local copies in the data dir (inference and conversion jobs share one)."""
     routes: RoutesHandle
     link_key: bytes
     """The key signing model download links (derived from the service's secret key)."""

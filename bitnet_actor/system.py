@@ -94,9 +94,10 @@ def usage_meter(settings: Settings, stores: Stores, metrics: Metrics) -> UsageMe
 
 def job_worker(settings: Settings, stores: Stores, handles: Handles) -> JobWorker:
     """A conversion-job worker over ``stores``, working in ``<data dir>/jobs-tmp``; it reads and writes model
-    files through the same encrypted store and local copies as inference."""
-    files = LocalFiles(settings.data_dir / "model-files", handles.model_objects, stores.db)
-    return JobWorker(stores.db, stores.redis, handles.model_objects, files, settings.data_dir / "jobs-tmp")
+    files through the same encrypted store and local copies (one download per blob) as inference."""
+    return JobWorker(
+        stores.db, stores.redis, handles.model_objects, handles.model_files, settings.data_dir / "jobs-tmp"
+    )
 
 
 def billing_outbox(settings: Settings, stores: Stores, metrics: Metrics, tenants: Tenants) -> BillingOutbox | None:
@@ -137,13 +138,15 @@ def build_handles(
     model_objects = EncryptedObjects(
         stores.regions or stores.objects, stores.db, LocalKeyProvider.from_settings(settings)
     )
+    model_files = LocalFiles(settings.data_dir / "model-files", model_objects, stores.db)
     return Handles(
         settings=settings,
         stores=stores,
         metrics=metrics,
         auth=auth,
-        inference=Inference(cache, LocalFiles(settings.data_dir / "model-files", model_objects, stores.db)),
+        inference=Inference(cache, model_files),
         model_objects=model_objects,
+        model_files=model_files,
         models=Models(cache),
         tenants=tenants,
         meter=meter or usage_meter(settings, stores, metrics),
