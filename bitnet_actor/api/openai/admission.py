@@ -34,6 +34,7 @@ from bitnet_actor.api.openai.protocol import CHAT, COMPLETION, RequestType, bad
 from bitnet_actor.api.openai.run import Run
 from bitnet_actor.api.regions import check_home_region
 from bitnet_actor.api.traced import child_span, request_context
+from bitnet_actor.engine.constraints import ConstraintError
 from bitnet_actor.engine.tokenizer import TokenizerError
 from bitnet_actor.services import tenancy
 from bitnet_actor.services.errors import NotFoundError, ValidationError
@@ -46,7 +47,9 @@ if TYPE_CHECKING:
     from uuid import UUID
 
     from actors.model_cache import Lease
+    from bitnet_actor.api.openai.chat_fields import OutputFormat
     from bitnet_actor.engine import Model, SamplingParams
+    from bitnet_actor.engine.constraints import Grammar
     from bitnet_actor.handles import Handles
     from bitnet_actor.services.authn import Principal
     from bitnet_actor.services.billing.plans import OrgProfile
@@ -246,6 +249,7 @@ def plan_generation(kind: RequestType, body: dict[str, Any], model: Model, name:
         top_logprobs=logprobs or 0,
         ignore_eos=kind.parse(body, "ignore_eos"),
     )
+    params["grammar"] = _output_grammar(kind, body, model)
     for compat in ("metadata", "store", "service_tier", "reasoning_effort"):
         if compat in kind.by_name:
             kind.parse(body, compat)
@@ -272,10 +276,32 @@ def plan_generation(kind: RequestType, body: dict[str, Any], model: Model, name:
     if options and not stream:
         raise bad("stream_options needs stream: true", "stream_options")
     user = kind.parse(body, "user")
-    request_data = {k: v for k, v in params.items() if k not in ("stop", "logit_bias")}
+    request_data = {k: v for k, v in params.items() if k not in ("stop", "logit_bias", "grammar")}
+    if params["grammar"] is not None:
+        request_data["response_format"] = params["grammar"].kind
     request_data.update(n=n, stream=stream, prompt_tokens=len(prompt_ids), user=user)
     include_usage = bool(options and options.get("include_usage"))
     return Plan(name, tuple(prompt_ids), params, n, stream, include_usage, logprobs, chat, request_data)
+
+
+def _output_grammar(kind: RequestType, body: dict[str, Any], model: Model) -> Grammar | None:
+    """The grammar ``response_format`` asks for, checked against the model's vocabulary (None: text).
+
+    Raises:
+        ApiError: 400 naming what the schema uses that structured output does not support, or a model whose
+            tokenizer cannot serve it.
+    """
+    if "response_format" not in kind.by_name:
+        return None
+    fmt: OutputFormat | None = kind.parse(body, "response_format")
+    if fmt is None:
+        return None
+    where = "response_format.json_schema.schema" if fmt.type == "json_schema" else "response_format"
+    try:
+        model.constraints.check(fmt.grammar)
+    except ConstraintError as exc:
+        raise bad(str(exc), where, "invalid_json_schema") from None
+    return fmt.grammar
 
 
 def expose_limits(decision: Decision) -> None:

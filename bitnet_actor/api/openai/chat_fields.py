@@ -4,12 +4,14 @@ and ``tools`` / ``tool_choice``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from bitnet_actor.api.openai.fields import Field, bad
+from bitnet_actor.engine.constraints import ConstraintError, Grammar, json_schema_grammar
 
-__all__ = ["Messages", "ResponseFormat"]
+__all__ = ["Messages", "OutputFormat", "ResponseFormat", "ResponseText"]
 
 
 @dataclass(frozen=True)
@@ -70,15 +72,117 @@ class Messages(Field):
         return {"type": "array", "items": message, "minItems": 1}
 
 
+@dataclass(frozen=True, slots=True)
+class OutputFormat:
+    """A checked ``response_format`` that constrains the output (``text`` is None, not one of these).
+
+    Attributes:
+        type: ``"json_object"`` or ``"json_schema"``.
+        name: the schema's name (json_schema).
+        grammar: the compiled grammar (model independent; each model checks it against its vocabulary).
+    """
+
+    type: str
+    name: str | None
+    grammar: Grammar
+
+
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 @dataclass(frozen=True)
 class ResponseFormat(Field):
-    """Only ``{"type": "text"}``; structured output is refused (``unsupported_parameter``)."""
+    """``{"type": "text"}`` (the default), ``{"type": "json_object"}`` (any JSON object) or
+    ``{"type": "json_schema", "json_schema": {"name", "schema", "strict", "description"}}``; the last two
+    are enforced by constrained decoding, whatever ``strict`` says (the output always parses)."""
 
-    def _check(self, value: Any) -> str:
-        kind = value.get("type") if isinstance(value, dict) else None
-        if kind not in (None, "text"):
-            raise bad("only response_format {'type': 'text'} is supported", self.name, "unsupported_parameter")
-        return "text"
+    def _check(self, value: Any) -> OutputFormat | None:
+        if not isinstance(value, dict):
+            raise bad("response_format must be an object", self.name, "invalid_type")
+        kind = value.get("type")
+        extra = sorted(set(value) - {"type", "json_schema"})
+        if extra:
+            raise bad(f"response_format.{extra[0]} is not a known field", f"{self.name}.{extra[0]}")
+        if kind == "text":
+            return None
+        if kind == "json_object":
+            return OutputFormat("json_object", None, json_schema_grammar(None))
+        if kind != "json_schema":
+            raise bad("response_format.type must be text, json_object or json_schema", f"{self.name}.type")
+        spec = value.get("json_schema")
+        where = f"{self.name}.json_schema"
+        if not isinstance(spec, dict):
+            raise bad("response_format.json_schema must be an object with name and schema", where)
+        for key in spec:
+            if key not in ("name", "schema", "strict", "description"):
+                raise bad(f"{where}.{key} is not a known field", f"{where}.{key}")
+        name = spec.get("name")
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise bad("json_schema.name must be 1-64 letters, digits, '_' or '-'", f"{where}.name")
+        if spec.get("strict") is not None and not isinstance(spec["strict"], bool):
+            raise bad("json_schema.strict must be a boolean", f"{where}.strict", "invalid_type")
+        if spec.get("description") is not None and not isinstance(spec["description"], str):
+            raise bad("json_schema.description must be a string", f"{where}.description", "invalid_type")
+        schema = spec.get("schema")
+        if schema is not None and not isinstance(schema, dict):
+            raise bad("json_schema.schema must be a JSON schema (an object)", f"{where}.schema", "invalid_type")
+        try:
+            grammar = json_schema_grammar(schema if schema is not None else {})
+        except ConstraintError as exc:
+            raise bad(str(exc), f"{where}.schema", "invalid_json_schema") from None
+        return OutputFormat("json_schema", name, grammar)
 
     def _schema(self) -> dict[str, Any]:
-        return {"type": "object", "properties": {"type": {"type": "string", "enum": ["text"]}}}
+        json_schema = {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                "schema": {"type": "object"},
+                "strict": {"type": ["boolean", "null"]},
+                "description": {"type": ["string", "null"]},
+            },
+            "required": ["name"],
+            "additionalProperties": False,
+        }
+        return {
+            "type": "object",
+            "properties": {
+                "type": {"type": "string", "enum": ["text", "json_object", "json_schema"]},
+                "json_schema": json_schema,
+            },
+            "required": ["type"],
+            "additionalProperties": False,
+        }
+
+
+@dataclass(frozen=True)
+class ResponseText(Field):
+    """The Responses API's ``text: {"format": {...}}``: ``{"type": "text"}``, ``{"type": "json_object"}`` or
+    ``{"type": "json_schema", "name", "schema", "strict", "description"}`` (the schema's fields flat, as
+    that API has them). Parsed into the ``response_format`` of chat completions."""
+
+    def _check(self, value: Any) -> dict[str, Any] | None:
+        if not isinstance(value, dict) or set(value) - {"format", "verbosity"}:
+            raise bad("text must be an object with format", self.name)
+        fmt = value.get("format")
+        if fmt is None:
+            return None
+        if not isinstance(fmt, dict):
+            raise bad("text.format must be an object", f"{self.name}.format", "invalid_type")
+        if fmt.get("type") != "json_schema":
+            return {"type": fmt.get("type")}
+        return {"type": "json_schema", "json_schema": {k: v for k, v in fmt.items() if k != "type"}}
+
+    def _schema(self) -> dict[str, Any]:
+        fmt = {
+            "type": "object",
+            "properties": {
+                "type": {"type": "string", "enum": ["text", "json_object", "json_schema"]},
+                "name": {"type": "string"},
+                "schema": {"type": "object"},
+                "strict": {"type": ["boolean", "null"]},
+                "description": {"type": ["string", "null"]},
+            },
+            "required": ["type"],
+        }
+        return {"type": "object", "properties": {"format": fmt, "verbosity": {}}, "additionalProperties": False}

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from bitnet_actor.api.openai.chat_fields import Messages, ResponseFormat
+from bitnet_actor.api.openai.chat_fields import Messages, ResponseFormat, ResponseText
 from bitnet_actor.api.openai.fields import (
     Anything,
     Boolean,
@@ -146,7 +146,7 @@ COMPLETION = RequestType(
         Prompt("prompt", "the text to continue, or its token ids"),
         Integer("max_tokens", "most tokens to generate (default 16)", default=16, lo=1, hi=MAX_TOKENS_LIMIT),
         Integer("logprobs", "log-probabilities of the top tokens (0..5)", lo=0, hi=5),
-        ResponseFormat("response_format", "only text; json_object / json_schema are refused with a 400"),
+        ResponseFormat("response_format", "text, or JSON output by constrained decoding: json_object, json_schema"),
     ),
     required=("model", "prompt"),
 )
@@ -160,7 +160,7 @@ CHAT = RequestType(
         Integer("max_completion_tokens", "most tokens to generate (wins over max_tokens)", lo=1, hi=MAX_TOKENS_LIMIT),
         Boolean("logprobs", "return the chosen tokens' log-probabilities", default=False),
         Integer("top_logprobs", "with logprobs: true, the most likely alternatives per token", default=0, lo=0, hi=20),
-        ResponseFormat("response_format", "only text; json_object / json_schema are refused with a 400"),
+        ResponseFormat("response_format", "text, or JSON output by constrained decoding: json_object, json_schema"),
         Anything("reasoning_effort", "accepted for compatibility; ignored", json_type="string"),
     ),
     required=("model", "messages"),
@@ -184,7 +184,8 @@ RESPONSE_CREATE = RequestType(
         ResponseInput("input", "text, or a list of chat messages"),
         Integer("max_output_tokens", "most tokens to generate", lo=1, hi=MAX_TOKENS_LIMIT),
         String("instructions", "a system message put before input messages"),
-        ResponseFormat("response_format", "only text; json_object / json_schema are refused with a 400"),
+        ResponseFormat("response_format", "text, or JSON output by constrained decoding: json_object, json_schema"),
+        ResponseText("text", "the Responses API's text.format (the same formats as response_format)"),
     ),
     required=("type", "model", "input"),
 )

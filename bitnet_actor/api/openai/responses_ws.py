@@ -142,7 +142,13 @@ async def _respond(
 ) -> None:
     try:
         RESPONSE_CREATE.check(message)
-        body = {k: v for k, v in message.items() if k not in ("type", "input", "max_output_tokens", "instructions")}
+        skip = ("type", "input", "max_output_tokens", "instructions", "text")
+        body = {k: v for k, v in message.items() if k not in skip}
+        text_format = RESPONSE_CREATE.parse(message, "text")
+        if text_format is not None:
+            if "response_format" in message:
+                raise ApiError(400, "send text.format or response_format, not both", param="text.format")
+            body["response_format"] = text_format
         if "max_output_tokens" in message:
             body["max_tokens"] = RESPONSE_CREATE.parse(message, "max_output_tokens")
         data = message.get("input")
