@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from bitnet_actor.api.openai.chat_fields import Messages, ResponseFormat, ResponseText
+from bitnet_actor.api.openai.chat_fields import Messages, ResponseFormat, ResponseText, ToolChoice, Tools
 from bitnet_actor.api.openai.fields import (
     Anything,
     Boolean,
@@ -47,11 +47,8 @@ __all__ = [
 ]
 
 UNSUPPORTED: dict[str, str] = {
-    "tools": "tools are not supported",
-    "tool_choice": "tools are not supported",
-    "functions": "function calling is not supported",
-    "function_call": "function calling is not supported",
-    "parallel_tool_calls": "tools are not supported",
+    "functions": "the legacy functions field is not supported; use tools",
+    "function_call": "the legacy function_call field is not supported; use tool_choice",
     "echo": "echo is not supported",
     "best_of": "best_of is not supported; use n",
     "suffix": "suffix is not supported",
@@ -161,6 +158,9 @@ CHAT = RequestType(
         Boolean("logprobs", "return the chosen tokens' log-probabilities", default=False),
         Integer("top_logprobs", "with logprobs: true, the most likely alternatives per token", default=0, lo=0, hi=20),
         ResponseFormat("response_format", "text, or JSON output by constrained decoding: json_object, json_schema"),
+        Tools("tools", "functions the model may call"),
+        ToolChoice("tool_choice", "none, auto (the default with tools), required, or a named function"),
+        Boolean("parallel_tool_calls", "allow more than one call in a response", default=True),
         Anything("reasoning_effort", "accepted for compatibility; ignored", json_type="string"),
     ),
     required=("model", "messages"),
