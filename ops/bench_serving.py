@@ -12,6 +12,7 @@ exactly the asked number of tokens, and the streamed text of a greedy request mu
 
     python ops/bench_serving.py --spawn                    # 2B4T-shaped model, this machine
     python ops/bench_serving.py --url http://host:8000 --api-key bnk_live_... --model NAME
+    python ops/bench_serving.py --spawn --workload structured --shape 700m   # JSON-schema requests in a batch
 """
 
 from __future__ import annotations
@@ -281,6 +282,15 @@ def spawn(model_dir: Path, device: str = "cpu") -> tuple[subprocess.Popen[bytes]
         capture_output=True,
         check=True,
     )
+    # the free plan's limits (4 requests in flight and in the batch, 60 a minute) would be measured instead
+    limits = ["--rpm", "--tpm", "--key-rpm", "--key-tpm", "--key-concurrency", "--monthly-token-quota"]
+    admin = [sys.executable, "-m", "bitnet_actor", "admin"]
+    unlimited = [x for flag in limits for x in (flag, "none")]
+    running = ["--max-running", "256"]  # sequences of the organization in the batch at once (free: 4)
+    subprocess.run(
+        [*admin, "edit-plan", "--name", "bench", *unlimited, *running], env=env, capture_output=True, check=True
+    )
+    subprocess.run([*admin, "set-plan", "--org", "bench", "--plan", "bench"], env=env, capture_output=True, check=True)
     key = subprocess.run(
         [
             sys.executable,
@@ -316,16 +326,35 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4,8,16")
     parser.add_argument("--requests", type=int, default=0, help="per level (default: 2x concurrency, at least 4)")
     parser.add_argument("--device", choices=("cpu", "opencl", "auto"), default="cpu", help="with --spawn")
+    parser.add_argument(
+        "--workload",
+        choices=("levels", "structured"),
+        default="levels",
+        help="levels: the concurrency levels above; structured: JSON-schema requests beside unconstrained ones "
+        "in one batch (ops/serving_structured.py; with --spawn, a BPE tokenizer is trained for the model)",
+    )
+    parser.add_argument("--batch", type=int, default=8, help="structured: requests per batch")
+    parser.add_argument("--repeats", type=int, default=3, help="structured: runs per configuration")
     args = parser.parse_args()
     proc = data = None
     if args.spawn:
         model_dir = write_random_model(args.model_cache / args.shape, args.shape)
+        if args.workload == "structured":
+            from serving_structured import with_bpe_tokenizer
+
+            model_dir = with_bpe_tokenizer(model_dir, args.model_cache, SHAPES[args.shape]["vocab_size"])
         proc, url, key, data = spawn(model_dir, args.device)
     else:
         if not args.url or not args.api_key:
             parser.error("give --url and --api-key, or --spawn")
         url, key = args.url.rstrip("/"), args.api_key
     try:
+        if args.workload == "structured":
+            from serving_structured import measure
+
+            out_len, reps = args.output_len, args.repeats
+            trio.run(lambda: measure(url, key, args.model, batch=args.batch, output_len=out_len, repeats=reps))
+            return
         prompt = [int(t) for t in np.random.default_rng(1).integers(10, 1000, args.prompt_len)]
         trio.run(check, url, key, args.model, prompt)
         rows = []

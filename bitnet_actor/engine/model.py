@@ -464,9 +464,13 @@ class Model:
     def _mask_constrained(self, sampling: list[Sequence], logits: npt.NDArray[np.float32]) -> dict[int, Any]:
         """Copies of the logits rows of the sequences with a grammar, masked to what it allows (by row);
         the unconstrained rows are not touched or copied."""
-        rows = [i for i, s in enumerate(sampling) if s.matcher is not None]
+        rows = [i for i, s in enumerate(sampling) if s.params.grammar is not None]
         if not rows:
             return {}
+        for i in rows:
+            seq = sampling[i]
+            if seq.matcher is None and seq.params.grammar is not None:
+                seq.matcher = self.constraints.matcher(seq.params.grammar)
         sub = logits[rows]  # a copy: logprobs stay those of the model's own distribution
         self.constraints.mask_rows([sampling[i].matcher for i in rows], sub, list(range(len(rows))))
         return {row: sub[k] for k, row in enumerate(rows)}

@@ -102,8 +102,9 @@ class Sequence:
         self.stop_ids = frozenset(stops)
         self._max_stop = max((len(s) for s in params.stop), default=0)
         self._stopped_on_string = False
-        # the grammar's matcher: advanced with every sampled token; its masks constrain sampling (Model.step)
-        self.matcher: Any = model.constraints.matcher(params.grammar) if params.grammar is not None else None
+        # the grammar's matcher: made at the first sampling step (in the step's worker thread: building it may
+        # take milliseconds), advanced with every sampled token; its masks constrain sampling (Model.step)
+        self.matcher: Any = None
 
     @property
     def prefilling(self) -> bool:

@@ -164,6 +164,7 @@ class Plan:
     chat: bool
     request_data: dict[str, Any] = field(default_factory=dict)
     tools: ToolPlan | None = None
+    grammar_param: str | None = None  # the field a refused grammar came from
 
     def sampling(self, index: int) -> SamplingParams:
         """The sampling parameters of choice ``index`` (n choices from one seed: reproducible and different)."""
@@ -278,7 +279,7 @@ def plan_generation(kind: RequestType, body: dict[str, Any], model: Model, name:
         top_logprobs=logprobs or 0,
         ignore_eos=kind.parse(body, "ignore_eos"),
     )
-    params["grammar"] = _output_grammar(kind, body, model, tools)
+    params["grammar"], grammar_param = _output_grammar(kind, body, tools)
     for compat in ("metadata", "store", "service_tier", "reasoning_effort"):
         if compat in kind.by_name:
             kind.parse(body, compat)
@@ -312,35 +313,42 @@ def plan_generation(kind: RequestType, body: dict[str, Any], model: Model, name:
         request_data.update(tools=len(tools.tools), tool_choice=tools.choice)
     request_data.update(n=n, stream=stream, prompt_tokens=len(prompt_ids), user=user)
     include_usage = bool(options and options.get("include_usage"))
-    return Plan(name, tuple(prompt_ids), params, n, stream, include_usage, logprobs, chat, request_data, tools)
+    return Plan(
+        name, tuple(prompt_ids), params, n, stream, include_usage, logprobs, chat, request_data, tools, grammar_param
+    )
 
 
-def _output_grammar(kind: RequestType, body: dict[str, Any], model: Model, tools: ToolPlan | None) -> Grammar | None:
-    """The grammar ``response_format`` (or a ``required`` / named ``tool_choice``) asks for, checked against
-    the model's vocabulary (None: free text).
+def _output_grammar(kind: RequestType, body: dict[str, Any], tools: ToolPlan | None) -> tuple[Grammar | None, str]:
+    """The grammar ``response_format`` (or a ``required`` / named ``tool_choice``) asks for (None: free text)
+    and the field a refusal of it names. Checking it against the vocabulary is :func:`check_grammar`'s.
 
     Raises:
-        ApiError: 400 naming what the schema uses that structured output does not support, a model whose
-            tokenizer cannot serve it, or both asking to constrain the output.
+        ApiError: 400 when both ask to constrain the output.
     """
     fmt: OutputFormat | None = kind.parse(body, "response_format") if "response_format" in kind.by_name else None
     forced = tools.grammar() if tools is not None else None
     if fmt is not None and forced is not None:
         raise bad("response_format cannot be used with tool_choice required or a named function", "response_format")
     if fmt is not None:
-        grammar, where = (
-            fmt.grammar,
-            "response_format.json_schema.schema" if fmt.type == "json_schema" else "response_format",
-        )
-    elif forced is not None:
-        grammar, where = forced, "tools"
-    else:
-        return None
+        return fmt.grammar, "response_format.json_schema.schema" if fmt.type == "json_schema" else "response_format"
+    return forced, "tools"
+
+
+async def check_grammar(plan: Plan, model: Model) -> None:
+    """Check the plan's grammar against the model's vocabulary, in a worker thread (the first one reads the
+    vocabulary into llguidance: a fraction of a second at 128k tokens; later ones are cached).
+
+    Raises:
+        ApiError: 400 naming what the schema uses that structured output does not support, or a model whose
+            tokenizer cannot serve it.
+    """
+    grammar = plan.params.get("grammar")
+    if grammar is None:
+        return
     try:
-        model.constraints.check(grammar)
+        await trio.to_thread.run_sync(lambda: model.constraints.check(grammar))
     except ConstraintError as exc:
-        raise bad(str(exc), where, "invalid_json_schema") from None
-    return grammar
+        raise bad(str(exc), plan.grammar_param or "response_format", "invalid_json_schema") from None
 
 
 def expose_limits(decision: Decision) -> None:
@@ -439,6 +447,7 @@ async def admit(
     try:
         leased = await lease(stack, h, body, access.org_id, caller=sticky_id(access))
         plan = plan_generation(kind, body, leased.model, leased.name)
+        await check_grammar(plan, leased.model)
         limits = await stack.enter_async_context(h.tenants.admit(access.org_id))
         reserve = (len(plan.prompt_ids) + plan.params["max_tokens"]) * plan.n
         with child_span(h.tracing, "rate_limit", tokens_reserved=reserve):
