@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.api.served import Served, build_model_dir, serve
@@ -246,3 +247,45 @@ async def test_tool_errors(served: Served) -> None:
     assert errors["with_format"]["param"] == "response_format"
     assert errors["unsupported_params"]["param"] == "tools" and "not" in errors["unsupported_params"]["message"]
     assert errors["bad_tool_message"]["param"] == "messages[0].tool_call_id"
+
+
+async def test_response_cache_replays_tool_calls_and_keys_on_the_choice(served: Served, pg_dsn: str) -> None:
+    from tests.api.test_response_cache_served import org
+
+    _, key = await org(pg_dsn, response_cache_ttl_s=600)
+    body = {
+        "model": "tiny",
+        "messages": ASK,
+        "tools": TOOLS,
+        "tool_choice": "required",
+        "parallel_tool_calls": False,
+        "temperature": 0,
+        "max_tokens": 120,
+    }
+
+    async def post(extra: dict) -> tuple[str, dict]:
+        async with httpx.AsyncClient(base_url=served.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as h:
+            r = await h.post("/v1/chat/completions", json={**body, **extra})
+            assert r.status_code == 200, r.text
+            return r.headers["x-bitnet-cache"], r.json()
+
+    first = await post({})
+    second = await post({})
+    assert (first[0], second[0]) == ("miss", "hit")
+    assert (
+        second[1]["choices"][0]["message"]["tool_calls"][0]["function"]
+        == (first[1]["choices"][0]["message"]["tool_calls"][0]["function"])
+    )
+    assert second[1]["choices"][0]["finish_reason"] == "tool_calls"
+    assert (await post({"tool_choice": "auto"}))[0] == "miss"  # another choice: another entry
+
+    def streamed():
+        with client(served, key) as c:
+            return list(c.chat.completions.create(**body, stream=True))
+
+    chunks = await in_thread(streamed)  # a hit replayed as a stream
+    deltas = [d for ch in chunks for d in (ch.choices[0].delta.tool_calls or [])]
+    assert json.loads("".join(d.function.arguments or "" for d in deltas)) == json.loads(
+        first[1]["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+    )
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
