@@ -67,6 +67,7 @@ class RequestType:
     name: str
     fields: tuple[Field, ...]
     required: tuple[str, ...] = ()
+    refused: dict[str, str] = field(default_factory=dict)  # more fields refused here, beside UNSUPPORTED
     by_name: dict[str, Field] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -85,8 +86,8 @@ class RequestType:
             ApiError: 400 naming the first such field.
         """
         for name in body:
-            if name in UNSUPPORTED:
-                raise bad(UNSUPPORTED[name], name, "unsupported_parameter")
+            if name in UNSUPPORTED or name in self.refused:
+                raise bad(self.refused.get(name) or UNSUPPORTED[name], name, "unsupported_parameter")
             if name not in self.by_name:
                 raise bad(f"unknown parameter {name!r}", name, "unknown_parameter")
         for name in body:
@@ -104,7 +105,7 @@ class RequestType:
             "required": list(self.required),
             "additionalProperties": False,
             "description": "unknown fields are refused (400 unknown_parameter); "
-            + ", ".join(sorted(UNSUPPORTED))
+            + ", ".join(sorted({*UNSUPPORTED, *self.refused}))
             + " are refused (400 unsupported_parameter)",
         }
 
@@ -188,5 +189,9 @@ RESPONSE_CREATE = RequestType(
         ResponseText("text", "the Responses API's text.format (the same formats as response_format)"),
     ),
     required=("type", "model", "input"),
+    refused={
+        name: "tool calls are not supported on the websocket; use /v1/chat/completions"
+        for name in ("tools", "tool_choice", "parallel_tool_calls")
+    },
 )
 """A websocket ``response.create`` message (``/v1/responses``)."""
