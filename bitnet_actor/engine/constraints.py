@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 __all__ = ["ConstraintError", "Constraints", "Grammar", "json_schema_grammar", "lark_grammar"]
 
 _JSON_OPTIONS = {"whitespace_flexible": False}
+_FLT_MAX_BITS = 0x7F7FFFFF  # float32 bit patterns, as int32
+_NEG_INF_BITS = -0x00800000  # 0xFF800000
 _MAX_SCHEMA_BYTES = 256 * 1024
 _CACHE = 256
 
@@ -210,7 +212,12 @@ class Constraints:
                 self._masks = np.full((len(matchers), self._words), -1, dtype=np.int32)
             masks = self._masks[: len(matchers)]
             lln.fill_next_token_bitmask_par(self._executor, [(m, i) for i, m in enumerate(matchers)], masks)
-            width = logits.shape[1]
-            for i, row in enumerate(rows):
-                allowed = np.unpackbits(masks[i].view(np.uint8), bitorder="little")[:width]
-                logits[row][allowed == 0] = -np.inf
+            allowed = np.unpackbits(masks.view(np.uint8), axis=1, bitorder="little")[:, : logits.shape[1]]
+        # Branch-free (a boolean-indexed store costs ~6 ns a token on a random mask): the float32 whose bits
+        # are FLT_MAX where allowed and -inf elsewhere, then the minimum with the logits.
+        bits = allowed.astype(np.int32)
+        bits *= np.int32(_FLT_MAX_BITS - _NEG_INF_BITS)
+        bits += np.int32(_NEG_INF_BITS)
+        ceiling = bits.view(np.float32)
+        for i, row in enumerate(rows):
+            np.minimum(logits[row], ceiling[i], out=logits[row])
