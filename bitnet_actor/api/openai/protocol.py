@@ -189,9 +189,9 @@ RESPONSE_CREATE = RequestType(
         ResponseText("text", "the Responses API's text.format (the same formats as response_format)"),
     ),
     required=("type", "model", "input"),
-    refused={
-        name: "tool calls are not supported on the websocket; use /v1/chat/completions"
-        for name in ("tools", "tool_choice", "parallel_tool_calls")
-    },
+    refused=dict.fromkeys(
+        ("tools", "tool_choice", "parallel_tool_calls"),
+        "tool calls are not supported on the websocket; use /v1/chat/completions",
+    ),
 )
 """A websocket ``response.create`` message (``/v1/responses``)."""
