@@ -11,8 +11,9 @@
   may reach :data:`MAX_COST`.
 - Introspection (``__schema``, ``__type``) is free of cost and of the depth limit, which its standard query
   exceeds by design (``ofType`` nested eight deep), but it may nest :data:`MAX_INTROSPECTION_LISTS` lists
-  (``types { fields { args } }``, what GraphiQL's query asks) and :data:`MAX_INTROSPECTION_DEPTH` fields:
-  deeper lists (``fields { type { fields ... } }``) multiply the answer by the schema's size per level.
+  (``types { fields { args } }``, what GraphiQL's query asks), none inside itself, and
+  :data:`MAX_INTROSPECTION_DEPTH` fields: a list repeated inside itself (``fields { type { fields ... } }``)
+  multiplies the answer by the schema's size per level.
 
 :func:`check` runs on a document that passed graphql-core's validation (so fragments have no cycles).
 """
@@ -124,10 +125,10 @@ class _Walk:
         *,
         depth: int,
         scale: int,
-        lists: int | None,
+        lists: frozenset[str] | None,
     ) -> None:
         """Walk ``selection_set`` of a ``parent`` object; ``lists`` is None outside introspection, else the
-        number of introspection lists around it."""
+        introspection lists around it."""
         for selection in selection_set.selections:
             if isinstance(selection, FieldNode):
                 self.field(parent, selection, depth=depth, scale=scale, lists=lists)
@@ -143,7 +144,7 @@ class _Walk:
             self.selections(typed if is_object_type(typed) else None, inner, depth=depth, scale=scale, lists=lists)
 
     def field(
-        self, parent: GraphQLObjectType | None, node: FieldNode, *, depth: int, scale: int, lists: int | None
+        self, parent: GraphQLObjectType | None, node: FieldNode, *, depth: int, scale: int, lists: frozenset[str] | None
     ) -> None:
         name = node.name.value
         self.fields += 1
@@ -154,7 +155,7 @@ class _Walk:
             if self.aliases > MAX_ALIASES:
                 self.refuse(f"the query uses more than {MAX_ALIASES} aliases", node)
         if lists is None and name in _INTROSPECTION_ROOTS:
-            lists, depth = 0, 1
+            lists, depth = frozenset(), 1
         if lists is not None:
             self.introspection(node, depth=depth, lists=lists)
             return
@@ -172,14 +173,17 @@ class _Walk:
         child = named if is_object_type(named) else None
         self.selections(child, node.selection_set, depth=depth + 1, scale=scale * factor, lists=None)
 
-    def introspection(self, node: FieldNode, *, depth: int, lists: int) -> None:
+    def introspection(self, node: FieldNode, *, depth: int, lists: frozenset[str]) -> None:
         if depth > MAX_INTROSPECTION_DEPTH:
             self.refuse(f"introspection fields nest deeper than {MAX_INTROSPECTION_DEPTH} levels", node)
         if node.selection_set is None:
             return
-        if node.name.value in _INTROSPECTION_LISTS:
-            lists += 1
-            if lists > MAX_INTROSPECTION_LISTS:
+        name = node.name.value
+        if name in _INTROSPECTION_LISTS:
+            if name in lists:
+                self.refuse(f"introspection nests {name} inside {name}", node)
+            lists |= {name}
+            if len(lists) > MAX_INTROSPECTION_LISTS:
                 self.refuse(f"introspection nests more than {MAX_INTROSPECTION_LISTS} lists", node)
         self.selections(None, node.selection_set, depth=depth + 1, scale=0, lists=lists)
 
