@@ -500,3 +500,46 @@ async def test_introspection_for_an_authenticated_caller_within_its_own_limits(h
     assert body["data"]["__schema"]["mutationType"] is None
     status, body = await gql(harness, owner, "{ __schema { types { fields { type { fields { name } } } } } }")
     assert status == 400 and "fields inside fields" in body["errors"][0]["message"]
+
+
+async def test_lineage_across_models_equals_the_rest_route(harness: Harness, world: World) -> None:
+    """Nested lineage four deep, through versions of two models: each level's chains equal REST's, and the
+    rounds that fetch them (each level may discover new versions) end within the limit."""
+    from bitnet_actor.services.models import registry
+
+    db, org = harness.system.stores.db, uuid.UUID(world.org_a)
+
+    async def version(name: str, label: str, parent: uuid.UUID | None, origin: str) -> uuid.UUID:
+        sha = uuid.uuid4().hex * 2
+        async with db.transaction(org_id=org) as tx:
+            blob = await tx.fetchval(
+                "INSERT INTO model_blobs (org_id, sha256, object_key, bytes, format) VALUES ($1, $2, $3, 1, 'gguf')"
+                " RETURNING id",
+                org,
+                sha,
+                f"sha256/{sha}",
+            )
+        made = await registry.create_version(
+            db, org, name=name, version=label, blob_id=blob, sha256=sha, parent_id=parent, origin=origin, facts={}
+        )
+        return made.id
+
+    base, quantized = f"base-{uuid.uuid4().hex[:6]}", f"q-{uuid.uuid4().hex[:6]}"
+    v1 = await version(base, "1", None, "uploaded")
+    v2 = await version(base, "2", v1, "converted")
+    await version(quantized, "1", v2, "quantized")
+    viewer = world.a["viewer"]
+    rest = await harness.call("GET", f"/api/v1/orgs/{world.org_a}/models/{quantized}/versions/1/lineage", viewer)
+    chain = [v["id"] for v in (await rest.get_json())["data"]]
+    assert chain == [f"{quantized}:1", f"{base}:2", f"{base}:1"]
+    status, body = await gql(
+        harness,
+        viewer,
+        f'{{ organization(id: "{world.org_a}") {{ model(name: "{quantized}") {{ version(version: "1") {{'
+        " lineage { id lineage { id lineage { id lineage { id } } } } } } } }",
+    )
+    assert status == 200 and "errors" not in body, body
+    top = body["data"]["organization"]["model"]["version"]["lineage"]
+    assert [v["id"] for v in top] == chain
+    for level in top:  # each version's own chain: itself and what follows it in the top one
+        assert [v["id"] for v in level["lineage"]] == chain[chain.index(level["id"]) :]
