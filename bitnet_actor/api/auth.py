@@ -41,6 +41,7 @@ __all__ = [
     "OrgRef",
     "Principal",
     "authenticate",
+    "bound",
     "check_permission",
     "handles",
     "org_access",

@@ -87,6 +87,10 @@ class GraphContext:
         """Record ``value`` as fetched under ``key`` (a listing that returned it already)."""
         self._done.setdefault(key, value)
 
+    def fetched_of(self, kind: type[T]) -> list[T]:
+        """Every fetched value of type ``kind`` (the standings in organizations, for the request's log lines)."""
+        return [value for value in self._done.values() if isinstance(value, kind)]
+
     async def fetch_wanted(self) -> bool:
         """Run every fetch the last execution wanted; False when it wanted none (its result is final).
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 from graphql import GraphQLError, OperationDefinitionNode, OperationType, execute_sync, parse, validate
 from quart import Blueprint, Response, g, request
 
-from bitnet_actor.api.auth import authenticate, handles
+from bitnet_actor.api.auth import OrgAccess, authenticate, bound, handles
 from bitnet_actor.api.errors import ApiError, service_error
 from bitnet_actor.api.graphql import limits
 from bitnet_actor.api.graphql.context import MAX_ROUNDS, GraphContext
@@ -176,6 +176,9 @@ async def graphql() -> Response:
         return _request_errors(errors, "QUERY_TOO_COMPLEX")
     ctx = GraphContext(handles(), principal)
     result = await _execute(ctx, document, params)
+    standings = ctx.fetched_of(OrgAccess)
+    if len({s.org_id for s in standings}) == 1:
+        bound(standings[0])  # one organization asked for: the request's log line and trace name it, as REST's
     if result.data is None:  # nothing ran: bad variables, no such operation
         return _request_errors(list(result.errors or ()), "BAD_REQUEST")
     body: dict[str, Any] = {"data": result.data}
