@@ -6,8 +6,10 @@ no I/O: each reads what it needs from :meth:`GraphContext.fetched`, which either
 round fetched or notes the fetch (a key and a call of the same service the REST route uses) and fails the
 field with :class:`Pending`. The view executes the document, awaits :meth:`GraphContext.fetch_wanted` (in
 trio, a few fetches at a time) and executes again, until a round wants nothing new: that round's result is
-the answer. Reads have no side effects and each round only adds to what is known, so re-executing is safe;
-the schema nests fetches at most :data:`MAX_ROUNDS` - 1 deep (organization, its lists, a version's lineage).
+the answer. Reads have no side effects and each round only adds to what is known, so re-executing is safe.
+The longest chain of fetches is four (the caller's standing, a listing, a version's lineage, its ancestors'
+lineages: every deeper ``lineage`` is of a version already fetched), so five executions; :data:`MAX_ROUNDS`
+keeps one spare.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_ROUNDS: Final = 6
-"""Executions of one document at most: one more than the deepest chain of fetches the schema has."""
-FETCH_CONCURRENCY: Final = 4
-"""Fetches of one round at once: each holds a database connection while it runs."""
+"""Executions of one document at most (a query needing more is a bug of the schema: a 500)."""
+FETCH_CONCURRENCY: Final = 2
+"""Fetches of one round at once: each holds a database connection while it runs (a fifth of the default pool
+of 10, so one query's fan-out does not crowd out other requests)."""
 
 
 class Pending(Exception):
@@ -64,7 +67,6 @@ class GraphContext:
         self.principal = principal
         self._done: dict[Hashable, Any] = {}
         self._wanted: dict[Hashable, Callable[[], Awaitable[Any]]] = {}
-        self.fetches = 0
         self.now = int(time.time())  # one "now" for every round (usage's default end_time)
 
     def fetched(self, key: Hashable, fetch: Callable[[], Awaitable[T]]) -> T:
@@ -114,7 +116,6 @@ class GraphContext:
         self, key: Hashable, fetch: Callable[[], Awaitable[Any]], limiter: trio.CapacityLimiter
     ) -> None:
         async with limiter:
-            self.fetches += 1
             try:
                 self._done[key] = await fetch()
             except ApiError as exc:
