@@ -162,13 +162,14 @@ async def graphql() -> Response:
     except ApiError as err:
         return _refuse(err.status, err.message, headers=err.headers)
     try:
-        document = parse(params.query, max_tokens=limits.MAX_TOKENS)
+        # allow_empty_selection_sets: graphql-core 3.3's experiment; the spec refuses `{ }`
+        document = parse(params.query, max_tokens=limits.MAX_TOKENS, allow_empty_selection_sets=False)
     except GraphQLError as err:
         return _request_errors([err], "GRAPHQL_PARSE_FAILED")
     operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
     if request.method == "GET" and any(op.operation is not OperationType.QUERY for op in operations):
         return _refuse(405, "GET runs queries only; send other operations with POST", headers={"Allow": "POST"})
-    errors = validate(GRAPHQL_SCHEMA, document, max_errors=MAX_VALIDATION_ERRORS)
+    errors = validate(GRAPHQL_SCHEMA, document, max_errors=MAX_VALIDATION_ERRORS, allow_empty_selection_sets=False)
     if errors:
         return _request_errors(errors, "GRAPHQL_VALIDATION_FAILED")
     errors = limits.check(GRAPHQL_SCHEMA, document, params.variables)
