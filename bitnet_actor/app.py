@@ -21,6 +21,7 @@ from bitnet_actor.api import (
     accounts,
     billing,
     downloads,
+    graphql,
     health,
     jobs,
     objects,
@@ -74,6 +75,7 @@ def create_app(handles: Handles) -> QuartTrio:
     app.register_blueprint(openapi.blueprint)
     app.register_blueprint(tokens.blueprint)
     app.register_blueprint(stripe_webhook.blueprint)
+    app.register_blueprint(graphql.blueprint)
     for blueprint in openai.BLUEPRINTS:
         app.register_blueprint(blueprint)
     metrics = handles.metrics

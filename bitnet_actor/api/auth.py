@@ -41,9 +41,12 @@ __all__ = [
     "OrgRef",
     "Principal",
     "authenticate",
+    "bound",
     "check_permission",
     "handles",
     "org_access",
+    "org_standing",
+    "permit",
     "request_actor",
     "require_user",
 ]
@@ -189,23 +192,44 @@ async def org_access(org: OrgRef, permission: Permission) -> OrgAccess:
     """
     principal = await authenticate()
     assert principal is not None
+    access = await org_standing(principal, org)
+    permit(access, permission)
+    return bound(access)
+
+
+async def org_standing(principal: Principal, org: OrgRef) -> OrgAccess:
+    """``principal``'s standing in ``org`` (an id or ``current``): its role there, or its key; no permission
+    checked yet (``permit`` does). ``org_access`` is ``authenticate`` + this + ``permit``; the GraphQL layer,
+    which asks several permissions of one organization in one request, calls the parts.
+
+    Raises:
+        ApiError: 404 not a member / other organization's key or token; 400 ``current`` for a user of several
+            organizations.
+    """
     org_id = await _resolve(principal, org)
     not_found = ApiError(404, "no such organization")
     if principal.key is not None:
         if principal.key.org_id != org_id:
             raise not_found
-        check_permission(permission, scopes=principal.key.scopes)
-        return bound(OrgAccess(principal, org_id, None))
+        return OrgAccess(principal, org_id, None)
     assert principal.user_id is not None
     if principal.token_org is not None and principal.token_org != org_id:
         raise not_found
     role = await tenancy.membership_role(handles().stores.db, org_id, principal.user_id)
     if role is None:
         raise not_found
-    check_permission(permission, role=role)
+    return OrgAccess(principal, org_id, role)
+
+
+def permit(access: OrgAccess, permission: Permission) -> None:
+    """Raise a 403 unless the caller's role (and its token's scopes) or its key's scopes allow ``permission``."""
+    principal = access.principal
+    if principal.key is not None:
+        check_permission(permission, scopes=principal.key.scopes)
+        return
+    check_permission(permission, role=access.role)
     if principal.token_scopes is not None:
         check_permission(permission, scopes=principal.token_scopes)
-    return bound(OrgAccess(principal, org_id, role))
 
 
 def bound(access: OrgAccess) -> OrgAccess:

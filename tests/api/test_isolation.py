@@ -1,4 +1,5 @@
-"""Tenant isolation: the route x role x tenant matrix, and row-level security underneath it."""
+"""Tenant isolation: the route x role x tenant matrix (and /graphql's field x role x tenant one), and row-level
+security underneath it."""
 
 from __future__ import annotations
 
@@ -223,6 +224,61 @@ async def test_route_role_tenant_matrix(harness: Harness) -> None:
             if r.status_code >= 400:
                 body_json = await r.get_json()
                 assert set(body_json["error"]) == {"message", "type", "param", "code"}
+    assert not failures, "\n".join(failures)
+
+
+# /graphql: each field of an organization, and which roles may read it: the same sets as the REST route that
+# reads the same thing above. {key}, {job}, {model}, {invoice} are org A's.
+GRAPHQL_FIELDS: list[tuple[str, frozenset[str]]] = [
+    ("name", EVERYONE),
+    ("region", EVERYONE),
+    ("members { email }", EVERYONE),
+    ("keys { id }", KEY_READERS),
+    ('key(id: "{key}") { id }', KEY_READERS),
+    ("models { name }", KEY_READERS),
+    ('model(name: "{model}") { name }', KEY_READERS),
+    ("jobs { id }", KEY_READERS),
+    ('job(id: "{job}") { id }', KEY_READERS),
+    ("usage(startTime: 1700000000) { hasMore }", BILLING_READERS),
+    ("invoices { id }", BILLING_READERS),
+    ('invoice(id: "{invoice}") { id }', BILLING_READERS),
+]
+
+
+@pytest.mark.slow
+async def test_graphql_field_role_tenant_matrix(harness: Harness) -> None:
+    """Every field x every role of org A, org B's owner and key, and nobody: allowed fields answer, others are
+    null with FORBIDDEN (REST's 403), org B gets not even org A's id (NOT_FOUND, REST's 404), nobody a 401."""
+    h = harness
+    w = await build_world(h)
+    ids = {**await a_job(h, w), **await an_invoice(h, w), "key": w.a_key_id}
+    failures: list[str] = []
+    for selection, allowed in GRAPHQL_FIELDS:
+        for name, value in ids.items():
+            selection = selection.replace("{" + name + "}", value)
+        field = selection.split("(")[0].split(" ")[0]
+        query = '{ organization(id: "%s") { id %s } }' % (w.org_a, selection)  # noqa: UP031  (GraphQL's braces)
+        for who, caller in [
+            *w.a.items(),
+            ("org B owner", w.b_owner),
+            ("org B key", Caller(bearer=w.b_key)),
+            ("anonymous", ANON),
+        ]:
+            r = await h.call("POST", "/graphql", caller, json={"query": query})
+            body = await r.get_json()
+            errors = [(tuple(e.get("path") or ()), e["extensions"]["code"]) for e in body.get("errors", [])]
+            if who == "anonymous":
+                ok = r.status_code == 401 and "data" not in body
+            elif who.startswith("org B"):
+                ok = body.get("data") == {"organization": None} and errors == [(("organization",), "NOT_FOUND")]
+            elif who in allowed:
+                ok = not errors and body["data"]["organization"][field] is not None
+            else:
+                ok = body["data"]["organization"] == {"id": w.org_a, field: None} and errors == [
+                    (("organization", field), "FORBIDDEN")
+                ]
+            if not ok:
+                failures.append(f"{field} as {who}: {r.status_code} {body}")
     assert not failures, "\n".join(failures)
 
 
