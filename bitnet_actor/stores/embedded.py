@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,7 +38,7 @@ import psutil
 
 from bitnet_actor.errors import StartupError
 
-__all__ = ["EmbeddedPostgres", "EmbeddedRedis", "redis_answers"]
+__all__ = ["PG_SYSTEM_USER", "EmbeddedPostgres", "EmbeddedRedis", "ensure_system_user", "redis_answers"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,45 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
+PG_SYSTEM_USER = "pgserver"
+"""The system user pgserver runs PostgreSQL as when started by root (PostgreSQL refuses to run as root)."""
+_SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
+
+
+def ensure_system_user(name: str, *, search: tuple[str, ...] = _SBIN_DIRS) -> None:
+    """Make sure the system user ``name`` exists, creating it with ``useradd`` found on PATH or in ``search``
+    (root's PATH often lacks /usr/sbin in containers; pgserver would fail with "No such file or directory:
+    'useradd'").
+
+    Raises:
+        StartupError: in one line, what is missing and what to do.
+    """
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+        return
+    except KeyError:
+        pass
+    tool = shutil.which("useradd") or next(
+        (str(Path(d) / "useradd") for d in search if os.access(Path(d) / "useradd", os.X_OK)), None
+    )
+    if tool is None:
+        raise StartupError(
+            f"embedded PostgreSQL started as root runs as the system user {name!r}, which does not exist, and no "
+            f"useradd was found (PATH, {', '.join(search)}): create the user (useradd -s /bin/bash {name}), run "
+            "bitnet-actor as a non-root user, or set BITNET_DATABASE_URL to a PostgreSQL server"
+        )
+    done = subprocess.run([tool, "-s", "/bin/bash", name], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        words = (done.stderr or done.stdout).strip().splitlines()
+        raise StartupError(
+            f"embedded PostgreSQL started as root needs the system user {name!r}; {tool} failed: "
+            f"{words[-1] if words else f'exit {done.returncode}'}"
+        )
+    log.info("embedded postgres: created the system user %s with %s", name, tool)
+
+
 class EmbeddedPostgres:
     """A PostgreSQL server in ``data_dir/postgres``, shared by every process that opens the same dir."""
 
@@ -77,6 +117,8 @@ class EmbeddedPostgres:
         pgserver = _import_pgserver()
         self.pgdata.mkdir(parents=True, exist_ok=True)
         self._clean_stale_state()
+        if os.geteuid() == 0:
+            ensure_system_user(PG_SYSTEM_USER)
         try:
             server = pgserver.get_server(self.pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
         except Exception as exc:
