@@ -29,6 +29,7 @@ from bitnet_actor.api import (
     openapi,
     registry,
     routes,
+    saml,
     stripe_webhook,
     tokens,
     traced,
@@ -74,6 +75,7 @@ def create_app(handles: Handles) -> QuartTrio:
     app.register_blueprint(jobs.blueprint)
     app.register_blueprint(openapi.blueprint)
     app.register_blueprint(tokens.blueprint)
+    app.register_blueprint(saml.blueprint)
     app.register_blueprint(stripe_webhook.blueprint)
     app.register_blueprint(graphql.blueprint)
     for blueprint in openai.BLUEPRINTS:

@@ -60,6 +60,7 @@ from bitnet_actor.services.models.keys import LocalKeyProvider
 from bitnet_actor.services.oidc import OidcClient, OidcSettings
 from bitnet_actor.services.ratelimit import RateLimiter
 from bitnet_actor.services.refresh import RefreshTokens
+from bitnet_actor.services.saml import SamlService
 from bitnet_actor.services.sessions import SessionStore
 from bitnet_actor.services.throttle import LoginThrottle
 from bitnet_actor.stores import Stores, open_stores, secret_key
@@ -237,6 +238,7 @@ def build_auth(
         jwt=JwtService(stores.db, encryption_key=key, issuer=base),
         refresh=RefreshTokens(stores.db),
         oidc=oidc,
+        saml=SamlService(stores.db, stores.redis, base_url=base),
     )
 
 

@@ -17,6 +17,7 @@ from bitnet_actor.api.jobs_spec import JOBS_PATHS
 from bitnet_actor.api.openai.spec import V1_PATHS, V1_SCHEMAS
 from bitnet_actor.api.registry_spec import REGISTRY_PATHS
 from bitnet_actor.api.routes_spec import ROUTES_PATHS
+from bitnet_actor.api.saml_spec import SAML_PATHS
 from bitnet_actor.api.spec_tools import LIMIT as _LIMIT
 from bitnet_actor.api.spec_tools import ORG as _ORG
 from bitnet_actor.api.spec_tools import S as _S
@@ -430,6 +431,7 @@ SPEC: dict[str, Any] = {
         **REGISTRY_PATHS,
         **ROUTES_PATHS,
         **JOBS_PATHS,
+        **SAML_PATHS,
         "/api/v1/oidc/login": {
             "get": {
                 "summary": "Start single sign-on (redirects to the provider)",

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from bitnet_actor.services.jwt import JwtService
     from bitnet_actor.services.oidc import OidcClient
     from bitnet_actor.services.refresh import RefreshTokens
+    from bitnet_actor.services.saml import SamlService
     from bitnet_actor.services.sessions import Session, SessionStore
     from bitnet_actor.services.throttle import LoginThrottle
 
@@ -39,6 +40,7 @@ class AuthServices:
     jwt: JwtService | None = None
     refresh: RefreshTokens | None = None
     oidc: OidcClient | None = None
+    saml: SamlService | None = None
 
 
 class CsrfError(PermissionDeniedError):
