@@ -92,6 +92,7 @@ def _idp_metadata(config: SamlConfig) -> str:
 
 
 def _sp_config(sp: SpEndpoints, config: SamlConfig | None, xmlsec: str | None) -> SPConfig:
+    """pysaml2's configuration: for metadata when ``config`` is None, else for talking to its IdP."""
     settings: dict[str, Any] = {
         "entityid": sp.entity_id,
         "accepted_time_diff": CLOCK_SKEW_S,
@@ -101,9 +102,10 @@ def _sp_config(sp: SpEndpoints, config: SamlConfig | None, xmlsec: str | None) -
             "sp": {
                 "endpoints": {"assertion_consumer_service": [(sp.acs_url, BINDING_HTTP_POST)]},
                 "authn_requests_signed": False,
-                # pysaml2 wants a signed Response by default; we want the Response or the Assertion signed.
+                # pysaml2 wants a signed Response by default; we take the Response or the Assertion signed,
+                # and the metadata asks IdPs for signed assertions (what most sign by default).
                 "want_response_signed": False,
-                "want_assertions_signed": False,
+                "want_assertions_signed": config is None,
                 "want_assertions_or_response_signed": True,
                 "allow_unsolicited": False,
                 "allow_unknown_attributes": True,

@@ -8,7 +8,8 @@ In order, each step refusing with a :class:`SamlResponseError` whose ``reason`` 
    value twice anywhere; signatures only directly in the Response or the Assertion, one each, with SHA-2
    algorithms. This is what makes signature wrapping impossible: the one assertion we read is the one element
    with its ID, so the element xmlsec verified is the element we use.
-2. **Status**: a non-success status is the IdP's refusal (nothing in it is trusted, so no signature needed).
+2. **Status** (checked within step 1, before the assertion count: error responses carry no assertion): a
+   non-success status is the IdP's refusal (nothing in it is trusted, so no signature needed).
 3. **Signature**, by pysaml2 and ``xmlsec1`` with the configured certificates only (never a key in the
    message): the Response's if present, the Assertion's if present, and at least one of them.
 4. **Rules** on the verified objects: Issuer of the Response (if any) and the Assertion = the configured
@@ -29,6 +30,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import traceback
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -100,6 +102,17 @@ class VerifiedAssertion:
         return next((v for v in self.attributes.get(name, ()) if v), None)
 
 
+def _drop_frames(exc: BaseException) -> None:
+    """Clear the finished frames of a pysaml2 failure and its causes, so the temporary files it left in their
+    locals (certificates written for xmlsec1) close now rather than in the cycle collector (which warns)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        current = current.__cause__ or current.__context__
+
+
 def _refuse(reason: str, message: str) -> SamlResponseError:
     return SamlResponseError(reason, message)
 
@@ -133,6 +146,18 @@ def _parse_strict(raw: bytes) -> ET.Element:
     return root
 
 
+def _check_status(root: ET.Element) -> None:
+    code = root.find(f"{_P}Status/{_P}StatusCode")
+    if code is None or code.get("Value") != samlp.STATUS_SUCCESS:
+        inner = code.find(f"{_P}StatusCode") if code is not None else None
+        words = [
+            (inner if inner is not None else code).get("Value", "") if code is not None else "no status",
+            (root.findtext(f"{_P}Status/{_P}StatusMessage") or "").strip(),
+        ]
+        detail = " ".join(w[:200] for w in words if w)
+        raise _refuse("idp_status", f"the identity provider refused the sign-in: {detail}")
+
+
 def _check_shape(root: ET.Element) -> None:
     if root.tag != _P + "Response":
         raise _refuse("malformed", "the message is not a SAML Response")
@@ -146,6 +171,7 @@ def _check_shape(root: ET.Element) -> None:
                 if value in seen:
                     raise _refuse("signature_wrapping", "an ID appears twice in the SAML response")
                 seen.add(value)
+    _check_status(root)
     if next(root.iter(_A + "EncryptedAssertion"), None) is not None:
         raise _refuse("encrypted_assertion", "encrypted assertions are not supported: configure the IdP to sign only")
     assertions = list(root.iter(_A + "Assertion"))
@@ -185,16 +211,6 @@ def _text(element: Any) -> str:
     return (element.text or "").strip() if element is not None else ""
 
 
-def _check_status(response: samlp.Response) -> None:
-    status = response.status
-    code = status.status_code if status is not None else None
-    if code is None or code.value != samlp.STATUS_SUCCESS:
-        inner = code.status_code.value if code is not None and code.status_code is not None else None
-        message = _text(status.status_message) if status is not None else ""
-        detail = " ".join(str(part)[:200] for part in (inner or (code.value if code else "no status"), message) if part)
-        raise _refuse("idp_status", f"the identity provider refused the sign-in: {detail}")
-
-
 def _check_signatures(client: Saml2Client, text: str, unverified: samlp.Response) -> tuple[samlp.Response, Any]:
     if unverified.signature is None and unverified.assertion[0].signature is None:
         raise _refuse("unsigned", "neither the SAML Response nor its Assertion is signed")
@@ -205,6 +221,7 @@ def _check_signatures(client: Saml2Client, text: str, unverified: samlp.Response
             client.sec.check_signature(assertion, class_name(assertion), text)
     except Exception as exc:  # pysaml2's refusals come as many types; every one of them is a bad signature
         log.info("SAML signature refused: %s", type(exc).__name__)
+        _drop_frames(exc)
         raise _refuse("bad_signature", "the signature does not verify with the configured IdP certificates") from None
     try:
         valid_instance(response)
@@ -297,7 +314,6 @@ def verify_response(
         raise _refuse("malformed", "the SAML response does not parse") from None
     if unverified is None or not unverified.assertion:
         raise _refuse("malformed", "the SAML response does not parse")
-    _check_status(unverified)
     response, assertion = _check_signatures(client, text, unverified)
     if response.version != "2.0" or assertion.version != "2.0":
         raise _refuse("malformed", "only SAML 2.0 is supported")
@@ -346,6 +362,7 @@ def _second_opinion(client: Saml2Client, raw: bytes, verified: VerifiedAssertion
         )
     except Exception as exc:  # pysaml2 refuses with assorted types
         log.info("pysaml2 refused a SAML response ours accepted: %s: %s", type(exc).__name__, str(exc)[:200])
+        _drop_frames(exc)
         raise _refuse("rejected", "the SAML response breaks the Web SSO profile") from None
     if result is None or result.assertion is None or result.assertion.id != verified.assertion_id:
         raise _refuse("rejected", "the SAML response breaks the Web SSO profile")
