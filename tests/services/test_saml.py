@@ -334,6 +334,23 @@ def wrapped_twice(idp: TestIdp, request: SeenRequest, email: str) -> str:
     return encode(xml.replace(original, evil + original))
 
 
+def wrapped_after(idp: TestIdp, request: SeenRequest, email: str) -> str:
+    """A second, unsigned assertion after the signed original (whichever a parser picks, one is unsigned)."""
+    xml = decode(idp.craft(request, email=email))
+    original = _assertion_element(xml)
+    evil = _unsigned(original).replace(email, "mallory@acme.example").replace('ID="id-', 'ID="evil-')
+    return encode(xml.replace(original, original + evil))
+
+
+def id_twice(idp: TestIdp, request: SeenRequest, email: str) -> str:
+    """The Response takes the signed Assertion's ID: which element an ID names becomes ambiguous."""
+    xml = decode(idp.craft(request, email=email))
+    assertion_id = re.search(r'<\w+:Assertion [^>]*ID="([^"]+)"', xml)
+    response_id = re.search(r'<\w+:Response [^>]*ID="([^"]+)"', xml)
+    assert assertion_id and response_id
+    return encode(xml.replace(f'ID="{response_id.group(1)}"', f'ID="{assertion_id.group(1)}"', 1))
+
+
 def wrapped_same_id(idp: TestIdp, request: SeenRequest, email: str) -> str:
     """XSW: the evil assertion takes the original's ID and place; the signed original hides in Extensions."""
     xml = decode(idp.craft(request, email=email))
@@ -397,6 +414,8 @@ NEGATIVE: list[tuple[str, Callable[[TestIdp, SeenRequest, str], str], str]] = [
     ("tampered signed response", tampered_response, "bad_signature"),
     ("wrapped beside the original", wrapped_twice, "signature_wrapping"),
     ("wrapped with the original's ID", wrapped_same_id, "signature_wrapping"),
+    ("second assertion after the original", wrapped_after, "signature_wrapping"),
+    ("an ID twice", id_twice, "signature_wrapping"),
     ("comment inside a signed value", comment_truncation, "malformed"),
     ("DTD", with_dtd, "malformed"),
     ("encrypted assertion", encrypted, "encrypted_assertion"),
