@@ -14,7 +14,7 @@ The tree::
     ├── ServiceError                  a domain rule refused (bitnet_actor/services/errors.py draws it)
     ├── EngineError                   model loading and generation (bitnet_actor/engine/errors.py)
     ├── ActorError                    an actor could not do what was asked (actors/errors.py)
-    └── InvalidTokenError, KeyDecryptionError, OidcError, TokenizerError   (their services' modules),
+    └── InvalidTokenError, KeyDecryptionError, OidcError, SamlError, TokenizerError   (their services' modules),
         ObjectIntegrityError, MasterKeyError, DataKeyNotFoundError, DataKeyDestroyedError
                                       (encrypted model objects: bitnet_actor/services/models/)
 
