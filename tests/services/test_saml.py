@@ -232,7 +232,7 @@ def test_return_paths_are_local_only() -> None:
     for good in ("/", "/portal", "/portal/keys?tab=2#top", "/a//b"):
         assert safe_return_to(good), good
     for bad in ("", "portal", "//evil.example", "/\\evil.example", "https://evil.example/", "/x\\y",
-                "javascript:alert(1)", "/\x00", "/ok\n", "/" + "a" * 3000):  # fmt: skip
+                "javascript:alert(1)", "/\x00", "/ok\n", "/a b", "/caf\u00e9", "/" + "a" * 3000):  # fmt: skip
         assert not safe_return_to(bad), bad
 
 
@@ -477,7 +477,7 @@ async def test_login_ends_in_the_browser_that_started_it(sso: Sso) -> None:
     assert (await sso.finish(response, request, binding)).created_user
 
 
-@pytest.mark.parametrize("relay_state", ["", "https://evil.example/", "/portal"])
+@pytest.mark.parametrize("relay_state", ["", "https://evil.example/", "/portal", "caf\u00e9"])
 async def test_relay_state_must_be_the_requests(sso: Sso, relay_state: str) -> None:
     request, binding = await sso.start("/portal")
     error = await refused(

@@ -102,10 +102,11 @@ class SamlLogin:
 
 
 def safe_return_to(value: str) -> bool:
-    """A local path only: no scheme, no host, no ``//`` or ``/\\`` that browsers read as another host."""
+    """A local path only: no scheme, no host, no ``//`` or ``/\\`` that browsers read as another host; printable
+    ASCII (anything else percent-encoded), as a Location header carries it."""
     if not value.startswith("/") or value.startswith(("//", "/\\")) or len(value) > _MAX_RETURN_TO:
         return False
-    if any(ord(c) < 0x20 or c in "\\\x7f" for c in value):
+    if any(not 0x21 <= ord(c) <= 0x7E or c == "\\" for c in value):
         return False
     parts = urlsplit(value)
     return not parts.scheme and not parts.netloc
@@ -273,7 +274,7 @@ class SamlService:
         if status != "ok":
             raise SamlResponseError(status, _MESSAGES[status])
         record = json.loads(peeked[1])
-        if not relay_state or not hmac.compare_digest(str(record["relay_state"]), relay_state):
+        if not relay_state or not hmac.compare_digest(str(record["relay_state"]).encode(), relay_state.encode()):
             raise SamlRequestError("invalid_relay_state", "the RelayState does not belong to this sign-in")
         if binding is None or not hmac.compare_digest(str(record["binding"]), _digest(binding)):
             raise SamlResponseError("browser_mismatch", "the sign-in was started in another browser")

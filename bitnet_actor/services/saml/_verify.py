@@ -148,14 +148,16 @@ def _parse_strict(raw: bytes) -> ET.Element:
 
 def _check_status(root: ET.Element) -> None:
     code = root.find(f"{_P}Status/{_P}StatusCode")
-    if code is None or code.get("Value") != samlp.STATUS_SUCCESS:
-        inner = code.find(f"{_P}StatusCode") if code is not None else None
-        words = [
-            (inner if inner is not None else code).get("Value", "") if code is not None else "no status",
-            (root.findtext(f"{_P}Status/{_P}StatusMessage") or "").strip(),
-        ]
-        detail = " ".join(w[:200] for w in words if w)
-        raise _refuse("idp_status", f"the identity provider refused the sign-in: {detail}")
+    value = code.get("Value") if code is not None else None
+    if value == samlp.STATUS_SUCCESS:
+        return
+    inner = code.find(f"{_P}StatusCode") if code is not None else None  # the specific reason, if given
+    words = [
+        (inner.get("Value") if inner is not None else None) or value or "no status",
+        (root.findtext(f"{_P}Status/{_P}StatusMessage") or "").strip(),
+    ]
+    detail = " ".join(w[:200] for w in words if w)
+    raise _refuse("idp_status", f"the identity provider refused the sign-in: {detail}")
 
 
 def _check_shape(root: ET.Element) -> None:
