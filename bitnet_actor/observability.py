@@ -54,7 +54,7 @@ class _LiveCollector:
             running.add_metric([name], stats.running)
             waiting.add_metric([name], stats.waiting)
             kv.add_metric([name], stats.kv_bytes)
-            if stats.prefix_cache is not None:
+            if getattr(stats, "prefix_cache", None) is not None:  # None: that model's prefix cache is off
                 prefix.add(name, stats.prefix_cache)
         yield from (running, waiting, kv)
         yield from prefix.families()
