@@ -10,8 +10,12 @@ aggregate decode throughput (concurrency / median TPOT: what the batch decodes p
 are in). Before timing anything it checks the server: a non-streaming request must come back with
 exactly the asked number of tokens, and the streamed text of a greedy request must equal the non-streamed.
 
+``--workload shared-prefix`` (with ``--spawn``) measures the prefix cache instead: requests sharing a long system
+prompt, TTFT with the cache off and on (``bench_serving_prefix.py`` says how).
+
     python ops/bench_serving.py --spawn                    # 2B4T-shaped model, this machine
     python ops/bench_serving.py --url http://host:8000 --api-key bnk_live_... --model NAME
+    python ops/bench_serving.py --spawn --workload shared-prefix --output-len 16
 """
 
 from __future__ import annotations
@@ -226,7 +230,9 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def spawn(model_dir: Path, device: str = "cpu") -> tuple[subprocess.Popen[bytes], str, str, Path]:
+def spawn(
+    model_dir: Path, device: str = "cpu", extra: list[str] | None = None
+) -> tuple[subprocess.Popen[bytes], str, str, Path]:
     data = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -251,6 +257,7 @@ def spawn(model_dir: Path, device: str = "cpu") -> tuple[subprocess.Popen[bytes]
             "256",
             "--device",
             device,
+            *(extra or []),
         ],
         env=env,
         stdout=log,
@@ -316,8 +323,20 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4,8,16")
     parser.add_argument("--requests", type=int, default=0, help="per level (default: 2x concurrency, at least 4)")
     parser.add_argument("--device", choices=("cpu", "opencl", "auto"), default="cpu", help="with --spawn")
+    parser.add_argument("--workload", choices=("uniform", "shared-prefix"), default="uniform")
+    parser.add_argument("--prefix-len", type=int, default=1000, help="shared-prefix: the common prefix")
+    parser.add_argument("--turn-len", type=int, default=64, help="shared-prefix: each request's own turn")
+    parser.add_argument("--repeats", type=int, default=5, help="shared-prefix: timed requests per server")
     args = parser.parse_args()
     proc = data = None
+    if args.workload == "shared-prefix":
+        if not args.spawn:
+            parser.error("--workload shared-prefix starts its own servers: give --spawn")
+        from bench_serving_prefix import run_shared_prefix
+
+        model_dir = write_random_model(args.model_cache / args.shape, args.shape)
+        run_shared_prefix(spawn, model_dir, SHAPES[args.shape]["vocab_size"], args)
+        return
     if args.spawn:
         model_dir = write_random_model(args.model_cache / args.shape, args.shape)
         proc, url, key, data = spawn(model_dir, args.device)

@@ -297,10 +297,8 @@ class PrefixCache:
         bt = self.block_tokens
         runner = self._runner
         if runner is None:
-            return (
-                np.ascontiguousarray(s.k_cache[:, :, p0 : p0 + bt]),  # (layers, Hkv, bt, D)
-                np.ascontiguousarray(s.v_cache[:, :, p0 : p0 + bt]),
-            )
+            # (layers, Hkv, bt, D) copies: never views that would keep the sequence's whole cache alive
+            return s.k_cache[:, :, p0 : p0 + bt].copy(), s.v_cache[:, :, p0 : p0 + bt].copy()
         k, v = runner.new_kv_block(bt), runner.new_kv_block(bt)
         runner.copy_kv(s.k_cache, s.capacity, p0, k, bt, 0, bt)
         runner.copy_kv(s.v_cache, s.capacity, p0, v, bt, 0, bt)

@@ -146,6 +146,18 @@ def test_f32_and_f16_caches_never_share_blocks(weights: Any) -> None:
     assert model.prefix_cache is not None and model.prefix_cache.statistics().bytes == 3 * BLOCK_BYTES * 3 // 2
 
 
+def test_blocks_are_copies_never_views_of_a_sequence_cache() -> None:
+    # one layer and one KV head: a block's slice of the cache is contiguous, where a view would be the cheap answer
+    model = Model(random_weights(dataclasses.replace(CFG, num_layers=1, num_kv_heads=1, num_heads=2), seed=0))
+    model.set_prefix_cache(1 << 20)
+    seq = model.new_sequence(SYSTEM, _params(), cache_salt=b"a")
+    model.step([seq])
+    assert model.prefix_cache is not None
+    blocks = list(model.prefix_cache._blocks.values())
+    assert len(blocks) == 3
+    assert not any(np.shares_memory(b.k, seq.k_cache) or np.shares_memory(b.v, seq.v_cache) for b in blocks)
+
+
 # --- eviction ------------------------------------------------------------------------------------------------
 
 
