@@ -15,7 +15,8 @@ prompt, TTFT with the cache off and on (``bench_serving_prefix.py`` says how).
 
     python ops/bench_serving.py --spawn                    # 2B4T-shaped model, this machine
     python ops/bench_serving.py --url http://host:8000 --api-key bnk_live_... --model NAME
-    python ops/bench_serving.py --spawn --workload shared-prefix --output-len 16
+    python ops/bench_serving.py --spawn --workload structured --shape 700m   # JSON-schema requests in a batch
+    python ops/bench_serving.py --spawn --workload shared-prefix --output-len 16   # prefix cache off vs on
 """
 
 from __future__ import annotations
@@ -288,6 +289,15 @@ def spawn(
         capture_output=True,
         check=True,
     )
+    # the free plan's limits (4 requests in flight and in the batch, 60 a minute) would be measured instead
+    limits = ["--rpm", "--tpm", "--key-rpm", "--key-tpm", "--key-concurrency", "--monthly-token-quota"]
+    admin = [sys.executable, "-m", "bitnet_actor", "admin"]
+    unlimited = [x for flag in limits for x in (flag, "none")]
+    running = ["--max-running", "256"]  # sequences of the organization in the batch at once (free: 4)
+    subprocess.run(
+        [*admin, "edit-plan", "--name", "bench", *unlimited, *running], env=env, capture_output=True, check=True
+    )
+    subprocess.run([*admin, "set-plan", "--org", "bench", "--plan", "bench"], env=env, capture_output=True, check=True)
     key = subprocess.run(
         [
             sys.executable,
@@ -323,11 +333,25 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4,8,16")
     parser.add_argument("--requests", type=int, default=0, help="per level (default: 2x concurrency, at least 4)")
     parser.add_argument("--device", choices=("cpu", "opencl", "auto"), default="cpu", help="with --spawn")
-    parser.add_argument("--workload", choices=("uniform", "shared-prefix"), default="uniform")
+    parser.add_argument(
+        "--workload",
+        choices=("levels", "structured", "shared-prefix"),
+        default="levels",
+        help="levels: the concurrency levels above; structured: JSON-schema requests beside unconstrained ones "
+        "in one batch (ops/serving_structured.py; with --spawn, a BPE tokenizer is trained for the model); "
+        "shared-prefix: TTFT with the prefix cache off and on (ops/bench_serving_prefix.py; needs --spawn)",
+    )
+    parser.add_argument("--batch", type=int, default=8, help="structured: requests per batch")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=0,
+        help="structured: runs per configuration [3]; shared-prefix: timed requests [5]",
+    )
     parser.add_argument("--prefix-len", type=int, default=1000, help="shared-prefix: the common prefix")
     parser.add_argument("--turn-len", type=int, default=64, help="shared-prefix: each request's own turn")
-    parser.add_argument("--repeats", type=int, default=5, help="shared-prefix: timed requests per server")
     args = parser.parse_args()
+    args.repeats = args.repeats or (5 if args.workload == "shared-prefix" else 3)
     proc = data = None
     if args.workload == "shared-prefix":
         if not args.spawn:
@@ -339,12 +363,22 @@ def main() -> None:
         return
     if args.spawn:
         model_dir = write_random_model(args.model_cache / args.shape, args.shape)
+        if args.workload == "structured":
+            from serving_structured import with_bpe_tokenizer
+
+            model_dir = with_bpe_tokenizer(model_dir, args.model_cache, SHAPES[args.shape]["vocab_size"])
         proc, url, key, data = spawn(model_dir, args.device)
     else:
         if not args.url or not args.api_key:
             parser.error("give --url and --api-key, or --spawn")
         url, key = args.url.rstrip("/"), args.api_key
     try:
+        if args.workload == "structured":
+            from serving_structured import measure
+
+            out_len, reps = args.output_len, args.repeats
+            trio.run(lambda: measure(url, key, args.model, batch=args.batch, output_len=out_len, repeats=reps))
+            return
         prompt = [int(t) for t in np.random.default_rng(1).integers(10, 1000, args.prompt_len)]
         trio.run(check, url, key, args.model, prompt)
         rows = []

@@ -45,11 +45,12 @@ setup() {
     fi
 }
 
-# promtool and amtool (Debian's prometheus packages) for the alert-rule and config tests of tests/ops; they
-# skip without them unless BITNET_TEST_REQUIRE_OPS_TOOLS=1 (CI), which makes them fail instead.
+# Debian's promtool and amtool (alert-rule and config tests of tests/ops), chromium (the portal's browser
+# tests) and xmlsec1 (SAML); their tests skip without them unless BITNET_TEST_REQUIRE_OPS_TOOLS=1 (CI), which
+# makes them fail instead.
 ops_tools() {
-    if ! bash "$ROOT/ops/install_promtool.sh"; then
-        say "could not install promtool/amtool: the Prometheus config tests will skip (or fail under CI)"
+    if ! bash "$ROOT/ops/install_test_tools.sh"; then
+        say "could not install promtool/amtool/chromium/xmlsec1: their tests will skip (or fail under CI)"
     fi
 }
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bitnet_actor.engine import ops
+from bitnet_actor.engine.constraints import ConstraintError, Constraints
 from bitnet_actor.engine.errors import ContextLengthError, EngineError
 from bitnet_actor.engine.layers import DenseMatrix, Linear
 from bitnet_actor.engine.prefix_cache import BLOCK_TOKENS, PrefixCache
@@ -127,6 +128,8 @@ class Model:
         self.config: ModelConfig = weights.config
         self._tokenizer = tokenizer
         self._lock = threading.Lock()
+        self._constraints: Constraints | None = None
+        self._constraints_lock = threading.Lock()
         cfg = self.config
         inv = cfg.rope_inv_freq()  # (D/2,)
         pos = np.arange(cfg.context_length, dtype=np.float32)[:, None]
@@ -205,6 +208,24 @@ class Model:
     @tokenizer.setter
     def tokenizer(self, tok: Any) -> None:
         self._tokenizer = tok
+        self._constraints = None
+
+    @property
+    def constraints(self) -> Constraints:
+        """Constrained decoding over this model's vocabulary (made on first use).
+
+        Raises:
+            ConstraintError: the model has no tokenizer, or llguidance cannot read it.
+        """
+        found = self._constraints
+        if found is None:
+            if self._tokenizer is None:
+                raise ConstraintError("structured output needs a model with a tokenizer; this one has none")
+            with self._constraints_lock:
+                found = self._constraints
+                if found is None:
+                    found = self._constraints = Constraints(self._tokenizer, self.vocab_size, self.eos_token_ids)
+        return found
 
     @property
     def has_tokenizer(self) -> bool:
@@ -466,6 +487,8 @@ class Model:
             logits = self._forward(active, feeds, want, all_rows=False)
             if cache is not None:
                 cache.store(active, [s.pos + len(f) for s, f in zip(active, feeds, strict=True)])
+        sampling = [s for s, w in zip(active, want, strict=True) if w]
+        masked = self._mask_constrained(sampling, logits)
         outs: list[StepOutput] = []
         li = 0
         for s, f, w in zip(active, feeds, want, strict=True):
@@ -474,10 +497,24 @@ class Model:
                 outs.append(StepOutput(s, None, "", False, None))
                 continue
             row = logits[li]
+            token = s.sampler.sample(masked.get(li, row))
             li += 1
-            token = s.sampler.sample(row)
             outs.append(s._accept(token, row))
         return outs
+
+    def _mask_constrained(self, sampling: list[Sequence], logits: npt.NDArray[np.float32]) -> dict[int, Any]:
+        """Copies of the logits rows of the sequences with a grammar, masked to what it allows (by row);
+        the unconstrained rows are not touched or copied."""
+        rows = [i for i, s in enumerate(sampling) if s.params.grammar is not None]
+        if not rows:
+            return {}
+        for i in rows:
+            seq = sampling[i]
+            if seq.matcher is None and seq.params.grammar is not None:
+                seq.matcher = self.constraints.matcher(seq.params.grammar)
+        sub = logits[rows]  # a copy: logprobs stay those of the model's own distribution
+        self.constraints.mask_rows([sampling[i].matcher for i in rows], sub, list(range(len(rows))))
+        return {row: sub[k] for k, row in enumerate(rows)}
 
     def generate(
         self, prompt_ids: Seq[int] | npt.NDArray[Any], *, max_tokens: int = 256, **sampling: Any

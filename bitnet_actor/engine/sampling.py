@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
     import numpy.typing as npt
 
+    from bitnet_actor.engine.constraints import Grammar
+
 __all__ = ["MAX_TOP_LOGPROBS", "Sampler", "SamplingParams"]
 
 MAX_TOP_LOGPROBS = 20
@@ -55,6 +57,7 @@ class SamplingParams:
         logprobs: report the chosen token's log-probability.
         top_logprobs: also report this many most likely tokens (0..20).
         ignore_eos: do not stop on the tokenizer's end-of-sequence ids (benchmarks).
+        grammar: constrain the output to this grammar (:mod:`bitnet_actor.engine.constraints`).
     """
 
     temperature: float = 1.0
@@ -72,6 +75,7 @@ class SamplingParams:
     logprobs: bool = False
     top_logprobs: int = 0
     ignore_eos: bool = False
+    grammar: Grammar | None = None
 
     def __post_init__(self) -> None:
         """Validate and freeze the fields.
@@ -125,6 +129,8 @@ class SamplingParams:
         if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids):
             raise ValueError(f"stop_token_ids must be non-negative integers, got {ids!r}")
         object.__setattr__(self, "stop_token_ids", ids)
+        if self.grammar is not None and not hasattr(self.grammar, "source"):
+            raise ValueError(f"grammar must be a constraints.Grammar, got {type(self.grammar).__name__}")
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> SamplingParams:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -22,6 +23,7 @@ __all__ = ["FinishReason", "Sequence", "StepOutput"]
 
 FinishReason = Literal["stop", "length"]
 _ids = itertools.count()
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,9 @@ class Sequence:
         self.stop_ids = frozenset(stops)
         self._max_stop = max((len(s) for s in params.stop), default=0)
         self._stopped_on_string = False
+        # the grammar's matcher: made at the first sampling step (in the step's worker thread: building it may
+        # take milliseconds), advanced with every sampled token; its masks constrain sampling (Model.step)
+        self.matcher: Any = None
 
     @property
     def prefilling(self) -> bool:
@@ -144,9 +149,14 @@ class Sequence:
                 idx = np.argpartition(-ls, p.top_logprobs - 1)[: p.top_logprobs]
                 idx = idx[np.argsort(-ls[idx], kind="stable")]
                 top = tuple((int(i), float(ls[i])) for i in idx)
-        if token in self.stop_ids:
+        matcher = self.matcher
+        ends = token in self.stop_ids or (matcher is not None and token in self.model.eos_token_ids)
+        if ends and (matcher is None or matcher.is_accepting()):
             delta = self._finish("stop")
             return StepOutput(self, token, delta, True, "stop", lp, top)
+        if matcher is not None and not matcher.consume_token(token):  # the mask rules this out: a bug
+            log.error("sequence %d: the grammar refused token %d: %s", self.id, token, matcher.get_error())
+            return StepOutput(self, token, self._finish("stop"), True, "stop", lp, top)
         self.output_ids.append(token)
         self.sampler.record(token)
         if self.decoder is not None:
@@ -158,6 +168,8 @@ class Sequence:
                 self.text = self.text[:cut]
                 self._stopped_on_string = True
                 reason = "stop"
+        if reason is None and matcher is not None and matcher.is_stopped():
+            reason = "stop"  # the grammar is complete and allows nothing more
         if reason is None and len(self.output_ids) >= p.max_tokens:
             reason = "length"
         if reason is not None:

@@ -73,6 +73,9 @@ def cache_key(
 
 
 def _plain(value: Any) -> Any:
+    digest = getattr(value, "digest", None)  # a constrained-decoding grammar: its hash stands for it
+    if isinstance(digest, str):
+        return digest
     if isinstance(value, dict):  # logit_bias: token id -> bias (JSON keys are strings: sort them as numbers)
         return [[k, value[k]] for k in sorted(value)]
     if isinstance(value, (tuple, list)):

@@ -27,7 +27,7 @@ TEMPLATE = (
 )
 
 
-def build_model_dir(root: Path, *, seed: int = 0, layers: int = 2) -> Path:
+def build_model_dir(root: Path, *, seed: int = 0, layers: int = 2, context: int = 256) -> Path:
     """A tiny random BitNet checkpoint (by transformers) with a byte-level BPE tokenizer trained here."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -52,7 +52,7 @@ def build_model_dir(root: Path, *, seed: int = 0, layers: int = 2) -> Path:
     make_checkpoint(
         root,
         seed=seed,
-        sizes={"vocab_size": tok.get_vocab_size(), "max_position_embeddings": 256, "num_hidden_layers": layers},
+        sizes={"vocab_size": tok.get_vocab_size(), "max_position_embeddings": context, "num_hidden_layers": layers},
     )
     # Soften the random logits (tied embeddings of std 1 make every distribution one-hot), so that sampling
     # with different seeds takes different paths.
@@ -69,7 +69,7 @@ def build_model_dir(root: Path, *, seed: int = 0, layers: int = 2) -> Path:
                 "bos_token": "<|begin_of_text|>",
                 "eos_token": "<|eot_id|>",
                 "chat_template": TEMPLATE,
-                "model_max_length": 256,
+                "model_max_length": context,
             }
         )
     )

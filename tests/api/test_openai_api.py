@@ -125,15 +125,15 @@ async def test_errors_in_openai_shape(served: Served) -> None:
         with client(served) as c:
             for name, call in {
                 "unknown_model": lambda: c.completions.create(model="nope", prompt="x"),
-                "tools": lambda: c.chat.completions.create(
+                "functions": lambda: c.chat.completions.create(
                     model="tiny",
                     messages=[{"role": "user", "content": "x"}],
-                    tools=[{"type": "function", "function": {"name": "f"}}],
+                    extra_body={"functions": [{"name": "f"}]},
                 ),
                 "temperature": lambda: c.completions.create(model="tiny", prompt="x", temperature=5),
                 "context": lambda: c.completions.create(model="tiny", prompt="x", max_tokens=100_000),
                 "json_mode": lambda: c.chat.completions.create(
-                    model="tiny", messages=[{"role": "user", "content": "x"}], response_format={"type": "json_object"}
+                    model="tiny", messages=[{"role": "user", "content": "x"}], response_format={"type": "yaml"}
                 ),
             }.items():
                 try:
@@ -154,10 +154,10 @@ async def test_errors_in_openai_shape(served: Served) -> None:
 
     errors = await in_thread(go)
     assert errors["unknown_model"].status_code == 404
-    assert errors["tools"].status_code == 400 and errors["tools"].body["param"] == "tools"
+    assert errors["functions"].status_code == 400 and errors["functions"].body["param"] == "functions"
     assert errors["temperature"].body["param"] == "temperature"
     assert errors["context"].status_code == 400 and errors["context"].body["code"] == "context_length_exceeded"
-    assert errors["json_mode"].body["param"] == "response_format"
+    assert errors["json_mode"].body["param"] == "response_format.type"
     assert errors["auth"].status_code == 401
     assert errors["scope"].status_code == 403
 

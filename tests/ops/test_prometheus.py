@@ -1,6 +1,6 @@
 """ops/prometheus: the alert rules, their promtool unit tests, the Prometheus and Alertmanager configs.
 
-The checks run Debian's promtool and amtool (``bash ops/install_promtool.sh``); without them the tests skip,
+The checks run Debian's promtool and amtool (``bash ops/install_test_tools.sh``); without them the tests skip,
 unless BITNET_TEST_REQUIRE_OPS_TOOLS=1 (CI), where they fail. The rules' metric names are checked against the
 /metrics of a real server.
 """
@@ -38,7 +38,7 @@ def tool(name: str) -> str:
     """The path of ``name``, or a skip (a failure when BITNET_TEST_REQUIRE_OPS_TOOLS=1)."""
     found = shutil.which(name)
     if found is None:
-        why = f"{name} is not installed (bash ops/install_promtool.sh)"
+        why = f"{name} is not installed (bash ops/install_test_tools.sh)"
         if os.environ.get("BITNET_TEST_REQUIRE_OPS_TOOLS") == "1":
             pytest.fail(why)
         pytest.skip(why)

@@ -32,8 +32,10 @@ from bitnet_actor.api.auth import OrgAccess, authenticate, bound, check_permissi
 from bitnet_actor.api.errors import ApiError
 from bitnet_actor.api.openai.protocol import CHAT, COMPLETION, RequestType, bad
 from bitnet_actor.api.openai.run import Run
+from bitnet_actor.api.openai.tool_calls import ToolPlan, plan_tools, template_messages
 from bitnet_actor.api.regions import check_home_region
 from bitnet_actor.api.traced import child_span, request_context
+from bitnet_actor.engine.constraints import ConstraintError
 from bitnet_actor.engine.tokenizer import TokenizerError
 from bitnet_actor.services import tenancy
 from bitnet_actor.services.errors import NotFoundError, ValidationError
@@ -46,7 +48,9 @@ if TYPE_CHECKING:
     from uuid import UUID
 
     from actors.model_cache import Lease
+    from bitnet_actor.api.openai.chat_fields import OutputFormat
     from bitnet_actor.engine import Model, SamplingParams
+    from bitnet_actor.engine.constraints import Grammar
     from bitnet_actor.handles import Handles
     from bitnet_actor.services.authn import Principal
     from bitnet_actor.services.billing.plans import OrgProfile
@@ -159,6 +163,8 @@ class Plan:
     logprobs: int | None
     chat: bool
     request_data: dict[str, Any] = field(default_factory=dict)
+    tools: ToolPlan | None = None
+    grammar_param: str | None = None  # the field a refused grammar came from
 
     def sampling(self, index: int) -> SamplingParams:
         """The sampling parameters of choice ``index`` (n choices from one seed: reproducible and different)."""
@@ -173,16 +179,42 @@ class Plan:
             raise bad(str(exc), "params") from None
 
 
-def chat_prompt(model: Model, messages: list[dict[str, str]]) -> list[int]:
-    """The token ids of ``messages`` through the model's chat template.
+def chat_prompt(model: Model, messages: list[dict[str, Any]], tools: ToolPlan | None = None) -> list[int]:
+    """The token ids of ``messages`` (and ``tools``) through the model's chat template (tool calls and results
+    in the conversation rendered as :func:`~bitnet_actor.api.openai.tool_calls.template_messages` says).
 
     Raises:
         ApiError: 400 when the template refuses the conversation or the vocabulary cannot encode it.
     """
+    rendered, tools_arg = template_messages(tools, messages)
     try:
-        return list(model.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+        return list(
+            model.tokenizer.apply_chat_template(rendered, add_generation_prompt=True, tokenize=True, tools=tools_arg)
+        )
     except TokenizerError as exc:
         raise bad(str(exc), "messages") from None
+
+
+def _tool_plan(body: dict[str, Any], model: Model) -> ToolPlan | None:
+    """The request's tools under the model's chat template (None: no tools).
+
+    Raises:
+        ApiError: 400 for a tool_choice without tools or naming none of them, or no chat template.
+    """
+    tools = CHAT.parse(body, "tools") or ()
+    choice = CHAT.parse(body, "tool_choice")
+    if not tools:
+        if choice not in (None, "none"):
+            raise bad("tool_choice needs tools", "tool_choice")
+        return None
+    try:
+        template = model.tokenizer.get_chat_template(None, [t.as_template_input() for t in tools])
+    except TokenizerError as exc:
+        raise bad(str(exc), "messages") from None
+    try:
+        return plan_tools(tools, choice, CHAT.parse(body, "parallel_tool_calls"), template)
+    except ValueError as exc:
+        raise bad(str(exc), "tool_choice") from None
 
 
 def encode_prompt(model: Model, prompt: str, *, add_special_tokens: bool = True) -> list[int]:
@@ -197,9 +229,9 @@ def encode_prompt(model: Model, prompt: str, *, add_special_tokens: bool = True)
         raise bad(str(exc), "prompt") from None
 
 
-def _prompt_ids(kind: RequestType, body: dict[str, Any], model: Model) -> list[int]:
+def _prompt_ids(kind: RequestType, body: dict[str, Any], model: Model, tools: ToolPlan | None) -> list[int]:
     if kind is CHAT:
-        return chat_prompt(model, CHAT.parse(body, "messages"))
+        return chat_prompt(model, CHAT.parse(body, "messages"), tools)
     prompt = COMPLETION.parse(body, "prompt")
     if isinstance(prompt, str):
         ids = encode_prompt(model, prompt)
@@ -219,7 +251,8 @@ def plan_generation(kind: RequestType, body: dict[str, Any], model: Model, name:
         ApiError: 400 naming the field (``context_length_exceeded`` when the prompt does not fit).
     """
     chat = kind is CHAT
-    prompt_ids = _prompt_ids(kind, body, model)
+    tools = _tool_plan(body, model) if chat else None
+    prompt_ids = _prompt_ids(kind, body, model, tools)
     max_name = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = kind.parse(body, max_name)
     bias = kind.parse(body, "logit_bias")
@@ -246,6 +279,7 @@ def plan_generation(kind: RequestType, body: dict[str, Any], model: Model, name:
         top_logprobs=logprobs or 0,
         ignore_eos=kind.parse(body, "ignore_eos"),
     )
+    params["grammar"], grammar_param = _output_grammar(kind, body, tools)
     for compat in ("metadata", "store", "service_tier", "reasoning_effort"):
         if compat in kind.by_name:
             kind.parse(body, compat)
@@ -272,10 +306,49 @@ def plan_generation(kind: RequestType, body: dict[str, Any], model: Model, name:
     if options and not stream:
         raise bad("stream_options needs stream: true", "stream_options")
     user = kind.parse(body, "user")
-    request_data = {k: v for k, v in params.items() if k not in ("stop", "logit_bias")}
+    request_data = {k: v for k, v in params.items() if k not in ("stop", "logit_bias", "grammar")}
+    if params["grammar"] is not None:
+        request_data["response_format"] = params["grammar"].kind
+    if tools is not None:
+        request_data.update(tools=len(tools.tools), tool_choice=tools.choice)
     request_data.update(n=n, stream=stream, prompt_tokens=len(prompt_ids), user=user)
     include_usage = bool(options and options.get("include_usage"))
-    return Plan(name, tuple(prompt_ids), params, n, stream, include_usage, logprobs, chat, request_data)
+    return Plan(
+        name, tuple(prompt_ids), params, n, stream, include_usage, logprobs, chat, request_data, tools, grammar_param
+    )
+
+
+def _output_grammar(kind: RequestType, body: dict[str, Any], tools: ToolPlan | None) -> tuple[Grammar | None, str]:
+    """The grammar ``response_format`` (or a ``required`` / named ``tool_choice``) asks for (None: free text)
+    and the field a refusal of it names. Checking it against the vocabulary is :func:`check_grammar`'s.
+
+    Raises:
+        ApiError: 400 when both ask to constrain the output.
+    """
+    fmt: OutputFormat | None = kind.parse(body, "response_format") if "response_format" in kind.by_name else None
+    forced = tools.grammar() if tools is not None else None
+    if fmt is not None and forced is not None:
+        raise bad("response_format cannot be used with tool_choice required or a named function", "response_format")
+    if fmt is not None:
+        return fmt.grammar, "response_format.json_schema.schema" if fmt.type == "json_schema" else "response_format"
+    return forced, "tools"
+
+
+async def check_grammar(plan: Plan, model: Model) -> None:
+    """Check the plan's grammar against the model's vocabulary, in a worker thread (the first one reads the
+    vocabulary into llguidance: a fraction of a second at 128k tokens; later ones are cached).
+
+    Raises:
+        ApiError: 400 naming what the schema uses that structured output does not support, or a model whose
+            tokenizer cannot serve it.
+    """
+    grammar = plan.params.get("grammar")
+    if grammar is None:
+        return
+    try:
+        await trio.to_thread.run_sync(lambda: model.constraints.check(grammar))
+    except ConstraintError as exc:
+        raise bad(str(exc), plan.grammar_param or "response_format", "invalid_json_schema") from None
 
 
 def expose_limits(decision: Decision) -> None:
@@ -374,6 +447,7 @@ async def admit(
     try:
         leased = await lease(stack, h, body, access.org_id, caller=sticky_id(access))
         plan = plan_generation(kind, body, leased.model, leased.name)
+        await check_grammar(plan, leased.model)
         limits = await stack.enter_async_context(h.tenants.admit(access.org_id))
         reserve = (len(plan.prompt_ids) + plan.params["max_tokens"]) * plan.n
         with child_span(h.tracing, "rate_limit", tokens_reserved=reserve):
@@ -430,7 +504,7 @@ def _cache_lookup_key(access: OrgAccess, profile: OrgProfile, leased: Lease, pla
     return cache_key(
         org_id=access.org_id,
         identity=leased.identity,
-        endpoint="chat" if plan.chat else "completions",
+        endpoint=("chat" if plan.chat else "completions") + (f"+{plan.tools.variant}" if plan.tools else ""),
         prompt_ids=plan.prompt_ids,
         params=plan.params,
         n=plan.n,

@@ -25,6 +25,7 @@ from bitnet_actor.api.errors import ApiError, json_body
 from bitnet_actor.api.openai.admission import admit, inference_access, new_run_id
 from bitnet_actor.api.openai.protocol import CHAT, COMPLETION, RequestType
 from bitnet_actor.api.openai.sse import DONE, sse_event, sse_response
+from bitnet_actor.api.openai.tool_calls import ToolCallReader, read_tool_calls
 from bitnet_actor.services.response_cache import ResponseCache
 
 if TYPE_CHECKING:
@@ -104,14 +105,15 @@ def _body(run: Run) -> dict[str, Any]:
                 if run.plan.logprobs is not None
                 else None
             )
-            choices.append(
-                {
-                    "index": index,
-                    "message": {"role": "assistant", "content": text},
-                    "logprobs": logprobs,
-                    "finish_reason": c.finish_reason,
-                }
-            )
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            finish = c.finish_reason
+            if run.plan.tools is not None:
+                content, calls = read_tool_calls(text, run.plan.tools)
+                message["content"] = content
+                if calls:
+                    message["tool_calls"] = [call.as_dict() for call in calls]
+                finish = run.plan.tools.finish_reason(calls, finish)
+            choices.append({"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish})
         else:
             logprobs = _completion_logprobs(model, c) if run.plan.logprobs is not None else None
             choices.append({"index": index, "text": text, "logprobs": logprobs, "finish_reason": c.finish_reason})
@@ -202,6 +204,7 @@ class SseStream:
         self.done = False
         self.outcome = "cancelled"
         self.sent_role: set[int] = set()
+        self.readers: dict[int, ToolCallReader] = {}
 
     def __del__(self) -> None:
         run = self.run
@@ -230,7 +233,14 @@ class SseStream:
         obj.update(extra)
         return sse_event(obj)
 
-    def _choice(self, index: int, text: str | None, finish: str | None, logprobs: Any = None) -> dict[str, Any]:
+    def _choice(
+        self,
+        index: int,
+        text: str | None,
+        finish: str | None,
+        logprobs: Any = None,
+        calls: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
         if self.run.plan.chat:
             delta: dict[str, Any] = {}
             if index not in self.sent_role:
@@ -239,8 +249,32 @@ class SseStream:
                 delta["content"] = text or ""
             elif text is not None:
                 delta["content"] = text
+            if calls:
+                delta["tool_calls"] = calls
             return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         return {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
+
+    def _reader(self, index: int) -> ToolCallReader | None:
+        tools = self.run.plan.tools
+        if tools is None or not tools.reads_calls:
+            return None
+        found = self.readers.get(index)
+        if found is None:
+            found = self.readers[index] = ToolCallReader(tools)
+        return found
+
+    def _pieces(self, index: int, pieces: list[tuple[str, Any]], logprobs: Any) -> None:
+        """Chunks for what a tool-call reader released (logprobs ride on the first)."""
+        reader = self.readers[index]
+        if not pieces and logprobs is not None:
+            self.pending.append(self._chunk([self._choice(index, None, None, logprobs)]))
+        for kind, value in pieces:
+            if kind == "content":
+                self.pending.append(self._chunk([self._choice(index, value, None, logprobs)]))
+            else:
+                at = reader.calls.index(value)
+                self.pending.append(self._chunk([self._choice(index, None, None, logprobs, [value.as_dict(at)])]))
+            logprobs = None
 
     def _replay(self) -> None:
         """A cache hit's events: per choice, its whole text (and log-probabilities) then its finish."""
@@ -249,6 +283,10 @@ class SseStream:
         for index, stored in enumerate(run.cached["choices"]):
             text = (stored.get("message") or {}).get("content") if run.plan.chat else stored.get("text")
             self.pending.append(self._chunk([self._choice(index, text, None, stored.get("logprobs"))]))
+            calls = (stored.get("message") or {}).get("tool_calls") if run.plan.chat else None
+            if calls:
+                indexed = [{"index": i, **call} for i, call in enumerate(calls)]
+                self.pending.append(self._chunk([self._choice(index, None, None, None, indexed)]))
             finish = stored.get("finish_reason")
             self.pending.append(self._chunk([self._choice(index, "" if not run.plan.chat else None, finish)]))
         if run.plan.include_usage:
@@ -300,13 +338,23 @@ class SseStream:
                             "text_offset": [sum(len(x) for x in choice.text)],
                         }
                 _accumulate(run, got)
-                if got.text or logprobs is not None or (run.plan.chat and got.index not in self.sent_role):
+                reader = self._reader(got.index)
+                if reader is not None:
+                    if got.index not in self.sent_role:
+                        self.pending.append(self._chunk([self._choice(got.index, None, None)]))
+                    self._pieces(got.index, reader.feed(got.text), logprobs)
+                elif got.text or logprobs is not None or (run.plan.chat and got.index not in self.sent_role):
                     self.pending.append(self._chunk([self._choice(got.index, got.text, None, logprobs)]))
             elif isinstance(got, Finished):
                 choice.finish_reason = got.reason
-                self.pending.append(
-                    self._chunk([self._choice(got.index, "" if not run.plan.chat else None, got.reason)])
-                )
+                reason: str | None = got.reason
+                reader = self._reader(got.index)
+                if reader is not None and run.plan.tools is not None:
+                    if got.index not in self.sent_role:
+                        self.pending.append(self._chunk([self._choice(got.index, None, None)]))
+                    self._pieces(got.index, reader.finish(), None)
+                    reason = run.plan.tools.finish_reason(reader.calls, reason)
+                self.pending.append(self._chunk([self._choice(got.index, "" if not run.plan.chat else None, reason)]))
             elif isinstance(got, Failed):
                 choice.error = got
         return self.pending.pop(0)

@@ -8,6 +8,12 @@ The client sends JSON messages:
 - ``{"type": "authenticate", "api_key": "bnk_live_..."}`` first, when the upgrade request carried no
   ``Authorization: Bearer`` header.
 
+A signed-in browser (the portal's playground) connects with its session cookie instead: the upgrade must come
+from this server's own origin (``Origin`` equal to the host: no other site can open a socket with the user's
+cookie) and carry the session's CSRF token and the organization in the query
+(``?csrf_token=...&organization=<id>``); the user must be a member whose role allows inference. Its responses
+are admitted, rate-limited and metered as the user's, exactly like the API's.
+
 The server answers ``response.created``, ``response.output_text.delta`` events, then ``response.completed``
 (with usage), ``response.cancelled`` or ``response.failed``; problems are ``{"type": "error", ...}`` events
 and the socket stays open. Responses run one after another on one socket.
@@ -18,19 +24,22 @@ from __future__ import annotations
 import json
 import uuid
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+from uuid import UUID
 
 import trio
 from quart import Blueprint, websocket
 
 from actors.scheduler import Failed, Finished, Token
-from bitnet_actor.api.auth import OrgAccess, handles
+from bitnet_actor.api.auth import OrgAccess, bound, check_permission, handles
 from bitnet_actor.api.errors import ApiError
 from bitnet_actor.api.openai.admission import admit, inference_org, new_run_id
 from bitnet_actor.api.openai.protocol import CHAT, COMPLETION, RESPONSE_CREATE
 from bitnet_actor.errors import BitnetError
-from bitnet_actor.services import authn
+from bitnet_actor.services import authn, tenancy
 from bitnet_actor.services.errors import AuthenticationError
 from bitnet_actor.services.jwt import KeyDecryptionError
+from bitnet_actor.services.sessions import COOKIE_NAME
 
 if TYPE_CHECKING:
     from bitnet_actor.api.openai.run import Run
@@ -89,6 +98,36 @@ async def _authenticate(h: Handles, first: dict[str, Any] | None) -> OrgAccess:
     return await inference_org(h, principal)
 
 
+async def _session_access(h: Handles) -> OrgAccess:
+    """A signed-in user's access from the session cookie (see the module docstring).
+
+    Raises:
+        ApiError: 403 for another origin, a missing or wrong CSRF token, a bad organization or a role without
+            inference; 401 for an expired session.
+    """
+    origin = websocket.headers.get("Origin", "")
+    if not origin or urlsplit(origin).netloc != websocket.host:
+        raise ApiError(403, "a signed-in socket must come from this server's own pages (Origin)")
+    try:
+        principal = await authn.from_session(
+            h.auth, websocket.cookies[COOKIE_NAME], unsafe=True, csrf_token=websocket.args.get("csrf_token")
+        )
+    except AuthenticationError as exc:
+        raise ApiError(401, str(exc)) from None
+    except authn.CsrfError:
+        raise ApiError(403, "missing or invalid csrf_token in the query", code="csrf_failed") from None
+    try:
+        org_id = UUID(websocket.args.get("organization", ""))
+    except ValueError:
+        raise ApiError(403, "name the organization in the query (?organization=<id>)") from None
+    assert principal.user_id is not None
+    role = await tenancy.membership_role(h.stores.db, org_id, principal.user_id)
+    if role is None:
+        raise ApiError(403, "you are not a member of that organization")
+    check_permission("inference", role=role)
+    return bound(OrgAccess(principal, org_id, role))
+
+
 @blueprint.websocket("/v1/responses")
 async def responses() -> None:
     """Serve responses on one socket until the client closes it."""
@@ -97,9 +136,12 @@ async def responses() -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_reader, send_msgs)
         access: OrgAccess | None = None
-        if websocket.headers.get("Authorization"):
+        if websocket.headers.get("Authorization") or websocket.cookies.get(COOKIE_NAME):
             try:
-                access = await _authenticate(h, None)
+                if websocket.headers.get("Authorization"):
+                    access = await _authenticate(h, None)
+                else:
+                    access = await _session_access(h)
             except ApiError as exc:
                 await _send(_error(exc.message, code=exc.code or "invalid_api_key"))
                 nursery.cancel_scope.cancel()
@@ -142,7 +184,13 @@ async def _respond(
 ) -> None:
     try:
         RESPONSE_CREATE.check(message)
-        body = {k: v for k, v in message.items() if k not in ("type", "input", "max_output_tokens", "instructions")}
+        skip = ("type", "input", "max_output_tokens", "instructions", "text")
+        body = {k: v for k, v in message.items() if k not in skip}
+        text_format = RESPONSE_CREATE.parse(message, "text")
+        if text_format is not None:
+            if "response_format" in message:
+                raise ApiError(400, "send text.format or response_format, not both", param="text.format")
+            body["response_format"] = text_format
         if "max_output_tokens" in message:
             body["max_tokens"] = RESPONSE_CREATE.parse(message, "max_output_tokens")
         data = message.get("input")

@@ -43,12 +43,28 @@ _USAGE = {
 }
 _LOGPROBS = {"type": ["object", "null"], "description": "as OpenAI's: tokens, token_logprobs, top_logprobs"}
 
-_MESSAGE_OUT = {"type": "object", "properties": {"role": _S, "content": _S}}
+_TOOL_CALL = {
+    "type": "object",
+    "properties": {
+        "index": {**_INT, "description": "streamed deltas only"},
+        "id": _S,
+        "type": {"const": "function"},
+        "function": {"type": "object", "properties": {"name": _S, "arguments": {**_S, "description": "JSON text"}}},
+    },
+}
+_MESSAGE_OUT = {
+    "type": "object",
+    "properties": {
+        "role": _S,
+        "content": {"type": ["string", "null"], "description": "null when the message is only tool calls"},
+        "tool_calls": {"type": "array", "items": _TOOL_CALL},
+    },
+}
 
 
 def _completion_schema(kind: dict[str, Any], choice: dict[str, Any]) -> dict[str, Any]:
     """A completion object (or its streamed chunk): ``kind`` for ``object``, ``choice``'s own fields."""
-    choice_props = {"index": _INT, **choice, "finish_reason": {"enum": ["stop", "length", None]}}
+    choice_props = {"index": _INT, **choice, "finish_reason": {"enum": ["stop", "length", "tool_calls", None]}}
     return {
         "type": "object",
         "properties": {

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Install promtool (Debian's `prometheus` package) and amtool (`prometheus-alertmanager`) for the config
-# checks in tests/ops/test_prometheus.py. Idempotent and quiet: does nothing when both are on PATH.
+# Install the Debian tools the tests drive: promtool (`prometheus`) and amtool (`prometheus-alertmanager`) for
+# the config checks in tests/ops/test_prometheus.py, `chromium` for the portal's browser tests (Playwright
+# drives it; nothing is downloaded at run time) and `xmlsec1` for SAML signatures. Idempotent and quiet: does
+# nothing when all are on PATH.
 # The packages' services are never started: a policy-rc.d that refuses every start is put in place for the
 # install (unless one exists already) and removed afterwards; any prometheus/alertmanager process that
 # the install left running anyway is stopped by its pid. Debian bookworm, as root (or with sudo).
@@ -9,6 +11,8 @@ set -euo pipefail
 need=()
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
+command -v chromium >/dev/null 2>&1 || need+=(chromium fonts-liberation)
+command -v xmlsec1 >/dev/null 2>&1 || need+=(xmlsec1)
 [ "${#need[@]}" -eq 0 ] && exit 0
 
 sudo=()
@@ -20,7 +24,7 @@ cleanup() {
 }
 trap cleanup EXIT
 if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\n# ops/install_promtool.sh: start no service while installing\nexit 101\n' \
+    printf '#!/bin/sh\n# ops/install_test_tools.sh: start no service while installing\nexit 101\n' \
         | "${sudo[@]}" tee "$policy" >/dev/null
     "${sudo[@]}" chmod 755 "$policy"
     created=1
@@ -53,4 +57,5 @@ for pid in $(servers); do
         *) "${sudo[@]}" kill "$pid" 2>/dev/null || true ;;
     esac
 done
-command -v promtool >/dev/null && command -v amtool >/dev/null
+command -v promtool >/dev/null && command -v amtool >/dev/null && command -v chromium >/dev/null \
+    && command -v xmlsec1 >/dev/null
