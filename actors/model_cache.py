@@ -6,9 +6,10 @@ nursery when the model is loaded, stopped when it is evicted).
 - ``acquire(name)`` returns a ``Lease`` (model + scheduler) and counts it in flight; ``release`` ends it.
   The first request for a model loads it in a worker thread; concurrent requests wait for that one load; a
   failed load is reported to every waiter and not remembered (the next request tries again).
-- The budget (``BITNET_MODEL_MEMORY``) counts the models' bytes. Before a load, idle models (no lease, not
-  pinned) are evicted least-recently-used first until the new one fits; if it can't fit even then,
-  ``ModelCapacityError`` says why (the HTTP edge answers 503).
+- The budget (``BITNET_MODEL_MEMORY``) counts the models' bytes and their prefix caches' (cached prompt blocks,
+  ``Model.prefix_cache``). Before a load that does not fit, the prefix caches are dropped first (they are only
+  a cache), then idle models (no lease, not pinned) are evicted least-recently-used first until the new one
+  fits; if it can't fit even then, ``ModelCapacityError`` says why (the HTTP edge answers 503).
 - ``pin(name)`` keeps a model loaded (the default models of ``serve --model``).
 - Every lease names what was loaded (``Lease.identity``): a registry version's content hash (its cache
   name, ``sha256:...``), else the name with a fingerprint of the files it was loaded from (their paths,
@@ -99,6 +100,7 @@ class ModelCacheStatistics:
     hits: int  # acquires that found the model loaded
     misses: int  # acquires that had to load it or wait for a load (hits + misses = acquires of known models)
     failures: int
+    prefix_cache_bytes: int = 0  # the loaded models' cached prompt blocks (counted in the budget too)
 
 
 class ModelCache:
@@ -215,14 +217,31 @@ class ModelCache:
     def _loaded_bytes(self, exclude: str | None = None) -> int:
         return sum(e.nbytes for e in self._entries.values() if e.model is not None and e.name != exclude)
 
+    def _prefix_bytes(self) -> int:
+        caches = (e.model.prefix_cache for e in self._entries.values() if e.model is not None)
+        return sum(c.nbytes for c in caches if c is not None)
+
+    def _drop_prefix_caches(self) -> int:
+        freed = 0
+        for e in self._entries.values():
+            cache = e.model.prefix_cache if e.model is not None else None
+            if cache is not None:
+                freed += cache.clear()  # thread-safe: a step may be running
+        if freed:
+            log.info("dropped the prefix caches (%d MiB) to make room for a model", freed >> 20)
+        return freed
+
     def _make_room(self, need: int, for_name: str) -> None:
         if need > self.budget_bytes:
             raise ModelCapacityError(
                 f"the model {for_name!r} needs {need / 2**20:.0f} MiB, more than the memory budget of "
                 f"{self.budget_bytes / 2**20:.0f} MiB (BITNET_MODEL_MEMORY)"
             )
-        entry_bytes = self._entries[for_name].nbytes if self._entries[for_name].model is not None else need
-        while self._loaded_bytes(exclude=for_name) + entry_bytes > self.budget_bytes:
+        # need: the file's estimate before a load; 0 after it, when the entry holds the real size
+        entry_bytes = need or self._entries[for_name].nbytes
+        while self._loaded_bytes(exclude=for_name) + self._prefix_bytes() + entry_bytes > self.budget_bytes:
+            if self._drop_prefix_caches():
+                continue
             idle = [
                 e
                 for e in self._entries.values()
@@ -274,6 +293,7 @@ class ModelCache:
             self.hits,
             self.misses,
             self.failures,
+            self._prefix_bytes(),
         )
 
     def schedulers(self) -> dict[str, Scheduler]:

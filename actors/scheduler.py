@@ -8,6 +8,12 @@ sequences, and no tenant may take the last free slot of the batch, so another te
 a slot at the next step. At every step boundary new sequences join the batch (continuous batching) up to ``max_batch``;
 long prompts are prefilled ``prefill_chunk`` tokens per step so they don't stall the others' decoding.
 
+When the model's prefix cache is on (``Model.set_prefix_cache``), each sequence reuses the cached prompt blocks
+of its scope: its organization's by default (``prefix_scope="org"``: one tenant can never find another's
+prompt in the cache, not even by timing), or the whole platform's (``"platform"``, an operator's opt-in for
+shared system prompts); ``"off"`` uses none. ``Finished.cached_tokens`` says how many prompt tokens came
+from the cache.
+
 Each step runs in a worker thread (the kernels release the GIL). Results go to each request's caller-owned
 reply channel with ``send_nowait``: a caller that went away (closed receive end) or stopped reading (full
 channel) gets its sequence cancelled and its slot freed before the next step. Deadlines are checked at every
@@ -33,10 +39,15 @@ if TYPE_CHECKING:
     from uuid import UUID
 
     from bitnet_actor.engine import Model, SamplingParams, Sequence, StepOutput
+    from bitnet_actor.engine.prefix_cache import PrefixCacheStatistics
 
-__all__ = ["Failed", "Finished", "GenerationRequest", "Scheduler", "SchedulerStatistics", "Token"]
+__all__ = ["PREFIX_SCOPES", "Failed", "Finished", "GenerationRequest", "Scheduler", "SchedulerStatistics", "Token"]
 
 log = logging.getLogger(__name__)
+
+PREFIX_SCOPES = ("org", "platform", "off")
+"""Who shares cached prompt blocks: one organization, the whole platform, or nobody."""
+_PLATFORM_SALT = b"\0platform"  # never an organization's salt (16 bytes of its id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +70,7 @@ class Finished:
     prompt_tokens: int
     completion_tokens: int
     queue_s: float
+    cached_tokens: int = 0  # prompt tokens whose keys and values came from the prefix cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,15 +121,26 @@ class SchedulerStatistics:
     rejected: int
     cancelled: int
     kv_bytes: int
+    prefix_cache: PrefixCacheStatistics | None = None  # None: the model's prefix cache is off
 
 
 class Scheduler:
     """Serves one model's requests. See the module docstring."""
 
     def __init__(
-        self, model: Model, *, max_batch: int = 8, max_queue: int = 64, prefill_chunk: int = 128, on_step: Any = None
+        self,
+        model: Model,
+        *,
+        max_batch: int = 8,
+        max_queue: int = 64,
+        prefill_chunk: int = 128,
+        on_step: Any = None,
+        prefix_scope: str = "org",
     ) -> None:
+        if prefix_scope not in PREFIX_SCOPES:
+            raise ValueError(f"prefix_scope must be one of {', '.join(PREFIX_SCOPES)}, not {prefix_scope!r}")
         self.model = model
+        self.prefix_scope = prefix_scope
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.prefill_chunk = prefill_chunk
@@ -166,8 +189,16 @@ class Scheduler:
     def statistics(self) -> SchedulerStatistics:
         """Running and waiting requests and counters."""
         kv = sum(live.sequence.nbytes for live in self._running if live.sequence is not None)
+        prefix = self.model.prefix_cache
         return SchedulerStatistics(
-            len(self._running), self._waiting, self._steps, self._tokens, self._rejected, self._cancelled, kv
+            len(self._running),
+            self._waiting,
+            self._steps,
+            self._tokens,
+            self._rejected,
+            self._cancelled,
+            kv,
+            prefix.statistics() if prefix is not None else None,
         )
 
     def running_requests(self) -> tuple[GenerationRequest, ...]:
@@ -265,7 +296,7 @@ class Scheduler:
 
     def _start(self, request: GenerationRequest) -> bool:
         try:
-            sequence = self.model.new_sequence(request.prompt_ids, request.params)
+            sequence = self.model.new_sequence(request.prompt_ids, request.params, cache_salt=self._salt(request))
         except ValueError as exc:
             self._fail_waiting(request, Failed(request.index, str(exc), "invalid"))
             return False
@@ -279,6 +310,11 @@ class Scheduler:
             return False
         self._running.append(_Live(request, sequence, time.monotonic()))
         return True
+
+    def _salt(self, request: GenerationRequest) -> bytes | None:
+        if self.prefix_scope == "org":
+            return request.org_id.bytes
+        return _PLATFORM_SALT if self.prefix_scope == "platform" else None
 
     def _drop_gone_and_late(self) -> None:
         now = trio.current_time()
@@ -338,8 +374,10 @@ class Scheduler:
             if out.finished:
                 queue_s = live.admitted_at - request.submitted_at
                 reason = out.finish_reason or "stop"
+                cached = out.sequence.cached_tokens
                 self._end(
-                    live, Finished(request.index, reason, len(request.prompt_ids), live.completion_tokens, queue_s)
+                    live,
+                    Finished(request.index, reason, len(request.prompt_ids), live.completion_tokens, queue_s, cached),
                 )
 
     def _deliver(self, live: _Live, event: Event) -> bool:

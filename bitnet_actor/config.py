@@ -63,6 +63,8 @@ class Settings:
     opencl_device: str = "auto"
     kv_cache: str = "f32"
     output_layer: str = "exact"
+    prefix_cache_scope: str = "org"
+    prefix_cache_memory: str = "1G"
     max_batch: int = 8
     max_queue: int = 64
     request_timeout: float = 600.0
@@ -154,6 +156,11 @@ class Settings:
             raise ConfigError(f"BITNET_OUTPUT_LAYER must be exact, q8 or q6, not {self.output_layer!r}")
         if self.output_layer == "q6" and self.device == "opencl":
             raise ConfigError("BITNET_OUTPUT_LAYER q6 runs on the CPU only; use exact or q8 with BITNET_DEVICE=opencl")
+        if self.prefix_cache_scope not in {"org", "platform", "off"}:
+            raise ConfigError(
+                f"BITNET_PREFIX_CACHE_SCOPE must be org, platform or off, not {self.prefix_cache_scope!r}"
+            )
+        parse_size(self.prefix_cache_memory, "BITNET_PREFIX_CACHE_MEMORY", zero=True)
         if self.max_batch < 1 or self.max_queue < 1:
             raise ConfigError("BITNET_MAX_BATCH and BITNET_MAX_QUEUE must be at least 1")
         if self.request_timeout <= 0:
@@ -192,11 +199,16 @@ def _bool(raw: str) -> bool:
     raise ValueError(raw)
 
 
-def parse_size(raw: str) -> int:
+def parse_size(raw: str, setting: str = "BITNET_MODEL_MEMORY", *, zero: bool = False) -> int:
     """Bytes from ``"8G"``, ``"512M"``, ``"1.5GiB"`` or a plain number.
 
+    Args:
+        raw: the text.
+        setting: the setting's name, for the error.
+        zero: whether 0 is allowed (it turns something off).
+
     Raises:
-        ConfigError: not a size.
+        ConfigError: not a size, or not positive (negative with ``zero``).
     """
     units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
     text = raw.strip().upper().removesuffix("IB").removesuffix("B")
@@ -204,9 +216,9 @@ def parse_size(raw: str) -> int:
     try:
         value = float(text[: len(text) - len(unit)] if unit else text)
     except ValueError:
-        raise ConfigError(f"BITNET_MODEL_MEMORY={raw!r} is not a size (like 8G or 512M)") from None
-    if value <= 0:
-        raise ConfigError("BITNET_MODEL_MEMORY must be positive")
+        raise ConfigError(f"{setting}={raw!r} is not a size (like 8G or 512M)") from None
+    if value < 0 or (value == 0 and not zero):
+        raise ConfigError(f"{setting} must be {'0 or more' if zero else 'positive'}")
     return int(value * units[unit])
 
 
@@ -376,6 +388,18 @@ SETTINGS_DOC: dict[str, tuple[str, str, str]] = {
         "--output-layer",
         "exact",
         "output matrix: exact, q8 (int8) or q6 (6-bit): faster decode, logits move slightly (docs/output-layer.md)",
+    ),
+    "BITNET_PREFIX_CACHE_SCOPE": (
+        "--prefix-cache-scope",
+        "org",
+        "who reuses cached prompt blocks (KV): org (each organization its own), platform (shared system prompts;"
+        " one tenant's prompts then speed up another's, visibly in timing) or off",
+    ),
+    "BITNET_PREFIX_CACHE_MEMORY": (
+        "--prefix-cache-memory",
+        "1G",
+        "cached prompt blocks per loaded model, within BITNET_MODEL_MEMORY (dropped first when a model needs room);"
+        " 0: off",
     ),
     "BITNET_MAX_BATCH": ("--max-batch", "8", "sequences decoded together per model"),
     "BITNET_MAX_QUEUE": ("--max-queue", "64", "requests waiting per model before 429"),

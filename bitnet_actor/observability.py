@@ -38,8 +38,8 @@ __all__ = ["CONTENT_TYPE_LATEST", "JsonFormatter", "Metrics", "configure_logging
 
 
 class _LiveCollector:
-    """Gauges read at scrape time from the running actors (``Metrics.live``): running / waiting requests and
-    KV cache bytes per model, and the model cache's counters."""
+    """Gauges read at scrape time from the running actors (``Metrics.live``): running / waiting requests, KV
+    cache bytes and the prefix cache's counters per model, and the model cache's counters."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -49,11 +49,15 @@ class _LiveCollector:
         running = GaugeMetricFamily("bitnet_requests_running", "Sequences in a model's batch.", labels=["model"])
         waiting = GaugeMetricFamily("bitnet_requests_waiting", "Requests queued for a model.", labels=["model"])
         kv = GaugeMetricFamily("bitnet_kv_cache_bytes", "KV cache bytes held by running sequences.", labels=["model"])
+        prefix = _PrefixCacheFamilies()
         for name, stats in live.get("schedulers", {}).items():
             running.add_metric([name], stats.running)
             waiting.add_metric([name], stats.waiting)
             kv.add_metric([name], stats.kv_bytes)
+            if getattr(stats, "prefix_cache", None) is not None:  # None: that model's prefix cache is off
+                prefix.add(name, stats.prefix_cache)
         yield from (running, waiting, kv)
+        yield from prefix.families()
         restarts = CounterMetricFamily("bitnet_actor_restarts", "Restarts of supervised actors.", labels=["actor"])
         for stats in live.get("supervisors", []):
             restarts.add_metric([stats.name], stats.restarts)
@@ -83,6 +87,47 @@ class _LiveCollector:
                 "The models' memory budget (BITNET_MODEL_MEMORY).",
                 value=cache.budget,
             )
+
+
+class _PrefixCacheFamilies:
+    """The prefix cache's series per model (only for models whose prefix cache is on)."""
+
+    def __init__(self) -> None:
+        self.queried = CounterMetricFamily(
+            "bitnet_prefix_cache_queried_tokens",
+            "Prompt tokens looked up in the prefix cache (hit rate: hit_tokens / queried_tokens).",
+            labels=["model"],
+        )
+        self.hits = CounterMetricFamily(
+            "bitnet_prefix_cache_hit_tokens",
+            "Prompt tokens found in the prefix cache: their keys and values were copied, not computed.",
+            labels=["model"],
+        )
+        self.evictions = CounterMetricFamily(
+            "bitnet_prefix_cache_evictions",
+            "Prefix cache blocks evicted (least recently used) to stay within its budget.",
+            labels=["model"],
+        )
+        self.bytes = GaugeMetricFamily(
+            "bitnet_prefix_cache_bytes",
+            "Bytes of cached prompt blocks (counted in the model memory).",
+            labels=["model"],
+        )
+        self.budget = GaugeMetricFamily(
+            "bitnet_prefix_cache_budget_bytes",
+            "The prefix cache's budget per model (BITNET_PREFIX_CACHE_MEMORY).",
+            labels=["model"],
+        )
+
+    def add(self, model: str, stats: Any) -> None:
+        self.queried.add_metric([model], stats.queried_tokens)
+        self.hits.add_metric([model], stats.hit_tokens)
+        self.evictions.add_metric([model], stats.evicted_blocks)
+        self.bytes.add_metric([model], stats.bytes)
+        self.budget.add_metric([model], stats.budget_bytes)
+
+    def families(self) -> tuple[Any, ...]:
+        return (self.queried, self.hits, self.evictions, self.bytes, self.budget)
 
 
 # Fields of LogRecord that are not "extra" data.

@@ -182,15 +182,30 @@ def build_model_cache(settings: Settings, metrics: Metrics, models: dict[str, st
             metrics.batch_size.labels(name).observe(batch)
             metrics.step_seconds.labels(name).observe(seconds)
 
-        return Scheduler(model, max_batch=settings.max_batch, max_queue=settings.max_queue, on_step=on_step)
+        return Scheduler(
+            model,
+            max_batch=settings.max_batch,
+            max_queue=settings.max_queue,
+            on_step=on_step,
+            prefix_scope=settings.prefix_cache_scope,
+        )
 
-    loader = partial(
+    load = partial(
         load_model,
         device=settings.device,
         opencl_device=settings.opencl_device,
         kv_cache=settings.kv_cache,
         output=settings.output_layer,
     )
+    prefix_bytes = parse_size(settings.prefix_cache_memory, "BITNET_PREFIX_CACHE_MEMORY", zero=True)
+    if settings.prefix_cache_scope == "off":
+        prefix_bytes = 0
+
+    def loader(path: str) -> Model:
+        model = load(path)
+        model.set_prefix_cache(prefix_bytes)  # 0: off
+        return model
+
     cache = ModelCache(budget_bytes=budget, loader=loader, scheduler_factory=scheduler)
     for name, path in models.items():
         cache.register(name, path, pinned=True)

@@ -10,9 +10,13 @@ aggregate decode throughput (concurrency / median TPOT: what the batch decodes p
 are in). Before timing anything it checks the server: a non-streaming request must come back with
 exactly the asked number of tokens, and the streamed text of a greedy request must equal the non-streamed.
 
+``--workload shared-prefix`` (with ``--spawn``) measures the prefix cache instead: requests sharing a long system
+prompt, TTFT with the cache off and on (``bench_serving_prefix.py`` says how).
+
     python ops/bench_serving.py --spawn                    # 2B4T-shaped model, this machine
     python ops/bench_serving.py --url http://host:8000 --api-key bnk_live_... --model NAME
     python ops/bench_serving.py --spawn --workload structured --shape 700m   # JSON-schema requests in a batch
+    python ops/bench_serving.py --spawn --workload shared-prefix --output-len 16   # prefix cache off vs on
 """
 
 from __future__ import annotations
@@ -227,7 +231,9 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def spawn(model_dir: Path, device: str = "cpu") -> tuple[subprocess.Popen[bytes], str, str, Path]:
+def spawn(
+    model_dir: Path, device: str = "cpu", extra: list[str] | None = None
+) -> tuple[subprocess.Popen[bytes], str, str, Path]:
     data = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -252,6 +258,7 @@ def spawn(model_dir: Path, device: str = "cpu") -> tuple[subprocess.Popen[bytes]
             "256",
             "--device",
             device,
+            *(extra or []),
         ],
         env=env,
         stdout=log,
@@ -328,15 +335,32 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "opencl", "auto"), default="cpu", help="with --spawn")
     parser.add_argument(
         "--workload",
-        choices=("levels", "structured"),
+        choices=("levels", "structured", "shared-prefix"),
         default="levels",
         help="levels: the concurrency levels above; structured: JSON-schema requests beside unconstrained ones "
-        "in one batch (ops/serving_structured.py; with --spawn, a BPE tokenizer is trained for the model)",
+        "in one batch (ops/serving_structured.py; with --spawn, a BPE tokenizer is trained for the model); "
+        "shared-prefix: TTFT with the prefix cache off and on (ops/bench_serving_prefix.py; needs --spawn)",
     )
     parser.add_argument("--batch", type=int, default=8, help="structured: requests per batch")
-    parser.add_argument("--repeats", type=int, default=3, help="structured: runs per configuration")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=0,
+        help="structured: runs per configuration [3]; shared-prefix: timed requests [5]",
+    )
+    parser.add_argument("--prefix-len", type=int, default=1000, help="shared-prefix: the common prefix")
+    parser.add_argument("--turn-len", type=int, default=64, help="shared-prefix: each request's own turn")
     args = parser.parse_args()
+    args.repeats = args.repeats or (5 if args.workload == "shared-prefix" else 3)
     proc = data = None
+    if args.workload == "shared-prefix":
+        if not args.spawn:
+            parser.error("--workload shared-prefix starts its own servers: give --spawn")
+        from bench_serving_prefix import run_shared_prefix
+
+        model_dir = write_random_model(args.model_cache / args.shape, args.shape)
+        run_shared_prefix(spawn, model_dir, SHAPES[args.shape]["vocab_size"], args)
+        return
     if args.spawn:
         model_dir = write_random_model(args.model_cache / args.shape, args.shape)
         if args.workload == "structured":

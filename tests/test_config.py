@@ -36,6 +36,10 @@ def test_from_env_reads_prefixed_variables() -> None:
         ({"BITNET_S3_BUCKET": "b"}, "ACCESS_KEY_ID and BITNET_S3_SECRET_ACCESS_KEY are required"),
         ({"BITNET_LOG_LEVEL": "loud"}, "BITNET_LOG_LEVEL"),
         ({"BITNET_OUTPUT_LAYER": "q4"}, "BITNET_OUTPUT_LAYER must be exact, q8 or q6, not 'q4'"),
+        ({"BITNET_PREFIX_CACHE_SCOPE": "tenant"}, "BITNET_PREFIX_CACHE_SCOPE must be org, platform or off"),
+        ({"BITNET_PREFIX_CACHE_MEMORY": "lots"}, "BITNET_PREFIX_CACHE_MEMORY='lots' is not a size"),
+        ({"BITNET_PREFIX_CACHE_MEMORY": "-1M"}, "BITNET_PREFIX_CACHE_MEMORY must be 0 or more"),
+        ({"BITNET_MODEL_MEMORY": "0"}, "BITNET_MODEL_MEMORY must be positive"),
         ({"BITNET_OUTPUT_LAYER": "q6", "BITNET_DEVICE": "opencl"}, "q6 runs on the CPU only"),
         ({"BITNET_MASTER_KEYS": "nocolon"}, "entries must be ID:BASE64URL-KEY"),
         ({"BITNET_MASTER_KEYS": "k1:c2hvcnQ"}, "key 'k1' must be 32 bytes"),
@@ -113,3 +117,14 @@ def test_security_doc_has_the_role_table() -> None:
     for permission in PERMISSIONS:
         marks = " | ".join("x" if permission in ROLE_PERMISSIONS[r] else "" for r in ROLES)
         assert f"| `{permission}` | {marks} |" in doc, f"docs/security.md's role table is stale for {permission}"
+
+
+def test_prefix_cache_settings() -> None:
+    from bitnet_actor.config import parse_size
+
+    default = Settings().validated()
+    assert (default.prefix_cache_scope, parse_size(default.prefix_cache_memory)) == ("org", 2**30)
+    env = {"BITNET_PREFIX_CACHE_SCOPE": "platform", "BITNET_PREFIX_CACHE_MEMORY": "0"}
+    settings = Settings.from_env(env).validated()
+    assert settings.prefix_cache_scope == "platform"
+    assert parse_size(settings.prefix_cache_memory, "BITNET_PREFIX_CACHE_MEMORY", zero=True) == 0

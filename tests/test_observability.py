@@ -28,3 +28,25 @@ def test_model_cache_counters_and_memory_are_exported() -> None:
     assert got["bitnet_model_load_failures_total"] == 1
     assert got["bitnet_model_memory_bytes"] == 300
     assert got["bitnet_model_memory_budget_bytes"] == 1000
+
+
+def test_prefix_cache_series_per_model() -> None:
+    from actors.scheduler import SchedulerStatistics
+    from bitnet_actor.engine.prefix_cache import PrefixCacheStatistics
+
+    prefix = PrefixCacheStatistics(
+        block_tokens=16, budget_bytes=4096, bytes=2048, blocks=2, queried_tokens=100, hit_tokens=64,
+        inserted_blocks=6, evicted_blocks=4,
+    )  # fmt: skip
+    on = SchedulerStatistics(0, 0, 5, 9, 0, 0, 0, prefix)
+    off = SchedulerStatistics(0, 0, 5, 9, 0, 0, 0)
+    metrics = Metrics()
+    metrics.live = lambda: {"schedulers": {"on": on, "off": off}}
+    text = metrics.render().decode()
+    got = {(s.name, s.labels.get("model")): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert got[("bitnet_prefix_cache_queried_tokens_total", "on")] == 100
+    assert got[("bitnet_prefix_cache_hit_tokens_total", "on")] == 64
+    assert got[("bitnet_prefix_cache_evictions_total", "on")] == 4
+    assert got[("bitnet_prefix_cache_bytes", "on")] == 2048
+    assert got[("bitnet_prefix_cache_budget_bytes", "on")] == 4096
+    assert not [key for key in got if key[0].startswith("bitnet_prefix_cache") and key[1] == "off"]

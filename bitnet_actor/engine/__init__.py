@@ -35,9 +35,12 @@ Model
 Step-wise, batched API (for the scheduler)
 ==========================================
 
-``seq = model.new_sequence(prompt_ids, params)``
+``seq = model.new_sequence(prompt_ids, params, *, cache_salt=None)``
     allocates the sequence's KV cache (float32, prompt + ``max_tokens`` positions); raises
-    ``ContextLengthError`` (a ``ValueError``) when that exceeds ``model.context_length``.
+    ``ContextLengthError`` (a ``ValueError``) when that exceeds ``model.context_length``.  With
+    ``model.set_prefix_cache(budget_bytes)`` on, a ``cache_salt`` (who may share: an organization's id) makes its
+    first step reuse the cached keys and values of the prompt's longest run of full 16-token blocks seen before
+    under that salt (``seq.cached_tokens``), with the same output (:mod:`bitnet_actor.engine.prefix_cache`).
 ``outs = model.step(seqs, *, prefill_chunk=256)``
     one forward for all unfinished ``seqs``: a sequence still prefilling consumes up to ``prefill_chunk``
     prompt tokens, the others decode one token; returns one :class:`StepOutput` per unfinished sequence

@@ -27,6 +27,7 @@ from bitnet_actor.engine import ops
 from bitnet_actor.engine.constraints import ConstraintError, Constraints
 from bitnet_actor.engine.errors import ContextLengthError, EngineError
 from bitnet_actor.engine.layers import DenseMatrix, Linear
+from bitnet_actor.engine.prefix_cache import BLOCK_TOKENS, PrefixCache
 from bitnet_actor.engine.sampling import SamplingParams
 from bitnet_actor.engine.sequence import Sequence, StepOutput
 
@@ -152,6 +153,7 @@ class Model:
         self.set_kv_cache(kv_cache)
         self._compiled = self._build_stack() if self._runner is None else None
         self._stack = self._compiled
+        self._prefix_cache: PrefixCache | None = None
         #: None, or float64 (3,) to which each forward adds the seconds its compiled layer loop spends in the
         #: ternary products, attention and the other ops (profiling; see ops/bench_engine.py)
         self.op_times: npt.NDArray[np.float64] | None = None
@@ -389,14 +391,45 @@ class Model:
             raise ValueError("this model cannot run the compiled layer loop (see Model.set_compiled_layers)")
         self._stack = self._compiled if on else None
 
+    @property
+    def prefix_cache(self) -> PrefixCache | None:
+        """The prefix cache (see :meth:`set_prefix_cache`), or None when it is off."""
+        return self._prefix_cache
+
+    def set_prefix_cache(self, budget_bytes: int, *, block_tokens: int = BLOCK_TOKENS) -> None:
+        """Turn automatic prefix caching on (a new, empty cache; on OpenCL in device memory) or off.
+
+        Sequences started with a ``cache_salt`` (:meth:`new_sequence`) then reuse the keys and values of
+        prompt blocks computed before under the same salt, with the same output
+        (:mod:`bitnet_actor.engine.prefix_cache`).
+
+        Args:
+            budget_bytes: the most bytes the cached blocks may take; 0: off (the blocks are freed).
+            block_tokens: tokens per block.
+
+        Raises:
+            ValueError: a negative budget or a block size below 1.
+        """
+        cache = PrefixCache(self.config, budget_bytes, block_tokens=block_tokens, runner=self._runner)
+        with self._lock:
+            self._prefix_cache = cache if budget_bytes else None
+
     # ---------------------------------------------------------------------------------------------- sequences
 
-    def new_sequence(self, prompt_ids: Seq[int] | npt.NDArray[Any], params: SamplingParams | None = None) -> Sequence:
+    def new_sequence(
+        self,
+        prompt_ids: Seq[int] | npt.NDArray[Any],
+        params: SamplingParams | None = None,
+        *,
+        cache_salt: bytes | None = None,
+    ) -> Sequence:
         """Start a sequence (allocates its KV cache for prompt + max_tokens tokens).
 
         Args:
             prompt_ids: the prompt's token ids (at least one).
             params: sampling parameters (default: :class:`SamplingParams` defaults).
+            cache_salt: with the prefix cache on, who this sequence shares cached prompt blocks with (the same
+                salt only); None: it neither uses nor adds any.
 
         Returns:
             The sequence.
@@ -418,7 +451,10 @@ class Model:
             )
         if params.stop and self._tokenizer is None:
             raise ValueError("stop strings need a tokenizer; this model has none")
-        return Sequence(self, prompt, params)
+        seq = Sequence(self, prompt, params)
+        if self._prefix_cache is not None and cache_salt is not None:
+            self._prefix_cache.key(seq, cache_salt)
+        return seq
 
     def step(self, seqs: list[Sequence], *, prefill_chunk: int = 256) -> list[StepOutput]:
         """Advance every unfinished sequence by one scheduler step in one batched forward.
@@ -442,10 +478,15 @@ class Model:
             raise ValueError("a sequence appears twice in one step")
         if not active:
             return []
-        feeds = [s._next_rows(prefill_chunk) for s in active]
         with self._lock:
+            cache = self._prefix_cache
+            if cache is not None:
+                cache.attach(active)  # new sequences start after their prompts' cached blocks
+            feeds = [s._next_rows(prefill_chunk) for s in active]
             want = [s.pos + len(f) >= len(s.prompt) for s, f in zip(active, feeds, strict=True)]
             logits = self._forward(active, feeds, want, all_rows=False)
+            if cache is not None:
+                cache.store(active, [s.pos + len(f) for s, f in zip(active, feeds, strict=True)])
         sampling = [s for s, w in zip(active, want, strict=True) if w]
         masked = self._mask_constrained(sampling, logits)
         outs: list[StepOutput] = []

@@ -161,6 +161,31 @@ class OpenCLRunner:
         except OpenCLError as exc:
             raise MemoryError(f"the KV cache of {capacity} tokens does not fit on the device: {exc}") from exc
 
+    def new_kv_block(self, tokens: int) -> Any:
+        """A device buffer for the keys (or the values) of ``tokens`` positions: (layers, Hkv, tokens, D) float32.
+
+        Raises:
+            MemoryError: the device cannot hold it.
+        """
+        cfg = self.config
+        try:
+            return self.ctx.empty(cfg.num_layers * cfg.num_kv_heads * tokens * cfg.head_dim * 4)
+        except OpenCLError as exc:
+            raise MemoryError(f"a KV block of {tokens} tokens does not fit on the device: {exc}") from exc
+
+    def copy_kv(self, src: Any, src_cap: int, src_p0: int, dst: Any, dst_cap: int, dst_p0: int, tokens: int) -> None:
+        """Queue a copy of positions ``src_p0 ..`` of a (layers, Hkv, src_cap, D) float32 cache buffer to positions
+        ``dst_p0 ..`` of a (layers, Hkv, dst_cap, D) one, ``tokens`` positions of every layer and KV head: one
+        rectangular copy (rows: layer x head; the queue is in order, so it runs between the steps around it)."""
+        cfg = self.config
+        rows, row = cfg.num_layers * cfg.num_kv_heads, cfg.head_dim * 4  # bytes of one position of one head
+        with self.ctx.lock:
+            self.ctx.cl.enqueue_copy(
+                self.ctx.queue, dst, src,
+                src_origin=(src_p0 * row, 0, 0), dst_origin=(dst_p0 * row, 0, 0), region=(tokens * row, rows, 1),
+                src_pitches=(src_cap * row, src_cap * row * rows), dst_pitches=(dst_cap * row, dst_cap * row * rows),
+            )  # fmt: skip
+
     def _buf(self, name: str, nbytes: int) -> Any:
         """A scratch buffer of at least ``nbytes``, kept between steps and grown when too small."""
         cur = self._bufs.get(name)

@@ -65,6 +65,8 @@ class Sequence:
         finished: no more steps.
         finish_reason: why it finished.
         capacity: tokens the KV cache holds (prompt + max_tokens, at most the context length).
+        cached_tokens: leading prompt tokens whose keys and values came from the model's prefix cache (not
+            computed again; see :mod:`bitnet_actor.engine.prefix_cache`).
     """
 
     def __init__(self, model: Model, prompt: npt.NDArray[np.int64], params: SamplingParams) -> None:
@@ -88,6 +90,12 @@ class Sequence:
             self.v_cache = np.empty(shape, dtype=dtype)
             self._cache_bytes = int(self.k_cache.nbytes + self.v_cache.nbytes)
         self.pos = 0  # tokens whose keys/values are in the cache
+        self.cached_tokens = 0
+        # the prefix cache's keys of the prompt's full blocks (None: not cached), whether they were looked up,
+        # and how many leading blocks are known cached (see bitnet_actor.engine.prefix_cache)
+        self._prefix_keys: list[bytes] | None = None
+        self._prefix_attached = False
+        self._prefix_stored = 0
         self.output_ids: list[int] = []
         self.text = ""
         self._emitted = 0  # characters of self.text already returned

@@ -6,6 +6,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -118,3 +119,32 @@ async def test_lru_eviction_pinning_and_capacity(model_dirs: tuple[Path, Path], 
     await trio.lowlevel.checkpoint()
     with pytest.raises(ModelCapacityError, match="memory budget"):
         await small.acquire("a")
+
+
+async def test_prefix_caches_count_in_the_budget_and_go_before_any_model(
+    model_dirs: tuple[Path, Path], nursery: trio.Nursery
+) -> None:
+    from bitnet_actor.engine import SamplingParams, load_model
+
+    def load(path: str) -> Any:
+        model = load_model(path)
+        model.set_prefix_cache(2**30)
+        return model
+
+    one = load_model(str(model_dirs[0])).nbytes
+    cache = ModelCache(budget_bytes=2**30, loader=load)
+    cache.register("a", str(model_dirs[0]))
+    cache.register("b", str(model_dirs[1]))
+    await nursery.start(cache.run)
+    lease = await cache.acquire("a")  # held: "a" stays busy
+    seq = lease.model.new_sequence(list(range(3, 203)), SamplingParams(max_tokens=1), cache_salt=b"org")
+    while not seq.finished:
+        lease.model.step([seq])
+    prefix = cache.statistics().prefix_cache_bytes
+    assert prefix > 0 and prefix == lease.model.prefix_cache.nbytes  # type: ignore[union-attr]
+    # Room for both models but not for their prefix caches too: the caches go, no model is evicted.
+    cache.budget_bytes = 2 * one + prefix // 2
+    cache.release(await cache.acquire("b"))
+    stats = cache.statistics()
+    assert (stats.loaded, stats.evictions, stats.prefix_cache_bytes) == (("a", "b"), 0, 0)
+    cache.release(lease)

@@ -270,6 +270,7 @@ async def _respond(
         ],
         "usage": {
             "input_tokens": usage["prompt_tokens"],
+            "input_tokens_details": {"cached_tokens": usage["prompt_tokens_details"]["cached_tokens"]},
             "output_tokens": usage["completion_tokens"],
             "total_tokens": usage["total_tokens"],
         },

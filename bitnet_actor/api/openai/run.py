@@ -69,6 +69,8 @@ class Run:
     last_token_at: float | None = None
     choices: dict[int, Choice] = field(default_factory=dict)
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    """Prompt tokens the prefix cache supplied, summed over the choices (from their ``Finished`` events)."""
     queue_s: float = 0.0
     recorded: bool = False
     span: Span | None = None
@@ -136,18 +138,18 @@ class Run:
                 self.span.add_event("gen_ai.decode.tokens", {"tokens": self.completion_tokens})
         elif isinstance(event, Finished):
             self.queue_s = max(self.queue_s, event.queue_s)
+            self.cached_tokens += event.cached_tokens
 
     def usage(self) -> dict[str, Any]:
-        """OpenAI's usage object (a cache hit reports its prompt as cached)."""
+        """OpenAI's usage object: ``prompt_tokens_details.cached_tokens`` counts the prompt tokens the prefix
+        cache supplied (a response cache hit reports its whole prompt as cached)."""
         prompt = len(self.plan.prompt_ids) * self.plan.n
-        usage: dict[str, Any] = {
+        return {
             "prompt_tokens": prompt,
             "completion_tokens": self.completion_tokens,
             "total_tokens": prompt + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": prompt if self.cached is not None else self.cached_tokens},
         }
-        if self.cached is not None:
-            usage["prompt_tokens_details"] = {"cached_tokens": prompt}
-        return usage
 
     async def record(self, outcome: str, *, endpoint: str | None = None) -> None:
         """Give back the lease, admission and unused reservation, count metrics and meter the usage: once,
@@ -187,8 +189,9 @@ class Run:
                 ttft_ms=int((self.first_token_at - self.started) * 1000) if self.first_token_at is not None else None,
                 finish_reason=finish,
                 outcome=outcome,
-                # A cache hit: metered as the plan prices its tokens, marked as served from the cache.
-                cached_tokens=usage["prompt_tokens"] if self.cached is not None else 0,
+                # As the usage reports them: a response cache hit (metered as the plan prices its tokens, marked as
+                # served from the cache) counts its whole prompt, a generation the prefix cache's tokens.
+                cached_tokens=usage["prompt_tokens_details"]["cached_tokens"],
                 request_data=(
                     {**self.plan.request_data, "response_cache": "hit"}
                     if self.cached is not None

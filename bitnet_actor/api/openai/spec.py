@@ -30,7 +30,16 @@ def _ref(name: str) -> dict[str, str]:
 
 _USAGE = {
     "type": "object",
-    "properties": {"prompt_tokens": _INT, "completion_tokens": _INT, "total_tokens": _INT},
+    "properties": {
+        "prompt_tokens": _INT,
+        "completion_tokens": _INT,
+        "total_tokens": _INT,
+        "prompt_tokens_details": {
+            "type": "object",
+            "properties": {"cached_tokens": _INT},
+            "description": "cached_tokens: prompt tokens taken from the prefix cache (or the response cache)",
+        },
+    },
 }
 _LOGPROBS = {"type": ["object", "null"], "description": "as OpenAI's: tokens, token_logprobs, top_logprobs"}
 
