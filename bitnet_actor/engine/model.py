@@ -26,7 +26,8 @@ import numpy as np
 from bitnet_actor.engine import ops
 from bitnet_actor.engine.constraints import ConstraintError, Constraints
 from bitnet_actor.engine.errors import ContextLengthError, EngineError
-from bitnet_actor.engine.layers import DenseMatrix, Linear
+from bitnet_actor.engine.forward import build_stack, forward
+from bitnet_actor.engine.layers import DenseMatrix
 from bitnet_actor.engine.prefix_cache import BLOCK_TOKENS, PrefixCache
 from bitnet_actor.engine.sampling import SamplingParams
 from bitnet_actor.engine.sequence import Sequence, StepOutput
@@ -79,20 +80,6 @@ class ModelInfo:
     fast_kernels: bool
     fast_ops: bool
     device: str = "cpu"
-
-
-def _apply1(lin: Linear, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """One linear layer; plain ternary layers go straight to the kernel."""
-    if lin.ternary is not None and lin.bias is None and lin.pre_norm is None:
-        return ops.ternary_linear(x, lin.ternary)
-    return lin(x)
-
-
-def _apply(lins: list[Linear], x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """A fused layer, or separate layers concatenated along the output."""
-    if len(lins) == 1:
-        return _apply1(lins[0], x)
-    return np.concatenate([_apply1(lin, x) for lin in lins], axis=1)
 
 
 class Model:
@@ -151,46 +138,12 @@ class Model:
         self.set_output_layer(output)
         self._kv_cache = "f32"
         self.set_kv_cache(kv_cache)
-        self._compiled = self._build_stack() if self._runner is None else None
+        self._compiled = build_stack(self.weights) if self._runner is None else None
         self._stack = self._compiled
         self._prefix_cache: PrefixCache | None = None
         #: None, or float64 (3,) to which each forward adds the seconds its compiled layer loop spends in the
         #: ternary products, attention and the other ops (profiling; see ops/bench_engine.py)
         self.op_times: npt.NDArray[np.float64] | None = None
-
-    def _build_stack(self) -> Any | None:
-        """The compiled layer loop, when every linear layer is one plain ternary product (q/k/v and gate/up
-        fused; no bias, input norm, dense layer or per-block scales) and the compiled code is built."""
-        cfg = self.config
-        specs = []
-        for layer in self.weights.layers:
-            if len(layer.qkv) != 1 or len(layer.gate_up) != 1:
-                return None
-            lins = (layer.qkv[0], layer.o, layer.gate_up[0], layer.down)
-            for lin in lins:
-                t = lin.ternary
-                if t is None or lin.bias is not None or lin.pre_norm is not None:
-                    return None
-                if t.row_scale is None and not isinstance(t.scale, float):
-                    return None
-            specs.append(
-                (
-                    layer.attn_norm,
-                    lins[0].ternary,
-                    layer.attn_sub_norm,
-                    lins[1].ternary,
-                    layer.ffn_norm,
-                    lins[2].ternary,
-                    lins[3].ternary,
-                    layer.ffn_sub_norm,
-                )
-            )
-        heads = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
-        try:
-            return ops.layer_stack(specs, heads, cfg.hidden_act == "relu2", cfg.rms_norm_eps)
-        except ValueError as exc:  # a layout the loop does not take (e.g. a norm stored in another dtype)
-            log.debug("per-op forward: %s", exc)
-            return None
 
     # ---------------------------------------------------------------------------------------------- properties
 
@@ -484,7 +437,7 @@ class Model:
                 cache.attach(active)  # new sequences start after their prompts' cached blocks
             feeds = [s._next_rows(prefill_chunk) for s in active]
             want = [s.pos + len(f) >= len(s.prompt) for s, f in zip(active, feeds, strict=True)]
-            logits = self._forward(active, feeds, want, all_rows=False)
+            logits = forward(self, active, feeds, want, all_rows=False)
             if cache is not None:
                 cache.store(active, [s.pos + len(f) for s, f in zip(active, feeds, strict=True)])
         sampling = [s for s, w in zip(active, want, strict=True) if w]
@@ -557,95 +510,6 @@ class Model:
             raise ValueError(f"token_ids must be in [0, {self.vocab_size})")
         seq = Sequence(self, ids, SamplingParams(max_tokens=1, ignore_eos=True))
         with self._lock:
-            out = self._forward([seq], [ids], [True], all_rows=True)
+            out = forward(self, [seq], [ids], [True], all_rows=True)
         seq.release()
         return out
-
-    # ---------------------------------------------------------------------------------------------- forward
-
-    def _forward(
-        self,
-        seqs: list[Sequence],
-        feeds: list[npt.NDArray[np.int64]],
-        want: list[bool],
-        *,
-        all_rows: bool,
-    ) -> npt.NDArray[np.float32]:
-        cfg = self.config
-        w = self.weights
-        ids = np.concatenate(feeds) if len(feeds) > 1 else feeds[0]
-        m = len(ids)
-        starts = np.fromiter((s.pos for s in seqs), dtype=np.int64, count=len(seqs))
-        lens = np.fromiter((len(f) for f in feeds), dtype=np.int64, count=len(feeds))
-        bounds = np.zeros(len(seqs) + 1, dtype=np.int64)
-        np.cumsum(lens, out=bounds[1:])
-        positions = np.repeat(starts - bounds[:-1], lens) + np.arange(m)
-        cos = self._cos[positions]  # (M, D/2)
-        sin = self._sin[positions]
-        x = np.empty((m, cfg.hidden_size), dtype=np.float32)
-        w.embed.gather(ids, x)
-        if self._runner is not None:
-            caches = [(s.k_cache, s.v_cache, s.capacity) for s in seqs]
-            if any(k is None or v is None for k, v, _ in caches):
-                raise ValueError("a released sequence cannot run")
-            wanted = None if all_rows else [int(bounds[i + 1]) - 1 for i, wnt in enumerate(want) if wnt]
-            return self._runner.forward(x, positions, caches, bounds, starts, wanted)
-        kcs = [s.k_cache for s in seqs if s.k_cache is not None]
-        vcs = [s.v_cache for s in seqs if s.v_cache is not None]
-        if len(kcs) != len(seqs) or len(vcs) != len(seqs):
-            raise ValueError("a released sequence cannot run")
-        if self._stack is not None:
-            ops.run_layers(self._stack, x, cos, sin, kcs, vcs, bounds, starts, self.op_times)
-        else:
-            self._layers_per_op(x, cos, sin, kcs, vcs, bounds, starts)
-        if all_rows:
-            sel = x
-        else:
-            rows = [int(bounds[i + 1]) - 1 for i, wnt in enumerate(want) if wnt]
-            if not rows:
-                return np.empty((0, cfg.vocab_size), dtype=np.float32)
-            sel = np.ascontiguousarray(x[rows])
-        hn = ops.rmsnorm(sel, w.final_norm, cfg.rms_norm_eps)
-        return self._head.matmul(hn)
-
-    def _layers_per_op(
-        self,
-        x: npt.NDArray[np.float32],
-        cos: npt.NDArray[np.float32],
-        sin: npt.NDArray[np.float32],
-        kcs: list[Any],
-        vcs: list[Any],
-        bounds: npt.NDArray[np.int64],
-        starts: npt.NDArray[np.int64],
-    ) -> None:
-        """The decoder layers one op at a time (any layer kind); the compiled loop gives the same bits."""
-        cfg = self.config
-        heads = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
-        eps = cfg.rms_norm_eps
-        act = cfg.hidden_act
-        attn = np.empty((x.shape[0], cfg.num_heads * cfg.head_dim), dtype=np.float32)
-        layers = self.weights.layers
-        h = ops.rmsnorm(x, layers[0].attn_norm, eps)
-        for li, layer in enumerate(layers):
-            qkv = _apply(layer.qkv, h)
-            ops.attn_block(
-                qkv,
-                heads,
-                cos,
-                sin,
-                [c[li] for c in kcs],
-                [c[li] for c in vcs],
-                bounds,
-                starts,
-                attn,
-                layer.attn_sub_norm,
-                eps,
-            )
-            h = ops.add_rmsnorm(x, _apply1(layer.o, attn), layer.ffn_norm, eps)
-            gu = _apply(layer.gate_up, h)
-            a = ops.glu_norm(gu, act, layer.ffn_sub_norm, eps)
-            down = _apply1(layer.down, a)
-            if li + 1 < len(layers):
-                h = ops.add_rmsnorm(x, down, layers[li + 1].attn_norm, eps)
-            else:
-                x += down
