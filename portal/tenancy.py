@@ -52,6 +52,8 @@ class Section:
 SECTIONS: Final = (
     Section("portal.dashboard", "Dashboard", "org:read", "nav-dashboard"),
     Section("portal.keys", "API keys", "keys:read", "nav-keys"),
+    Section("portal.usage_page", "Usage", "billing:read", "nav-usage"),
+    Section("portal.billing", "Billing", "billing:read", "nav-billing"),
     Section("portal.team", "Team", "members:read", "nav-team"),
     Section("portal.audit_log", "Audit log", "audit:read", "nav-audit"),
     Section("portal.settings", "Settings", "org:read", "nav-settings"),

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-from portal.views import account, audit, dashboard, invitations, keys, orgs, password, settings, team
+from portal.views import account, audit, billing, dashboard, invitations, keys, orgs, password, settings, team, usage
 
 __all__ = [
     "account",
     "audit",
+    "billing",
     "dashboard",
     "invitations",
     "keys",
@@ -15,4 +16,5 @@ __all__ = [
     "password",
     "settings",
     "team",
+    "usage",
 ]

@@ -56,4 +56,4 @@ async def test_roles_without_billing_read_see_no_figures(browser: Browser) -> No
     page = await billing.get(f"/portal/orgs/{org}")
     assert page.by_id("stat-requests").text() == "1" and page.doc.find(id="active-keys") is None
     nav = {a.attrs["id"] for a in page.doc.find("nav", class_="sections").find_all("a")}  # type: ignore[union-attr]
-    assert nav == {"nav-dashboard", "nav-team", "nav-settings"}
+    assert nav == {"nav-dashboard", "nav-usage", "nav-billing", "nav-team", "nav-settings"}

@@ -34,7 +34,7 @@ async def test_hostile_names_are_escaped_everywhere(browser: Browser) -> None:
     assert invited.status == 303, invited.text
     await record(h.system.stores.db, org, model=HOSTILE, at=today_at(0))
     pages = [secret_page, await browser.get("/portal/orgs")]
-    for section in ("", "/keys", "/team", "/audit", "/settings"):
+    for section in ("", "/keys", "/team", "/audit", "/settings", "/usage", "/billing"):
         pages.append(await browser.get(f"/portal/orgs/{org}{section}"))
     for page in pages:
         assert page.status == 200, page.path

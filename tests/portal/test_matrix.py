@@ -11,6 +11,7 @@ import pytest
 
 from tests.api.conftest import ANON, Caller, Harness
 from tests.api.test_isolation import (
+    BILLING_READERS,
     EVERYONE,
     KEY_MAKERS,
     KEY_READERS,
@@ -36,6 +37,9 @@ ROUTES: list[tuple[str, str, dict[str, Any] | str | None, frozenset[str], Prepar
     ("POST", ORG + "/keys/{key}/revoke", {}, KEY_MAKERS, fresh_key),
     ("GET", ORG + "/keys/{key}/rotate", None, KEY_MAKERS, fresh_key),
     ("POST", ORG + "/keys/{key}/rotate", {"grace_seconds": "0"}, KEY_MAKERS, fresh_key),
+    ("GET", ORG + "/usage", None, BILLING_READERS, nothing),
+    ("GET", ORG + "/usage.csv", None, BILLING_READERS, nothing),
+    ("GET", ORG + "/billing", None, BILLING_READERS, nothing),
     ("GET", ORG + "/team", None, EVERYONE, nothing),
     ("POST", ORG + "/team/members/{member}/role", {"role": "member"}, MANAGERS, fresh_member),
     ("POST", ORG + "/team/members/{member}/remove", {}, MANAGERS, fresh_member),
