@@ -38,6 +38,7 @@ from bitnet_actor.api import (
 from bitnet_actor.api.auth import OrgConverter
 from bitnet_actor.api.errors import install_error_handlers
 from bitnet_actor.observability import clear_log_context
+from portal import install as install_portal
 
 if TYPE_CHECKING:
     from bitnet_actor.handles import Handles
@@ -80,6 +81,7 @@ def create_app(handles: Handles) -> QuartTrio:
     app.register_blueprint(graphql.blueprint)
     for blueprint in openai.BLUEPRINTS:
         app.register_blueprint(blueprint)
+    install_portal(app)  # /portal pages and the site root
     metrics = handles.metrics
 
     @app.before_request

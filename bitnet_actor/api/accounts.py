@@ -26,14 +26,13 @@ from bitnet_actor.api.errors import ApiError
 from bitnet_actor.api.validate import Field, parse_body, parse_datetime
 from bitnet_actor.services import api_keys, audit, tenancy
 from bitnet_actor.services.billing import plans
-from bitnet_actor.services.billing.plans import check_limit
 from bitnet_actor.services.permissions import ROLE_PERMISSIONS, SCOPES, scopes_allowed
 from bitnet_actor.services.sessions import COOKIE_NAME
 
 if TYPE_CHECKING:
     from bitnet_actor.services.sessions import Session
 
-__all__ = ["blueprint", "json_ready", "start_session"]
+__all__ = ["blueprint", "json_ready", "start_session", "with_session_cookie"]
 
 blueprint = Blueprint("api_v1", __name__, url_prefix="/api/v1")
 
@@ -63,7 +62,8 @@ def _link_base(path: str) -> str:
     return handles().settings.base_url + path
 
 
-def _with_session(response: Response, session: Session) -> Response:
+def with_session_cookie(response: Response, session: Session) -> Response:
+    """``response`` setting the session cookie of ``session`` (the portal signs in with it too)."""
     response.set_cookie(
         COOKIE_NAME,
         session.id,
@@ -81,7 +81,7 @@ async def start_session(user_id: UUID, body: dict[str, Any], status: int = 200) 
     sessions = handles().auth.sessions
     session = await sessions.create(user_id, replacing=request.cookies.get(COOKIE_NAME))
     user = await tenancy.get_user(handles().stores.db, user_id)
-    return _with_session(_json({**body, "user": user, "csrf_token": session.csrf_token}, status), session)
+    return with_session_cookie(_json({**body, "user": user, "csrf_token": session.csrf_token}, status), session)
 
 
 # ------------------------------------------------------------------ accounts
@@ -372,20 +372,9 @@ async def create_key(org_id: OrgRef) -> Response:
 
 
 async def _key_limits(org_id: UUID, body: dict[str, Any]) -> dict[str, int]:
-    """A new key's own limits from ``body``: they may tighten the plan's per-key limits, never loosen them
-    (an operator raises them with ``bitnet-actor admin create-key``)."""
-    profile = await handles().tenants.profile(org_id)
-    caps = {"rpm": profile.key_rpm, "tpm": profile.key_tpm, "max_concurrency": profile.key_concurrency}
-    out: dict[str, int] = {}
-    for name, cap in caps.items():
-        if name not in body:
-            continue
-        value = check_limit("key_concurrency" if name == "max_concurrency" else name, body[name])
-        assert value is not None
-        if cap is not None and value > cap:
-            raise ApiError(400, f"{name} may not exceed the plan's per-key limit of {cap}", param=name)
-        out[name] = value
-    return out
+    """A new key's own limits from ``body`` (:func:`bitnet_actor.services.billing.plans.key_limits`; a bad
+    value is a 400 naming it)."""
+    return plans.key_limits(await handles().tenants.profile(org_id), body)
 
 
 @blueprint.delete("/orgs/<org:org_id>/keys/<uuid:key_id>")

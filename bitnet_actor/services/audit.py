@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from bitnet_actor.stores.postgres import Connection, Database
 
-__all__ = ["Actor", "AuditEntry", "TamperReport", "list_entries", "record", "verify"]
+__all__ = ["Actor", "AuditEntry", "TamperReport", "list_actions", "list_entries", "record", "verify"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,17 +76,41 @@ async def record(
 
 
 async def list_entries(
-    db: Database, org_id: UUID, *, limit: int = 100, before_seq: int | None = None
+    db: Database,
+    org_id: UUID,
+    *,
+    limit: int = 100,
+    before_seq: int | None = None,
+    action: str | None = None,
+    actor_user_id: UUID | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> list[AuditEntry]:
-    """The newest entries of ``org_id`` (before ``before_seq`` when paging)."""
+    """The newest entries of ``org_id`` (before ``before_seq`` when paging), optionally only those of one
+    ``action``, by one user, or created in [``since``, ``until``)."""
     async with db.transaction(org_id=org_id, readonly=True) as tx:
         rows = await tx.fetch(
             "SELECT seq, created_at, action, actor_user_id, actor_key_id, target_type, target_id, ip, user_agent,"
-            " details, hash FROM audit_log WHERE ($1::bigint IS NULL OR seq < $1) ORDER BY seq DESC LIMIT $2",
+            " details, hash FROM audit_log WHERE org_id = $7 AND ($1::bigint IS NULL OR seq < $1)"
+            " AND ($3::text IS NULL OR action = $3) AND ($4::uuid IS NULL OR actor_user_id = $4)"
+            " AND ($5::timestamptz IS NULL OR created_at >= $5) AND ($6::timestamptz IS NULL OR created_at < $6)"
+            " ORDER BY seq DESC LIMIT $2",
             before_seq,
             limit,
+            action,
+            actor_user_id,
+            since,
+            until,
+            org_id,
         )
     return [AuditEntry(**{**dict(r), "hash": bytes(r["hash"]).hex()}) for r in rows]
+
+
+async def list_actions(db: Database, org_id: UUID) -> list[str]:
+    """The actions that occur in ``org_id``'s log, alphabetically (for a filter's choices)."""
+    async with db.transaction(org_id=org_id, readonly=True) as tx:
+        rows = await tx.fetch("SELECT DISTINCT action FROM audit_log WHERE org_id = $1 ORDER BY action", org_id)
+    return [str(r["action"]) for r in rows]
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,8 @@
 - The id is new at every login (``create``); logout deletes it; ``revoke_user`` ends every session of a user.
 - Each session has a CSRF token (synchronizer pattern): state-changing requests authenticated by the cookie
   must echo it in ``X-CSRF-Token`` (or the form field ``csrf_token``).
+- A session may hold a few one-shot notices for the next page it shows (the portal's flash messages):
+  ``add_flash`` / ``pop_flashes``, kept beside the session for a minute at most.
 """
 
 from __future__ import annotations
@@ -25,9 +27,19 @@ if TYPE_CHECKING:
 
     from bitnet_actor.stores.redis import RedisStore
 
-__all__ = ["COOKIE_NAME", "Session", "SessionStore"]
+__all__ = ["COOKIE_NAME", "Flash", "Session", "SessionStore"]
 
 COOKIE_NAME = "__Host-bitnet_session"
+_FLASH_TTL_S = 60  # a notice is for the page right after the action, not for later
+_FLASH_MAX = 10  # notices kept per session; older ones are dropped
+
+
+@dataclass(frozen=True, slots=True)
+class Flash:
+    """A one-shot notice: ``category`` is ``info``, ``success`` or ``error``; ``text`` is plain text."""
+
+    category: str
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,3 +117,38 @@ class SessionStore:
             await r.delete(user_set)
 
         await self.redis.run(drop)
+
+    @staticmethod
+    def _flash_key(session_id: str) -> str:
+        return "bitnet:session-flash:" + hashlib.sha256(session_id.encode()).hexdigest()
+
+    async def add_flash(self, session_id: str, flash: Flash) -> None:
+        """Keep ``flash`` for the next page this session shows."""
+        key = self._flash_key(session_id)
+        data = json.dumps({"category": flash.category, "text": flash.text[:500]})
+
+        async def push(r: Redis) -> None:
+            async with r.pipeline(transaction=True) as pipe:
+                pipe.rpush(key, data)
+                pipe.ltrim(key, -_FLASH_MAX, -1)
+                pipe.expire(key, _FLASH_TTL_S)
+                await pipe.execute()
+
+        await self.redis.run(push)
+
+    async def pop_flashes(self, session_id: str) -> list[Flash]:
+        """The session's notices, oldest first, removed as they are read."""
+        key = self._flash_key(session_id)
+
+        async def pop(r: Redis) -> list[bytes]:
+            async with r.pipeline(transaction=True) as pipe:
+                pipe.lrange(key, 0, -1)
+                pipe.delete(key)
+                found, _ = await pipe.execute()
+            return list(found)
+
+        out = []
+        for raw in await self.redis.run(pop):
+            data = json.loads(raw)
+            out.append(Flash(str(data["category"]), str(data["text"])))
+        return out

@@ -35,6 +35,7 @@ __all__ = [
     "check_limit",
     "check_price",
     "get_plan",
+    "key_limits",
     "list_plans",
     "org_profile",
     "set_org_overrides",
@@ -247,6 +248,31 @@ def check_limit(name: str, value: object) -> int | None:
     if not 0 <= value <= top:
         raise ValidationError(f"{name} must be between 0 and {top}, not {value}", field=name)
     return value
+
+
+def key_limits(profile: OrgProfile, requested: Mapping[str, object]) -> dict[str, int]:
+    """A new key's own limits (``rpm``, ``tpm``, ``max_concurrency``; absent or None: the plan's), checked.
+
+    They may tighten ``profile``'s per-key limits, never loosen them (an operator raises them with
+    ``bitnet-actor admin create-key``).
+
+    Raises:
+        ValidationError: a malformed value, or one past the plan's per-key limit (``field`` names it).
+    """
+    caps = {"rpm": profile.key_rpm, "tpm": profile.key_tpm, "max_concurrency": profile.key_concurrency}
+    out: dict[str, int] = {}
+    for name, cap in caps.items():
+        if requested.get(name) is None:
+            continue
+        try:
+            value = check_limit("key_concurrency" if name == "max_concurrency" else name, requested[name])
+        except ValidationError as exc:
+            raise ValidationError(str(exc).replace("key_concurrency", name), field=name) from None
+        assert value is not None
+        if cap is not None and value > cap:
+            raise ValidationError(f"{name} may not exceed the plan's per-key limit of {cap}", field=name)
+        out[name] = value
+    return out
 
 
 def check_cache_ttl(value: object) -> int | None:

@@ -36,6 +36,7 @@ __all__ = [
     "get_user",
     "issue_password_set_token",
     "membership_role",
+    "request_password_reset",
     "set_password_with_token",
     "signup_start",
     "signup_verify",
@@ -236,3 +237,27 @@ async def issue_password_set_token(db: Database, email: str) -> str:
         datetime.now(UTC) + PASSWORD_SET_TTL,
     )
     return token
+
+
+async def request_password_reset(db: Database, mailer: EmailSender, *, email: object, link_base: str) -> None:
+    """Mail a one-time link to set a new password, if ``email`` has an active account.
+
+    The caller answers the same way whether or not it has one, so the form never reveals who is registered;
+    the link (``link_base?token=...``) is the same kind ``set_password_with_token`` takes, for 24 hours.
+
+    Raises:
+        ValidationError: ``email`` is not a plausible address (this reveals nothing about accounts).
+    """
+    address = normalize_email(email)
+    found = await db.fetchval("SELECT email FROM users WHERE lower(email) = lower($1) AND disabled_at IS NULL", address)
+    if found is None:
+        return
+    token = await issue_password_set_token(db, found)
+    await mailer.send(
+        EmailMessage(
+            found,
+            "Reset your bitnet-actor password",
+            f"Set a new password: {link_base}?token={token}\nThe link works once, for 24 hours. "
+            "If you did not ask for it, ignore this message: your password stays as it is.",
+        )
+    )

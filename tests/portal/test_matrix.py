@@ -1,0 +1,125 @@
+"""The route x role x tenant matrix of tests/api/test_isolation.py, extended to the portal's pages and forms:
+each route as each role of organization A, as organization B's owner (a 404: nothing about A leaks), and
+signed out (GET: to the sign-in page; POST: refused for want of a CSRF token). Every answer also passes the
+checks of every page (security headers, accessibility basics, nothing the CSP would block)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.api.conftest import ANON, Caller, Harness
+from tests.api.test_isolation import (
+    BILLING_READERS,
+    EVERYONE,
+    KEY_MAKERS,
+    KEY_READERS,
+    MANAGERS,
+    Prepare,
+    World,
+    build_world,
+    fresh_invitation,
+    fresh_key,
+    fresh_member,
+    nothing,
+)
+from tests.portal.conftest import Browser
+
+ORG = "/portal/orgs/{org}"
+# (method, path template, form fields, roles allowed, prepare)
+ROUTES: list[tuple[str, str, dict[str, Any] | str | None, frozenset[str], Prepare]] = [
+    ("GET", ORG, None, EVERYONE, nothing),
+    ("GET", ORG + "/keys", None, KEY_READERS, nothing),
+    ("GET", ORG + "/keys/new", None, KEY_MAKERS, nothing),
+    ("POST", ORG + "/keys", {"name": "m", "scopes": "models:read"}, KEY_MAKERS, nothing),
+    ("GET", ORG + "/keys/{key}/revoke", None, KEY_MAKERS, fresh_key),
+    ("POST", ORG + "/keys/{key}/revoke", {}, KEY_MAKERS, fresh_key),
+    ("GET", ORG + "/keys/{key}/rotate", None, KEY_MAKERS, fresh_key),
+    ("POST", ORG + "/keys/{key}/rotate", {"grace_seconds": "0"}, KEY_MAKERS, fresh_key),
+    ("GET", ORG + "/usage", None, BILLING_READERS, nothing),
+    ("GET", ORG + "/usage.csv", None, BILLING_READERS, nothing),
+    ("GET", ORG + "/billing", None, BILLING_READERS, nothing),
+    ("GET", ORG + "/team", None, EVERYONE, nothing),
+    ("POST", ORG + "/team/members/{member}/role", {"role": "member"}, MANAGERS, fresh_member),
+    ("POST", ORG + "/team/members/{member}/remove", {}, MANAGERS, fresh_member),
+    ("POST", ORG + "/team/invitations", "invite", MANAGERS, nothing),
+    ("POST", ORG + "/team/invitations/{invitation}/revoke", {}, MANAGERS, fresh_invitation),
+    ("GET", ORG + "/audit", None, MANAGERS, nothing),
+    ("GET", ORG + "/audit.csv", None, MANAGERS, nothing),
+    ("GET", ORG + "/settings", None, EVERYONE, nothing),
+    ("POST", ORG + "/settings/name", "rename", MANAGERS, nothing),
+]
+
+
+def form_for(spec: dict[str, Any] | str | None) -> dict[str, Any]:
+    import uuid
+
+    if spec == "invite":
+        return {"email": f"i-{uuid.uuid4().hex[:6]}@example.com", "role": "viewer"}
+    if spec == "rename":
+        return {"name": f"renamed-{uuid.uuid4().hex[:8]}"}
+    assert isinstance(spec, dict)
+    return spec
+
+
+async def run_matrix(h: Harness, w: World) -> list[str]:
+    failures: list[str] = []
+    callers: list[tuple[str, Caller]] = [*w.a.items(), ("org B owner", w.b_owner), ("anonymous", ANON)]
+    for method, template, form, allowed, prepare in ROUTES:
+        for who, caller in callers:
+            ids = await prepare(h, w)
+            path = template.format(org=w.org_a, **ids)
+            browser = Browser(h) if caller is ANON else Browser(h).as_caller(caller)
+            if method == "GET":
+                r = await browser.get(path)
+            else:
+                data = {**form_for(form), "csrf_token": caller.csrf or ""}
+                r = await browser.post(path, list(data.items()))
+            if who == "anonymous":
+                expected = {303} if method == "GET" else {403}
+            elif who.startswith("org B"):
+                expected = {404}
+            elif who in allowed:
+                expected = {200} if method == "GET" else {200, 303}
+            else:
+                expected = {403}
+            if r.status not in expected:
+                failures.append(f"{method} {template} as {who}: {r.status} (expected {sorted(expected)})")
+            elif (
+                who == "anonymous" and method == "GET" and not r.location.startswith("/portal/login?next=/portal/orgs/")
+            ):
+                failures.append(f"{method} {template} signed out: to {r.location!r}, not the sign-in page")
+    return failures
+
+
+@pytest.mark.slow
+async def test_portal_route_role_tenant_matrix(harness: Harness) -> None:
+    w = await build_world(harness)
+    assert set(w.a) == EVERYONE
+    failures = await run_matrix(harness, w)
+    assert not failures, "\n".join(failures)
+
+
+def test_every_portal_route_of_an_organization_is_in_the_matrix() -> None:
+    from quart import Quart
+
+    import portal.views  # noqa: F401  (registers the routes)
+    from portal.web import blueprint
+
+    app = Quart("probe")
+    app.register_blueprint(blueprint)
+    routes = {
+        (method, rule.rule)
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith("/portal/orgs/<uuid:org_id>")
+        for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}
+    }
+    names = {"{org}": "<uuid:org_id>", "{key}": "<uuid:key_id>", "{member}": "<uuid:user_id>",
+             "{invitation}": "<uuid:invitation_id>"}  # fmt: skip
+    covered = set()
+    for method, template, *_ in ROUTES:
+        for placeholder, converter in names.items():
+            template = template.replace(placeholder, converter)
+        covered.add((method, template))
+    assert routes == covered
