@@ -13,7 +13,7 @@ import pytest
 
 from bitnet_actor.services.sessions import COOKIE_NAME
 from portal.security import CONTENT_SECURITY_POLICY
-from tests.api.conftest import Caller, Harness, harness  # noqa: F401  (the fixture)
+from tests.api.conftest import Caller, Harness, harness, model_dir  # noqa: F401  (the fixtures)
 from tests.portal.html import Node, a11y_problems, csp_problems, form_fields, parse
 
 HOSTILE = "<script>alert(1)</script>\"'{{7*7}}&amp;"
