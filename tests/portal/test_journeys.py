@@ -156,6 +156,10 @@ def _journey(url: str, mail: Path) -> dict[str, Any]:
                 seen["after_revoke"] = "accepted"
             except openai.AuthenticationError as exc:
                 seen["after_revoke"] = exc.status_code
+        for i, nav in enumerate(("nav-dashboard", "nav-billing", "nav-team", "nav-audit", "nav-settings")):
+            page.click(f"#{nav}")
+            _tab_reaches_skip_link(page)
+            screenshot(page, f"{11 + i:02d}-{nav.removeprefix('nav-')}")
         seen["console_errors"] = errors
         context.close()
     return seen
