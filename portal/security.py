@@ -9,7 +9,10 @@
   ``X-CSRF-Token``). The forms used before there is a session (sign-in, sign-up, password reset, accepting
   an invitation as a new account; marked ``@anonymous_form``) carry a random value that is also in the
   ``__Host-bitnet_form`` cookie (double submit), so a login cannot be forced from another site either.
-  ``check_csrf`` refuses anything else with :class:`CsrfRefusedError` (a 403 page).
+  ``check_csrf`` refuses anything else with :class:`CsrfRefusedError` (a 403 page). A form whose body
+  streams (the model upload, marked ``@streamed_form``) is not read ahead: its view checks the token, the
+  form's first field, with :func:`check_csrf_token` before it reads the file; without a session such a POST
+  is refused at once.
 - ``safe_next``: where to go after signing in is only ever a local path of this site.
 """
 
@@ -37,8 +40,10 @@ __all__ = [
     "add_security_headers",
     "anonymous_form",
     "check_csrf",
+    "check_csrf_token",
     "form_token",
     "safe_next",
+    "streamed_form",
 ]
 
 CONTENT_SECURITY_POLICY: Final = (
@@ -56,6 +61,8 @@ SECURITY_HEADERS: Final = {
 FORM_COOKIE: Final = "__Host-bitnet_form"
 _FORM_COOKIE_MAX_AGE_S = 12 * 3600  # as long as a session may live: a form left open that long still posts
 _ANONYMOUS = "_portal_anonymous_form"
+_STREAMED = "_portal_streamed_form"
+_REFUSED = "This form has expired or did not come from this site. Go back, reload the page and try again."
 
 F = TypeVar("F", bound="Callable[..., Any]")
 
@@ -67,6 +74,13 @@ class CsrfRefusedError(PermissionDeniedError):
 def anonymous_form(view: F) -> F:
     """Mark ``view`` as one whose POST may come from a browser without a session (checked by double submit)."""
     setattr(view, _ANONYMOUS, True)
+    return view
+
+
+def streamed_form(view: F) -> F:
+    """Mark ``view`` as one that reads its POST body as it streams: ``check_csrf`` leaves the body unread and
+    the view calls :func:`check_csrf_token` with the form's first field before it reads any further."""
+    setattr(view, _STREAMED, True)
     return view
 
 
@@ -87,23 +101,37 @@ def form_token() -> str:
 
 async def check_csrf() -> None:
     """Refuse a POST whose ``csrf_token`` is neither the session's nor, for an ``@anonymous_form`` view, this
-    browser's pre-session token.
+    browser's pre-session token. A ``@streamed_form`` view's body is left to the view (refused here only
+    when there is no session, so no token could be right).
 
     Raises:
         CsrfRefusedError: the token is missing or wrong.
     """
+    view = current_app.view_functions.get(request.endpoint or "")
+    session = g.get("portal_session")
+    if getattr(view, _STREAMED, False):
+        if session is None:
+            raise CsrfRefusedError(_REFUSED)
+        return
     form = await request.form
     submitted = form.get("csrf_token", "")
-    session = g.get("portal_session")
     if session is not None and session.csrf_ok(submitted):
         return
-    view = current_app.view_functions.get(request.endpoint or "")
     cookie = request.cookies.get(FORM_COOKIE, "")
     if getattr(view, _ANONYMOUS, False) and cookie and submitted and hmac.compare_digest(cookie, submitted):
         return
-    raise CsrfRefusedError(
-        "This form has expired or did not come from this site. Go back, reload the page and try again."
-    )
+    raise CsrfRefusedError(_REFUSED)
+
+
+def check_csrf_token(submitted: str) -> None:
+    """Refuse ``submitted`` unless it is the signed-in session's CSRF token (a ``@streamed_form``'s check).
+
+    Raises:
+        CsrfRefusedError: no session, or another token.
+    """
+    session = g.get("portal_session")
+    if session is None or not session.csrf_ok(submitted):
+        raise CsrfRefusedError(_REFUSED)
 
 
 def add_security_headers(response: Response) -> Response:

@@ -35,15 +35,19 @@ __all__ = ["StreamingRequest", "blueprint"]
 blueprint = Blueprint("api_v1_uploads", __name__, url_prefix="/api/v1")
 
 _UPLOAD_PATH = re.compile(r"^/api/v1/orgs/[^/]+/models(/uploads/[^/]+)?/?$")
+_PORTAL_UPLOAD_PATH = re.compile(r"^/portal/orgs/[^/]+/uploads$")  # the portal's upload form (portal.views.uploads)
 
 
 class StreamingRequest(TrioRequest):
     """A request whose body may exceed the app's cap when it is a model upload (POST .../models or PUT
-    .../models/uploads/<id>): those routes stream it and enforce the plan's limit themselves."""
+    .../models/uploads/<id>, or the portal's upload form): those routes stream it and enforce the plan's
+    limit themselves."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.method in ("POST", "PUT") and _UPLOAD_PATH.match(self.path) and not self.path.endswith("/uploads"):
+        api = _UPLOAD_PATH.match(self.path) and not self.path.endswith("/uploads")
+        portal = self.method == "POST" and _PORTAL_UPLOAD_PATH.match(self.path)
+        if self.method in ("POST", "PUT") and (api or portal):
             self.body = self.body_class(self.content_length, None)
 
 
