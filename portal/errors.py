@@ -39,6 +39,7 @@ TITLES: Final = {
     405: "Not allowed",
     409: "That conflicts with the current state",
     413: "Too large",
+    421: "Served in another region",
     429: "Too many attempts",
     500: "Something went wrong",
     503: "Temporarily unavailable",
