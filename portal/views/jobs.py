@@ -133,11 +133,14 @@ async def job(page: OrgPage, job_id: UUID) -> Response:
 @org_page("models:write")
 async def job_cancel(page: OrgPage, job_id: UUID) -> Response:
     """Ask the job to stop (a queued one stops at once, a running one between tensors)."""
-    await _job(page, job_id)
+    before = await _job(page, job_id)
+    if before.finished:
+        await flash(f"The job had already {before.state}.", "info")
+        return see_other("portal.job", org_id=page.org.id, job_id=job_id)
     found = await job_service.request_cancel(handles().stores.db, page.org.id, job_id)
     if found.state == "cancelled":
         await flash("The job is cancelled.")
-    elif found.finished:
+    elif found.finished:  # it finished meanwhile
         await flash(f"The job had already {found.state}.", "info")
     else:
         await flash("The job stops after the tensor it is converting.")

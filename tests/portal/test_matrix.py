@@ -5,6 +5,7 @@ checks of every page (security headers, accessibility basics, nothing the CSP wo
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -18,6 +19,9 @@ from tests.api.test_isolation import (
     MANAGERS,
     Prepare,
     World,
+    a_job,
+    a_model,
+    a_route,
     build_world,
     fresh_invitation,
     fresh_key,
@@ -25,8 +29,27 @@ from tests.api.test_isolation import (
     nothing,
 )
 from tests.portal.conftest import Browser
+from tests.portal.uploading import DEMO_MODEL, post_multipart, tar_of
+
+MODEL_READERS, MODEL_WRITERS = KEY_READERS, KEY_MAKERS  # models:read, models:write (the same roles)
+
+
+async def a_version(h: Harness, w: World) -> dict[str, str]:
+    """A fresh published version ``{model}:{version}`` of org A."""
+    return {**await a_model(h, w), "version": "1"}
+
+
+async def an_alias(h: Harness, w: World) -> dict[str, str]:
+    """A fresh model of org A with the alias ``stable``."""
+    from bitnet_actor.services.models import registry
+
+    ids = await a_model(h, w)
+    await registry.set_alias(h.system.stores.db, uuid.UUID(w.org_a), ids["model"], "stable", "1")
+    return {**ids, "alias": "stable"}
+
 
 ORG = "/portal/orgs/{org}"
+DEMO_TAR = tar_of(DEMO_MODEL)
 # (method, path template, form fields, roles allowed, prepare)
 ROUTES: list[tuple[str, str, dict[str, Any] | str | None, frozenset[str], Prepare]] = [
     ("GET", ORG, None, EVERYONE, nothing),
@@ -50,12 +73,40 @@ ROUTES: list[tuple[str, str, dict[str, Any] | str | None, frozenset[str], Prepar
     ("GET", ORG + "/audit.csv", None, MANAGERS, nothing),
     ("GET", ORG + "/settings", None, EVERYONE, nothing),
     ("POST", ORG + "/settings/name", "rename", MANAGERS, nothing),
+    ("GET", ORG + "/models", None, MODEL_READERS, nothing),
+    ("GET", ORG + "/models/{model}", None, MODEL_READERS, a_model),
+    ("POST", ORG + "/models/{model}/aliases", {"alias": "beta", "version": "1"}, MODEL_WRITERS, a_model),
+    ("POST", ORG + "/models/{model}/aliases/{alias}/remove", {}, MODEL_WRITERS, an_alias),
+    ("GET", ORG + "/models/{model}/versions/{version}", None, MODEL_READERS, a_version),
+    ("POST", ORG + "/models/{model}/versions/{version}/download", {}, MODEL_WRITERS, a_version),
+    ("POST", ORG + "/models/{model}/versions/{version}/deprecate", {}, MODEL_WRITERS, a_version),
+    ("GET", ORG + "/models/{model}/versions/{version}/delete", None, MODEL_WRITERS, a_version),
+    ("POST", ORG + "/models/{model}/versions/{version}/delete", {}, MODEL_WRITERS, a_version),
+    ("GET", ORG + "/uploads/new", None, MODEL_WRITERS, nothing),
+    ("POST", ORG + "/uploads", "upload", MODEL_WRITERS, nothing),
+    ("GET", ORG + "/jobs", None, MODEL_READERS, nothing),
+    ("GET", ORG + "/jobs/new", None, MODEL_WRITERS, nothing),
+    ("POST", ORG + "/jobs", "job", MODEL_WRITERS, a_job),
+    ("GET", ORG + "/jobs/{job}", None, MODEL_READERS, a_job),
+    ("POST", ORG + "/jobs/{job}/cancel", {}, MODEL_WRITERS, a_job),
+    ("GET", ORG + "/routes", None, MODEL_READERS, nothing),
+    ("GET", ORG + "/routes/new", None, MODEL_WRITERS, nothing),
+    ("POST", ORG + "/routes", "new-route", MODEL_WRITERS, a_model),
+    ("GET", ORG + "/routes/{route}/edit", None, MODEL_WRITERS, a_route),
+    ("POST", ORG + "/routes/{route}", "route", MODEL_WRITERS, a_route),
+    ("GET", ORG + "/routes/{route}/delete", None, MODEL_WRITERS, a_route),
+    ("POST", ORG + "/routes/{route}/delete", {}, MODEL_WRITERS, a_route),
 ]
 
 
-def form_for(spec: dict[str, Any] | str | None) -> dict[str, Any]:
-    import uuid
-
+def form_for(spec: dict[str, Any] | str | None, ids: dict[str, str]) -> dict[str, Any]:
+    if spec == "job":
+        return {"source": f"{ids['model']}:1", "target": "tq2_0", "output_name": f"out-{uuid.uuid4().hex[:8]}",
+                "output_version": "1"}  # fmt: skip
+    if spec == "new-route":
+        return {"public_name": f"r-{uuid.uuid4().hex[:8]}", "version-0": f"{ids['model']}:1", "weight-0": "100"}
+    if spec == "route":
+        return {"version-0": f"{ids['model']}:1", "weight-0": "100"}
     if spec == "invite":
         return {"email": f"i-{uuid.uuid4().hex[:6]}@example.com", "role": "viewer"}
     if spec == "rename":
@@ -74,8 +125,11 @@ async def run_matrix(h: Harness, w: World) -> list[str]:
             browser = Browser(h) if caller is ANON else Browser(h).as_caller(caller)
             if method == "GET":
                 r = await browser.get(path)
+            elif form == "upload":  # a multipart form streamed into the upload service: a real model
+                fields = [("csrf_token", caller.csrf or ""), ("name", f"up-{uuid.uuid4().hex[:8]}"), ("version", "1")]
+                r = await post_multipart(browser, path, fields, ("file", "demo.tar", DEMO_TAR))
             else:
-                data = {**form_for(form), "csrf_token": caller.csrf or ""}
+                data = {**form_for(form, ids), "csrf_token": caller.csrf or ""}
                 r = await browser.post(path, list(data.items()))
             if who == "anonymous":
                 expected = {303} if method == "GET" else {403}
@@ -117,7 +171,8 @@ def test_every_portal_route_of_an_organization_is_in_the_matrix() -> None:
         for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}
     }
     names = {"{org}": "<uuid:org_id>", "{key}": "<uuid:key_id>", "{member}": "<uuid:user_id>",
-             "{invitation}": "<uuid:invitation_id>"}  # fmt: skip
+             "{invitation}": "<uuid:invitation_id>", "{model}": "<name>", "{version}": "<version>",
+             "{alias}": "<alias>", "{job}": "<uuid:job_id>", "{route}": "<public_name>"}  # fmt: skip
     covered = set()
     for method, template, *_ in ROUTES:
         for placeholder, converter in names.items():
