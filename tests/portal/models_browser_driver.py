@@ -66,13 +66,12 @@ def drive(url: str, data_dir: Path, dsn: str, tar: Path) -> dict[str, Any]:
         context = browser.new_context(base_url=url)
         page = context.new_page()
         page.expose_function("seen", lambda *a: seen.append(tuple(a)))
-
-        def console(m: Any) -> None:
-            where = str(m.location.get("url", ""))
-            if m.type in ("error", "warning") and not where.endswith("/favicon.ico"):  # the site has no icon
-                problems.append(f"{m.text} ({where})")
-
-        page.on("console", console)
+        page.on(
+            "console",
+            lambda m: (
+                problems.append(f"{m.text} ({m.location.get('url')})") if m.type in ("error", "warning") else None
+            ),
+        )
         page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None)
         page.on("pageerror", lambda e: problems.append(str(e)))
         page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)

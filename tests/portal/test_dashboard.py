@@ -51,7 +51,7 @@ async def test_roles_without_billing_read_see_no_figures(browser: Browser) -> No
     assert page.status == 200 and page.by_id("no-billing-read")
     assert page.doc.find(id="stat-requests") is None and page.doc.find("svg") is None
     nav = {a.attrs["id"] for a in page.doc.find("nav", class_="sections").find_all("a")}  # type: ignore[union-attr]
-    assert nav == {"nav-dashboard", "nav-keys", "nav-team", "nav-settings"}
+    assert nav == {"nav-dashboard", "nav-keys", "nav-models", "nav-team", "nav-settings"}
     billing = Browser(h).as_caller(await h.invite(owner, org, "billing"))
     page = await billing.get(f"/portal/orgs/{org}")
     assert page.by_id("stat-requests").text() == "1" and page.doc.find(id="active-keys") is None

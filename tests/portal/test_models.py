@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 from bitnet_actor.services.billing import plans
 from bitnet_actor.services.models import registry, routes
 from bitnet_actor.stores.postgres import open_database
-from tests.api.conftest import model_dir  # noqa: F401  (the fixture: a tiny checkpoint built by transformers)
 from tests.api.test_registry_api import publish
 from tests.portal.conftest import HOSTILE, Browser, Page
 from tests.portal.html import form_fields
@@ -48,7 +47,7 @@ async def upload(b: Browser, org: str, name: str, version: str, data: bytes, **f
     return await submit_upload(b, form, {"name": name, "version": version, **fields}, data)
 
 
-async def test_upload_without_javascript_publishes_the_version(browser: Browser, model_dir: Path) -> None:  # noqa: F811
+async def test_upload_without_javascript_publishes_the_version(browser: Browser, model_dir: Path) -> None:
     b, org = await owner_browser(browser)
     listing = await b.get(f"/portal/orgs/{org}/models")
     assert listing.by_id("nav-models").attrs.get("aria-current") == "page"
