@@ -12,6 +12,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from bitnet_actor.services.billing import plans
+from bitnet_actor.services.models import jobs as job_service
 from bitnet_actor.services.models import registry, routes
 from bitnet_actor.stores.postgres import open_database
 from tests.api.test_registry_api import publish
@@ -289,3 +290,35 @@ async def test_hostile_text_is_escaped_on_the_models_pages(browser: Browser) -> 
     assert HOSTILE in pages[2].by_id("version-description").text()
     assert HOSTILE in pages[2].by_id("version-evals").text()
     assert HOSTILE in pages[3].by_id("version-error").text() and "failed" in pages[1].by_id("version-2").text()
+
+
+async def test_every_models_form_refuses_a_forged_token(browser: Browser) -> None:
+    b, org = await owner_browser(browser)
+    h, db = b.h, b.h.system.stores.db
+    await publish(h, org, "m", "1")
+    await registry.set_alias(db, uuid.UUID(org), "m", "stable", "1")
+    await routes.put_route(db, uuid.UUID(org), "ab", [{"version": "m:1", "weight": 100}])
+    job = await job_service.create_job(
+        db, h.system.stores.redis, uuid.UUID(org), source="m:1", target="tq2_0", output_name="m", output_version="2"
+    )
+    base = f"/portal/orgs/{org}"
+    forms = {
+        "/models/m/aliases": [("alias", "beta"), ("version", "1")],
+        "/models/m/aliases/stable/remove": [],
+        "/models/m/versions/1/download": [],
+        "/models/m/versions/1/deprecate": [],
+        "/models/m/versions/1/delete": [],
+        "/jobs": [("source", "m:1"), ("target", "tq2_0"), ("output_name", "m"), ("output_version", "3")],
+        f"/jobs/{job.id}/cancel": [],
+        "/routes": [("public_name", "cd"), ("version-0", "m:1"), ("weight-0", "100")],
+        "/routes/ab": [("version-0", "m:1"), ("weight-0", "100")],
+        "/routes/ab/delete": [],
+    }
+    for path, fields in forms.items():
+        for token in ([], [("csrf_token", "forged")], [("csrf_token", b.cookies.get("__Host-bitnet_form", "x"))]):
+            r = await b.post(base + path, token + fields)
+            assert r.status == 403 and "did not come from this site" in r.text, (path, token, r.status)
+    v = await registry.get_version(db, uuid.UUID(org), "m", "1")
+    assert v.state == "ready" and set(v.aliases) == {"latest", "stable"}  # nothing changed
+    assert [r.public_name for r in await routes.list_routes(db, uuid.UUID(org))] == ["ab"]
+    assert [(j.id, j.state) for j in await job_service.list_jobs(db, uuid.UUID(org))] == [(job.id, "queued")]
