@@ -41,6 +41,7 @@ TITLES: Final = {
     413: "Too large",
     429: "Too many attempts",
     500: "Something went wrong",
+    502: "The payment provider refused",
     503: "Temporarily unavailable",
 }
 

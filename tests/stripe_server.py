@@ -98,6 +98,7 @@ class StripeServer:
     refused: int = 0
     meter_delay_s: float = 0.0  # each meter event takes this long (racing senders overlap)
     lose_responses: int = 0  # the next N requests are processed, then their connection drops unanswered
+    checkout_host: str = "checkout.stripe.com"  # another: an account whose Checkout has a custom domain
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -457,7 +458,7 @@ class StripeServer:
             "created": int(now),
             "expires_at": int(now) + _DAY_S,
             "livemode": False,
-            "url": f"https://checkout.stripe.com/c/pay/{session_id}",
+            "url": f"https://{self.checkout_host}/c/pay/{session_id}",
             "_line_items": items,
             "_subscription_data": params.get("subscription_data") or {},
         }

@@ -1,14 +1,16 @@
 """The route x role x tenant matrix of tests/api/test_isolation.py, extended to the portal's pages and forms:
 each route as each role of organization A, as organization B's owner (a 404: nothing about A leaks), and
 signed out (GET: to the sign-in page; POST: refused for want of a CSRF token). Every answer also passes the
-checks of every page (security headers, accessibility basics, nothing the CSP would block)."""
+checks of every page (security headers, accessibility basics, nothing the CSP would block). The app runs with
+Stripe configured (the local Stripe server), so the billing forms do their work."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from bitnet_actor.services.billing import plans
 from tests.api.conftest import ANON, Caller, Harness
 from tests.api.test_isolation import (
     BILLING_READERS,
@@ -26,6 +28,19 @@ from tests.api.test_isolation import (
 )
 from tests.portal.conftest import Browser
 
+if TYPE_CHECKING:
+    from bitnet_actor.stores.postgres import Database
+    from tests.stripe_server import StripeServer
+
+# Written out by hand, as test_isolation's sets: billing:manage is the owners' and billing members'.
+BILLING_MANAGERS = frozenset({"owner", "billing"})
+MATRIX_PLAN = "portal-matrix-paid"  # given this run's Stripe price by the test
+
+
+async def a_paid_plan(h: Harness, w: World) -> dict[str, str]:
+    return {"plan": MATRIX_PLAN}
+
+
 ORG = "/portal/orgs/{org}"
 # (method, path template, form fields, roles allowed, prepare)
 ROUTES: list[tuple[str, str, dict[str, Any] | str | None, frozenset[str], Prepare]] = [
@@ -40,6 +55,8 @@ ROUTES: list[tuple[str, str, dict[str, Any] | str | None, frozenset[str], Prepar
     ("GET", ORG + "/usage", None, BILLING_READERS, nothing),
     ("GET", ORG + "/usage.csv", None, BILLING_READERS, nothing),
     ("GET", ORG + "/billing", None, BILLING_READERS, nothing),
+    ("POST", ORG + "/billing/checkout", "checkout", BILLING_MANAGERS, a_paid_plan),
+    ("POST", ORG + "/billing/portal", {}, BILLING_MANAGERS, nothing),
     ("GET", ORG + "/team", None, EVERYONE, nothing),
     ("POST", ORG + "/team/members/{member}/role", {"role": "member"}, MANAGERS, fresh_member),
     ("POST", ORG + "/team/members/{member}/remove", {}, MANAGERS, fresh_member),
@@ -52,9 +69,11 @@ ROUTES: list[tuple[str, str, dict[str, Any] | str | None, frozenset[str], Prepar
 ]
 
 
-def form_for(spec: dict[str, Any] | str | None) -> dict[str, Any]:
+def form_for(spec: dict[str, Any] | str | None, ids: dict[str, str]) -> dict[str, Any]:
     import uuid
 
+    if spec == "checkout":
+        return {"plan": ids["plan"]}
     if spec == "invite":
         return {"email": f"i-{uuid.uuid4().hex[:6]}@example.com", "role": "viewer"}
     if spec == "rename":
@@ -74,7 +93,7 @@ async def run_matrix(h: Harness, w: World) -> list[str]:
             if method == "GET":
                 r = await browser.get(path)
             else:
-                data = {**form_for(form), "csrf_token": caller.csrf or ""}
+                data = {**form_for(form, ids), "csrf_token": caller.csrf or ""}
                 r = await browser.post(path, list(data.items()))
             if who == "anonymous":
                 expected = {303} if method == "GET" else {403}
@@ -94,10 +113,11 @@ async def run_matrix(h: Harness, w: World) -> list[str]:
 
 
 @pytest.mark.slow
-async def test_portal_route_role_tenant_matrix(harness: Harness) -> None:
-    w = await build_world(harness)
+async def test_portal_route_role_tenant_matrix(billed: Harness, db: Database, stripe_server: StripeServer) -> None:
+    await plans.upsert_plan(db, MATRIX_PLAN, {"stripe_price_id": stripe_server.create_price()})
+    w = await build_world(billed)
     assert set(w.a) == EVERYONE
-    failures = await run_matrix(harness, w)
+    failures = await run_matrix(billed, w)
     assert not failures, "\n".join(failures)
 
 
