@@ -27,6 +27,7 @@ from tests.api.test_isolation import (
     nothing,
 )
 from tests.portal.conftest import Browser
+from tests.saml_idp import make_certificate
 
 if TYPE_CHECKING:
     from bitnet_actor.stores.postgres import Database
@@ -35,10 +36,20 @@ if TYPE_CHECKING:
 # Written out by hand, as test_isolation's sets: billing:manage is the owners' and billing members'.
 BILLING_MANAGERS = frozenset({"owner", "billing"})
 MATRIX_PLAN = "portal-matrix-paid"  # given this run's Stripe price by the test
+CERT = make_certificate("idp.a.example")[1]
 
 
 async def a_paid_plan(h: Harness, w: World) -> dict[str, str]:
     return {"plan": MATRIX_PLAN}
+
+
+async def fresh_saml(h: Harness, w: World) -> dict[str, str]:
+    """Organization A with a SAML configuration (a destructive call may have removed the last one)."""
+    body = {"idp_entity_id": "https://idp.a.example/metadata", "idp_sso_url": "https://idp.a.example/sso",
+            "idp_certificates": [CERT]}  # fmt: skip
+    r = await h.call("PUT", f"/api/v1/orgs/{w.org_a}/sso/saml", w.a["owner"], json=body)
+    assert r.status_code == 200, await r.get_data()
+    return {}
 
 
 ORG = "/portal/orgs/{org}"
@@ -66,6 +77,9 @@ ROUTES: list[tuple[str, str, dict[str, Any] | str | None, frozenset[str], Prepar
     ("GET", ORG + "/audit.csv", None, MANAGERS, nothing),
     ("GET", ORG + "/settings", None, EVERYONE, nothing),
     ("POST", ORG + "/settings/name", "rename", MANAGERS, nothing),
+    ("POST", ORG + "/settings/sso", "sso", MANAGERS, nothing),
+    ("GET", ORG + "/settings/sso/delete", None, MANAGERS, fresh_saml),
+    ("POST", ORG + "/settings/sso/delete", {}, MANAGERS, fresh_saml),
 ]
 
 
@@ -74,6 +88,10 @@ def form_for(spec: dict[str, Any] | str | None, ids: dict[str, str]) -> dict[str
 
     if spec == "checkout":
         return {"plan": ids["plan"]}
+    if spec == "sso":
+        entity = f"https://idp-{uuid.uuid4().hex[:6]}.example/metadata"
+        return {"enabled": "on", "idp_entity_id": entity, "idp_sso_url": "https://idp.a.example/sso",
+                "idp_certificates": CERT, "default_role": "member"}  # fmt: skip
     if spec == "invite":
         return {"email": f"i-{uuid.uuid4().hex[:6]}@example.com", "role": "viewer"}
     if spec == "rename":
