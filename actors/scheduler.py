@@ -156,6 +156,7 @@ class Scheduler:
         self._cancelled = 0
         self._on_step = on_step  # callback(batch_size, step_seconds) for metrics
         self._wake = trio.Event()
+        self._end_all: str | None = None
 
     @property
     def _tenant_cap(self) -> int:
@@ -185,6 +186,14 @@ class Scheduler:
     def close(self) -> None:
         """Accept nothing more; the actor finishes what it has, then returns."""
         self._send.close()
+
+    def end_all(self, message: str) -> None:
+        """End every running and waiting request at the next step boundary with ``Failed(message,
+        "cancelled")`` (a shutdown whose grace period is running out: callers get a clean last event instead
+        of a cut connection), and accept nothing more."""
+        self._end_all = message
+        self._send.close()
+        self._wake.set()
 
     def statistics(self) -> SchedulerStatistics:
         """Running and waiting requests and counters."""
@@ -235,6 +244,8 @@ class Scheduler:
                     except trio.EndOfChannel:
                         inbox_open = False
                         break
+                if self._end_all is not None:
+                    self._fail_everything(self._end_all)
                 self._drop_gone_and_late()
                 self._admit()
                 if self._running:
@@ -253,6 +264,16 @@ class Scheduler:
                     break
             for request in waiting:
                 self._fail_waiting(request, Failed(request.index, "the server is shutting down", "cancelled"))
+
+    def _fail_everything(self, message: str) -> None:
+        for live in list(self._running):
+            self._end(live, Failed(live.request.index, message, "cancelled"))
+        for org, queue in list(self._queues.items()):
+            for request in queue:
+                self._unwait(request)
+                self._fail_waiting(request, Failed(request.index, message, "cancelled"))
+            self._queues.pop(org, None)
+        self._ring.clear()
 
     def _enqueue(self, request: GenerationRequest) -> None:
         queue = self._queues.get(request.org_id)

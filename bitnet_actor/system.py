@@ -11,7 +11,8 @@ Stripe key, the billing outbox (``actors.outbox``) run under ``Supervisor``s
 (restarted on a crash, 10 in a minute at most); the model cache is not supervised: it owns the schedulers
 (one per loaded model, started in its nursery), and a scheduler whose step fails fails its batch and goes on,
 so neither is restarted behind its callers' backs. SIGTERM or SIGINT starts a graceful shutdown: ``/readyz``
-turns 503, Hypercorn stops accepting and gives in-flight requests up to ``shutdown_grace`` seconds, then
+turns 503, Hypercorn stops accepting and gives in-flight requests up to ``shutdown_grace`` seconds (one
+second before its end, generations still running are ended with a clean last event), then
 the actors are cancelled and the stores closed. A second signal cancels at once.
 """
 
@@ -495,10 +496,28 @@ async def run_system(
                 else:
                     nursery.start_soon(_drain_on, stop, readiness.draining)
                 nursery.start_soon(_maintain, stores, auth)
+                nursery.start_soon(_end_generations_in_time, stop, cache, settings.shutdown_grace)
                 binds = await nursery.start(_serve_http, handles, meter, stop, nursery.cancel_scope)
                 log.info("serving on %s", ", ".join(binds), extra={"embedded": list(stores.embedded)})
                 task_status.started(binds)
     log.info("stopped")
+
+
+_END_MARGIN_S = 1.0
+"""How long before the end of the shutdown grace period generations still running are ended: the responses
+then close with a clean last event (an SSE error chunk and ``[DONE]``, a websocket ``response.failed``)
+before Hypercorn cuts what is left."""
+
+
+async def _end_generations_in_time(stop: trio.Event, cache: ModelCache, grace: float) -> None:
+    await stop.wait()
+    await trio.sleep(max(0.0, grace - _END_MARGIN_S))
+    schedulers = cache.schedulers()
+    busy = [name for name, s in schedulers.items() if s.busy]
+    if busy:
+        log.warning("shutdown grace running out: ending the generations still running on %s", ", ".join(busy))
+    for scheduler in schedulers.values():
+        scheduler.end_all("the server is shutting down")
 
 
 async def _drain_on(stop: trio.Event, draining: trio.Event) -> None:

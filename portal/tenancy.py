@@ -52,6 +52,7 @@ class Section:
 SECTIONS: Final = (
     Section("portal.dashboard", "Dashboard", "org:read", "nav-dashboard"),
     Section("portal.keys", "API keys", "keys:read", "nav-keys"),
+    Section("portal.playground", "Playground", "inference", "nav-playground"),
     Section("portal.usage_page", "Usage", "billing:read", "nav-usage"),
     Section("portal.billing", "Billing", "billing:read", "nav-billing"),
     Section("portal.team", "Team", "members:read", "nav-team"),

@@ -2,7 +2,8 @@
 
 ``ops/install_test_tools.sh`` installs chromium; without it (or without the ``playwright`` package) the
 browser tests skip saying so, and fail instead under ``BITNET_TEST_REQUIRE_OPS_TOOLS=1`` (CI). Playwright's
-sync API runs its own event loop: use :func:`open_browser` inside a worker thread of a trio test.
+sync API runs an asyncio loop of its own, which trio-asyncio's loop policy refuses in a test process: call
+:func:`open_browser` in a child process (``multiprocessing``'s spawn context).
 
 Screenshots go to ``test-artifacts/screenshots/`` at the repository root (ignored by git; CI keeps them).
 """
@@ -54,7 +55,7 @@ def require_browser() -> str:
 
 @contextmanager
 def open_browser() -> Iterator[Any]:
-    """A headless chromium (Playwright's ``Browser``); call from a worker thread."""
+    """A headless chromium (Playwright's ``Browser``); call in a child process (see the module docstring)."""
     from playwright.sync_api import sync_playwright
 
     path = require_browser()

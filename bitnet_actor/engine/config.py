@@ -28,7 +28,10 @@ if TYPE_CHECKING:
 
     import numpy.typing as npt
 
-__all__ = ["SUPPORTED_ARCHITECTURES", "SUPPORTED_GGUF_ARCHITECTURES", "ModelConfig", "QuantConfig"]
+__all__ = ["MAX_CONTEXT", "SUPPORTED_ARCHITECTURES", "SUPPORTED_GGUF_ARCHITECTURES", "ModelConfig", "QuantConfig"]
+
+MAX_CONTEXT = 1 << 19
+"""The longest context a model may declare (524,288 tokens; BitNet b1.58 2B4T has 4,096, Llama 3.1 131,072)."""
 
 SUPPORTED_ARCHITECTURES = ("BitNetForCausalLM", "BitnetForCausalLM", "LlamaForCausalLM")
 SUPPORTED_GGUF_ARCHITECTURES = ("bitnet-b1.58", "bitnet-25", "bitnet", "llama")
@@ -119,6 +122,11 @@ class ModelConfig:
         for name in ("intermediate_size", "vocab_size", "context_length"):
             if getattr(self, name) < 1:
                 raise CorruptModelError(f"config: {name} must be positive, got {getattr(self, name)}")
+        if self.context_length > MAX_CONTEXT:  # its RoPE tables are made at load: a lying header must not
+            raise UnsupportedModelError(  # allocate gigabytes
+                f"config: context_length {self.context_length:,} is more than the {MAX_CONTEXT:,} tokens this "
+                "engine supports"
+            )
         if self.num_heads % self.num_kv_heads:
             raise CorruptModelError(
                 f"config: num_attention_heads={self.num_heads} is not a multiple of "

@@ -19,6 +19,7 @@ first 4 bytes are the float32 scale.
 
 from __future__ import annotations
 
+import math
 import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -83,7 +84,7 @@ def tensor_nbytes(type_name: str, shape: tuple[int, ...]) -> int:
     """
     tid = _TYPE_IDS[type_name]
     _, blk, bb = GGML_TYPES[tid]
-    n = int(np.prod(shape, dtype=np.int64))
+    n = math.prod(shape)  # Python ints: dims that multiply past 2**64 must not wrap
     if type_name == "I2_S":
         return n // 4 + _I2S_TAIL
     if shape and shape[-1] % blk:
@@ -223,15 +224,13 @@ class GGUFFile:
                     f"truncated file or a header that lies about offsets"
                 )
             raw = buf[start : start + nbytes]
-            data: npt.NDArray[Any]
-            if tname == "F32":
-                data = raw.view(np.float32).reshape(shape)
-            elif tname == "F16":
-                data = raw.view(np.float16).reshape(shape)
-            elif tname == "BF16":
-                data = raw.view(np.uint16).reshape(shape)
-            else:
-                data = raw
+            data: npt.NDArray[Any] = raw
+            view = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}.get(tname)
+            if view is not None:
+                try:
+                    data = raw.view(view).reshape(shape)
+                except ValueError as exc:  # a dim past numpy's limit beside a zero dim
+                    raise CorruptModelError(f"{where}: shape {shape} cannot be represented ({exc})") from exc
             self.tensors[name] = RawTensor(name, path, tname, shape, data)
 
 

@@ -301,6 +301,20 @@ def gguf_ternary(t: RawTensor, n: int, k: int) -> TernaryMatrix:
     return w
 
 
+def _config(path: Path, read: Callable[..., ModelConfig], *args: Any) -> ModelConfig:
+    """``read(meta, str(path), *rest)``, with every error naming ``path``: a lying header can hand the config
+    reader a zero head count or a string where a number goes, and the config's own checks say only "config"."""
+    meta, *rest = args
+    try:
+        return read(meta, str(path), *rest)
+    except ModelLoadError as exc:
+        if str(path) in str(exc):
+            raise
+        raise type(exc)(f"{path}: {exc}") from exc
+    except (ArithmeticError, ValueError, TypeError, KeyError) as exc:
+        raise CorruptModelError(f"{path}: invalid model configuration ({type(exc).__name__}: {exc})") from exc
+
+
 def _fuse(layers: list[Linear]) -> list[Linear]:
     fused = fuse_rows(layers)
     return [fused] if fused is not None else layers
@@ -351,6 +365,7 @@ class _HFLoader:
             raise ModelLoadError(f"{self.root}: no .safetensors files")
         tensors: dict[str, RawTensor] = {}
         keep: list[Any] = []
+        self.files = files
         for f in files:
             if not f.is_file():
                 raise CorruptModelError(f"{f}: named by {index.name} but missing")
@@ -365,7 +380,8 @@ class _HFLoader:
     def _get(self, name: str) -> RawTensor:
         t = self.tensors.get(name)
         if t is None:
-            raise CorruptModelError(f"{self.root}: tensor {name!r} is missing from the safetensors files")
+            where = self.files[0] if len(self.files) == 1 else self.root
+            raise CorruptModelError(f"{where}: tensor {name!r} is missing from the safetensors files")
         return t
 
     def _tick(self, fmt: str) -> None:
@@ -402,7 +418,7 @@ class _HFLoader:
     def load(self) -> ModelWeights:
         raw = self._json("config.json", True) or {}
         gen = self._json("generation_config.json", False)
-        self.cfg = cfg = ModelConfig.from_hf(raw, str(self.root / "config.json"), gen)
+        self.cfg = cfg = _config(self.root / "config.json", ModelConfig.from_hf, raw, gen)
         self.tensors, keep = self._open_tensors()
         h, f, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
         qd, kvd = cfg.num_heads * hd, cfg.num_kv_heads * hd
@@ -522,7 +538,7 @@ class _GGUFLoader:
         if len(emb_t.shape) != 2:
             raise CorruptModelError(f"{emb_t.where()}: expected 2 dimensions, found {emb_t.shape}")
         tied = "output.weight" not in g.tensors
-        cfg = ModelConfig.from_gguf(g.metadata, str(self.path), emb_t.shape[0], tied)
+        cfg = _config(self.path, ModelConfig.from_gguf, g.metadata, emb_t.shape[0], tied)
         h, f, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
         qd, kvd = cfg.num_heads * hd, cfg.num_kv_heads * hd
         self.total = cfg.num_layers * (9 + (2 if cfg.sub_norms else 0)) + 3

@@ -69,7 +69,7 @@ def load_model(
     if device != "cpu":
         ctx = open_opencl(opencl_device, required=device == "opencl")
     weights = load_weights(Path(path), progress)
-    tokenizer = load_tokenizer(weights.tokenizer_source)
+    tokenizer = load_tokenizer(weights.tokenizer_source, where=Path(path))
     if tokenizer is not None and tokenizer.vocab_size > weights.config.vocab_size:
         raise UnsupportedModelError(
             f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model's embedding has only"
@@ -142,11 +142,12 @@ def open_opencl(selector: str | None, *, required: bool) -> Any | None:
     return None
 
 
-def load_tokenizer(source: tuple[str, Any]) -> Any | None:
+def load_tokenizer(source: tuple[str, Any], *, where: Path | None = None) -> Any | None:
     """The tokenizer of a model, or None when there is none.
 
     Args:
         source: ``("hf", directory)`` or ``("gguf", metadata)``.
+        where: the model file, named in errors about GGUF metadata (default ``GGUF metadata``).
 
     Returns:
         A :class:`~bitnet_actor.engine.tokenizer.Tokenizer`, or None.
@@ -154,12 +155,12 @@ def load_tokenizer(source: tuple[str, Any]) -> Any | None:
     Raises:
         ModelLoadError: tokenizer files exist but cannot be read.
     """
-    kind, where = source
+    kind, src = source
     if kind == "hf":
-        root = Path(where)
+        root = Path(src)
         if not (root / "tokenizer.json").is_file() and not (root / "tokenizer.model").is_file():
             return None
-    elif kind != "gguf" or "tokenizer.ggml.tokens" not in where:
+    elif kind != "gguf" or "tokenizer.ggml.tokens" not in src:
         return None
     try:
         from bitnet_actor.engine.tokenizer import Tokenizer
@@ -167,11 +168,10 @@ def load_tokenizer(source: tuple[str, Any]) -> Any | None:
         return None
     try:
         if kind == "hf":
-            return Tokenizer.from_hf_dir(Path(where))
-        return Tokenizer.from_gguf_metadata(where)
+            return Tokenizer.from_hf_dir(Path(src))
+        return Tokenizer.from_gguf_metadata(src)
     except ModelLoadError:
         raise
     except Exception as exc:
-        raise ModelLoadError(
-            f"{where if kind == 'hf' else 'GGUF metadata'}: cannot load the tokenizer ({exc})"
-        ) from exc
+        name = src if kind == "hf" else f"{where}: GGUF metadata" if where is not None else "GGUF metadata"
+        raise ModelLoadError(f"{name}: cannot load the tokenizer ({exc})") from exc

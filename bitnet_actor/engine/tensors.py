@@ -10,6 +10,7 @@ file raises :class:`CorruptModelError` naming the file and the tensor.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -168,7 +169,7 @@ class SafetensorsFile:
             raise CorruptModelError(f"{where}: malformed shape or data_offsets in the header")
         np_dtype, logical = _ST_DTYPES[dtype]
         begin, end = offs
-        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(np_dtype).itemsize
+        nbytes = math.prod(shape) * np.dtype(np_dtype).itemsize  # Python ints: [2**62, 4] must not wrap to 0
         if begin < 0 or end < begin or end - begin != nbytes:
             raise CorruptModelError(
                 f"{where}: data_offsets {offs} do not match shape {shape} of {dtype} ({nbytes} bytes)"
@@ -180,5 +181,8 @@ class SafetensorsFile:
         raw = buf[base + begin : base + end]
         if (base + begin) % np.dtype(np_dtype).itemsize:
             raw = raw.copy()  # misaligned: a copy is aligned
-        data = raw.view(np_dtype).reshape(shape)
+        try:
+            data = raw.view(np_dtype).reshape(shape)
+        except ValueError as exc:  # a dim past numpy's limit beside a zero dim
+            raise CorruptModelError(f"{where}: shape {shape} cannot be represented ({exc})") from exc
         return RawTensor(name, self.path, logical, tuple(shape), data)

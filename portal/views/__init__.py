@@ -3,7 +3,20 @@
 
 from __future__ import annotations
 
-from portal.views import account, audit, billing, dashboard, invitations, keys, orgs, password, settings, team, usage
+from portal.views import (
+    account,
+    audit,
+    billing,
+    dashboard,
+    invitations,
+    keys,
+    orgs,
+    password,
+    playground,
+    settings,
+    team,
+    usage,
+)
 
 __all__ = [
     "account",
@@ -14,6 +27,7 @@ __all__ = [
     "keys",
     "orgs",
     "password",
+    "playground",
     "settings",
     "team",
     "usage",

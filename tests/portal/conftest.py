@@ -17,7 +17,7 @@ from bitnet_actor.config import Settings
 from bitnet_actor.services.billing.checkout import STRIPE_PAGE_ORIGINS
 from bitnet_actor.services.sessions import COOKIE_NAME
 from portal.security import CONTENT_SECURITY_POLICY, content_security_policy
-from tests.api.conftest import Caller, Harness, harness, open_harness  # noqa: F401  (the fixture)
+from tests.api.conftest import Caller, Harness, harness, model_dir, open_harness  # noqa: F401  (the fixtures)
 from tests.portal.html import Node, a11y_problems, csp_problems, form_fields, parse
 from tests.stripe_server import StripeServer
 

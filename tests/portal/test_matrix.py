@@ -63,6 +63,7 @@ ROUTES: list[tuple[str, str, dict[str, Any] | str | None, frozenset[str], Prepar
     ("POST", ORG + "/keys/{key}/revoke", {}, KEY_MAKERS, fresh_key),
     ("GET", ORG + "/keys/{key}/rotate", None, KEY_MAKERS, fresh_key),
     ("POST", ORG + "/keys/{key}/rotate", {"grace_seconds": "0"}, KEY_MAKERS, fresh_key),
+    ("GET", ORG + "/playground", None, KEY_MAKERS, nothing),  # inference: owner, admin, member
     ("GET", ORG + "/usage", None, BILLING_READERS, nothing),
     ("GET", ORG + "/usage.csv", None, BILLING_READERS, nothing),
     ("GET", ORG + "/billing", None, BILLING_READERS, nothing),
