@@ -11,7 +11,9 @@ behind it:
 - ``auth``: the authentication services; ``stores``: the storage adapters; ``settings``; ``metrics``;
 - ``meter``: the usage meter (one event per request, never waits); ``limits``: rate limits and quotas;
 - ``routes``: the A/B route cache (:class:`actors.route_cache.RouteCache`); ``readiness``: what ``/readyz``
-  waits for.
+  waits for;
+- ``checkout``: Stripe Checkout and Billing Portal sessions
+  (:class:`bitnet_actor.services.billing.checkout.StripeCheckout`), None without a Stripe key.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from bitnet_actor.observability import Metrics
     from bitnet_actor.services.api_keys import KeyPrincipal
     from bitnet_actor.services.authn import AuthServices
+    from bitnet_actor.services.billing.checkout import StripeCheckout
     from bitnet_actor.services.billing.ledger import UsageEvent
     from bitnet_actor.services.billing.plans import OrgProfile
     from bitnet_actor.services.models.encrypted import EncryptedObjects
@@ -219,3 +222,5 @@ class Handles:
     tracing: Tracing = field(default_factory=Tracing)
     """Request traces (off unless an OTLP endpoint is configured)."""
     readiness: Readiness = field(default_factory=Readiness)
+    checkout: StripeCheckout | None = None
+    """Stripe Checkout and Billing Portal sessions; None when no Stripe key is configured (billing is local)."""

@@ -50,6 +50,7 @@ from bitnet_actor.handles import Handles, Readiness
 from bitnet_actor.observability import Metrics
 from bitnet_actor.services import platform_models
 from bitnet_actor.services.authn import AuthServices
+from bitnet_actor.services.billing.checkout import StripeCheckout
 from bitnet_actor.services.billing.stripe import StripeBilling
 from bitnet_actor.services.email import FileEmailSender
 from bitnet_actor.services.jwt import JwtService
@@ -157,7 +158,15 @@ def build_handles(
         link_key=downloads.link_key(secret_key(settings)),
         tracing=tracing or Tracing(),
         readiness=readiness or Readiness(),
+        checkout=stripe_checkout(settings, stores),
     )
+
+
+def stripe_checkout(settings: Settings, stores: Stores) -> StripeCheckout | None:
+    """Checkout and Billing Portal sessions when a Stripe key is configured (None: billing stays local)."""
+    if not settings.stripe_api_key:
+        return None
+    return StripeCheckout(stores.db, StripeBilling(settings.stripe_api_key, api_base=settings.stripe_api_base))
 
 
 DEMO_MODEL_DIR = Path(__file__).with_name("demo_model")

@@ -42,6 +42,7 @@ TITLES: Final = {
     421: "Served in another region",
     429: "Too many attempts",
     500: "Something went wrong",
+    502: "The payment provider refused",
     503: "Temporarily unavailable",
 }
 

@@ -3,7 +3,10 @@
 - Headers: a Content-Security-Policy without ``unsafe-inline`` (the pages have no inline script or style, no
   ``style=`` or ``on*=`` attributes; their one stylesheet and few scripts are static files), framing refused
   twice (``frame-ancestors 'none'`` and ``X-Frame-Options: DENY``), no MIME sniffing, no cross-origin referrer,
-  and ``Cache-Control: no-store`` on pages (they hold tenant data; static files set their own).
+  and ``Cache-Control: no-store`` on pages (they hold tenant data; static files set their own). A page whose
+  forms lead off the site (its buttons to Stripe's Checkout: the POST answers with a redirect there, and
+  browsers hold every hop of a form's redirects to ``form-action``) names those origins with
+  ``allow_form_targets``; nothing else widens the policy.
 - CSRF, synchronizer pattern: every POST form carries ``csrf_token``. For a signed-in browser it is the
   session's own token (:class:`bitnet_actor.services.sessions.Session`, the one the JSON API takes in
   ``X-CSRF-Token``). The forms used before there is a session (sign-in, sign-up, password reset, accepting
@@ -38,18 +41,28 @@ __all__ = [
     "SECURITY_HEADERS",
     "CsrfRefusedError",
     "add_security_headers",
+    "allow_form_targets",
     "anonymous_form",
     "check_csrf",
     "check_csrf_token",
+    "content_security_policy",
     "form_token",
     "safe_next",
     "streamed_form",
 ]
 
-CONTENT_SECURITY_POLICY: Final = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none';"
-    " form-action 'self'; base-uri 'none'"
-)
+
+def content_security_policy(form_targets: tuple[str, ...] = ()) -> str:
+    """The pages' Content-Security-Policy; ``form_targets``: origins beside the site's own that its forms (and
+    their redirects) may go to."""
+    form_action = " ".join(("'self'", *form_targets))
+    return (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none';"
+        f" form-action {form_action}; base-uri 'none'"
+    )
+
+
+CONTENT_SECURITY_POLICY: Final = content_security_policy()
 SECURITY_HEADERS: Final = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Frame-Options": "DENY",
@@ -134,10 +147,20 @@ def check_csrf_token(submitted: str) -> None:
         raise CsrfRefusedError(_REFUSED)
 
 
+def allow_form_targets(*origins: str) -> None:
+    """Let this response's page post forms whose redirects end at ``origins`` (``https://host``, fixed ones)."""
+    for origin in origins:
+        if not origin.startswith("https://") or any(c in origin for c in " ;,'\"") or origin.count("/") != 2:
+            raise ValueError(f"not an https origin: {origin!r}")
+    g.portal_form_targets = (*g.get("portal_form_targets", ()), *origins)
+
+
 def add_security_headers(response: Response) -> Response:
     """Set the portal's security headers on ``response`` (and the pre-session cookie a page handed out)."""
     for name, value in SECURITY_HEADERS.items():
         response.headers[name] = value
+    if targets := g.get("portal_form_targets"):
+        response.headers["Content-Security-Policy"] = content_security_policy(targets)
     response.headers.setdefault("Cache-Control", "no-store")
     if g.get("portal_set_form_cookie"):
         response.set_cookie(

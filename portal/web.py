@@ -131,6 +131,7 @@ async def render(
 
 async def render_error(status: int, message: str, headers: Mapping[str, str]) -> Response:
     """The error page of ``status`` (touching no store: it also answers when one is down)."""
+    g.portal_form_targets = ()  # whatever the failed page was to allow, the error page posts nowhere else
     html = env.get_template("portal/error.html").render(
         viewer=g.get("portal_viewer"),
         page=None,

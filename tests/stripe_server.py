@@ -4,9 +4,14 @@ It speaks what ``bitnet_actor.services.billing.stripe`` uses, as Stripe does: fo
 bracketed keys (``payload[value]``, ``items[0][price]``), bearer-key authentication, Stripe's error JSON
 (``{"error": {"type", "message", "code", "param"}}``), customers, prices, subscriptions and
 ``/v1/billing/meter_events`` (an ``identifier`` is accepted once within 24 hours: a second one is refused
-with ``duplicate_meter_event``), ``Idempotency-Key`` replay (the first response again, ``Idempotent-Replayed:
-true``; the same key with other parameters: 400 ``idempotency_error``). ``down("refuse")`` closes the listening
-socket (connection refused) and ``down("503")`` answers every request with a 503 until ``up()``;
+with ``duplicate_meter_event``), Checkout Sessions (``/v1/checkout/sessions``: the real API's parameters
+and object, with its checks: an existing customer, ``mode``, ``success_url``, line items of existing prices
+with a ``quantity`` for licensed prices and none for metered ones; ``complete_checkout`` plays the customer
+paying: the subscription is made and the session completed) and Billing Portal sessions
+(``/v1/billing_portal/sessions``: an existing customer, an optional ``return_url``), and ``Idempotency-Key``
+replay (the first response again, ``Idempotent-Replayed: true``; the same key with other parameters: 400
+``idempotency_error``). ``down("refuse")`` closes the listening socket (connection refused) and
+``down("503")`` answers every request with a 503 until ``up()``;
 ``lose_responses`` drops the answers of requests it carried out (the caller sees a broken connection).
 
 ``sign(payload)`` makes a ``Stripe-Signature`` header exactly as Stripe does (``t=<unix>,v1=<hex HMAC-SHA256
@@ -86,11 +91,14 @@ class StripeServer:
     customers: dict[str, dict[str, Any]] = field(default_factory=dict)
     prices: dict[str, dict[str, Any]] = field(default_factory=dict)
     subscriptions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    checkout_sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    portal_sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
     meter_events: list[dict[str, Any]] = field(default_factory=list)
     requests: list[tuple[str, str, dict[str, Any], str | None]] = field(default_factory=list)
     refused: int = 0
     meter_delay_s: float = 0.0  # each meter event takes this long (racing senders overlap)
     lose_responses: int = 0  # the next N requests are processed, then their connection drops unanswered
+    checkout_host: str = "checkout.stripe.com"  # another: an account whose Checkout has a custom domain
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -198,6 +206,27 @@ class StripeServer:
         with self._lock:
             self.prices[price_id] = self._price(price_id, unit_amount, metered)
         return price_id
+
+    def complete_checkout(self, session_id: str) -> dict[str, Any]:
+        """The customer pays at Checkout: the session's subscription is created (active) and the session marked
+        complete, as Stripe does; returns the subscription (for the ``customer.subscription.created`` event)."""
+        with self._lock:
+            session = self.checkout_sessions[session_id]
+            assert session["status"] == "open", session["status"]
+            sub_id = f"sub_{secrets.token_hex(8)}"
+            items = [{"price": item["price"]} for item in session.pop("_line_items")]
+            sub = {
+                "id": sub_id,
+                "object": "subscription",
+                "customer": session["customer"],
+                "status": "active",
+                "created": int(self.clock()),
+                "metadata": dict((session.get("_subscription_data") or {}).get("metadata") or {}),
+                "items": {"object": "list", "data": [self._item(i) for i in items]},
+            }
+            self.subscriptions[sub_id] = sub
+            session.update(status="complete", payment_status="paid", subscription=sub_id)
+            return sub
 
     # The API ---------------------------------------------------------------------------------------------
 
@@ -320,6 +349,13 @@ class StripeServer:
             return sub
         if rest == ["billing", "meter_events"] and method == "POST":
             return self._meter_event(params, now)
+        if rest == ["checkout", "sessions"] and method == "POST":
+            return self._checkout_session(params, now)
+        if len(rest) == 3 and rest[:2] == ["checkout", "sessions"] and method == "GET":
+            found = self._get(self.checkout_sessions, rest[2], "checkout.session")
+            return {k: v for k, v in found.items() if not k.startswith("_")}
+        if rest == ["billing_portal", "sessions"] and method == "POST":
+            return self._portal_session(params, now)
         raise _Refused(404, "invalid_request_error", f"Unrecognized request URL ({method}: {path})")
 
     def _meter_event(self, params: dict[str, Any], now: float) -> dict[str, Any]:
@@ -369,6 +405,84 @@ class StripeServer:
         }
         self.meter_events.append(event)
         return event
+
+    def _customer_param(self, params: dict[str, Any]) -> str:
+        customer = params.get("customer")
+        if not customer:
+            raise _Refused(400, "invalid_request_error", "Missing required param: customer.", "parameter_missing",
+                           "customer")  # fmt: skip
+        if customer not in self.customers:
+            raise _Refused(
+                400, "invalid_request_error", f"No such customer: '{customer}'", "resource_missing", "customer"
+            )
+        return str(customer)
+
+    def _checkout_session(self, params: dict[str, Any], now: float) -> dict[str, Any]:
+        customer = self._customer_param(params)
+        mode = params.get("mode")
+        if mode not in ("payment", "setup", "subscription"):
+            raise _Refused(400, "invalid_request_error", "Missing required param: mode.", "parameter_missing", "mode")
+        if not params.get("success_url"):
+            raise _Refused(400, "invalid_request_error", "Missing required param: success_url.", "parameter_missing",
+                           "success_url")  # fmt: skip
+        items = params.get("line_items") or []
+        if mode == "subscription" and not items:
+            raise _Refused(400, "invalid_request_error", "Missing required param: line_items.", "parameter_missing",
+                           "line_items")  # fmt: skip
+        for i, item in enumerate(items):
+            price = self.prices.get(item.get("price"))
+            if price is None:
+                raise _Refused(400, "invalid_request_error", f"No such price: '{item.get('price')}'",
+                               "resource_missing", f"line_items[{i}][price]")  # fmt: skip
+            metered = price["recurring"]["usage_type"] == "metered"
+            if metered and "quantity" in item:
+                raise _Refused(400, "invalid_request_error", "Quantity should not be specified where usage_type is"
+                               f" `metered`. Remove quantity from `line_items[{i}]`", None,
+                               f"line_items[{i}][quantity]")  # fmt: skip
+            if not metered and "quantity" not in item:
+                raise _Refused(400, "invalid_request_error", f"Quantity is required. Add `quantity` to"
+                               f" `line_items[{i}]`", "parameter_missing", f"line_items[{i}][quantity]")  # fmt: skip
+        session_id = f"cs_test_{secrets.token_hex(16)}"
+        session = {
+            "id": session_id,
+            "object": "checkout.session",
+            "mode": mode,
+            "status": "open",
+            "payment_status": "unpaid",
+            "customer": customer,
+            "client_reference_id": params.get("client_reference_id"),
+            "metadata": params.get("metadata") or {},
+            "success_url": params["success_url"],
+            "cancel_url": params.get("cancel_url"),
+            "subscription": None,
+            "created": int(now),
+            "expires_at": int(now) + _DAY_S,
+            "livemode": False,
+            "url": f"https://{self.checkout_host}/c/pay/{session_id}",
+            "_line_items": items,
+            "_subscription_data": params.get("subscription_data") or {},
+        }
+        self.checkout_sessions[session_id] = session
+        return {k: v for k, v in session.items() if not k.startswith("_")}
+
+    def _portal_session(self, params: dict[str, Any], now: float) -> dict[str, Any]:
+        customer = self._customer_param(params)
+        session_id = f"bps_{secrets.token_hex(12)}"
+        session = {
+            "id": session_id,
+            "object": "billing_portal.session",
+            "configuration": "bpc_local_default",
+            "customer": customer,
+            "return_url": params.get("return_url"),
+            "created": int(now),
+            "livemode": False,
+            "locale": None,
+            "on_behalf_of": None,
+            "flow": None,
+            "url": f"https://billing.stripe.com/p/session/test_{secrets.token_hex(16)}",
+        }
+        self.portal_sessions[session_id] = session
+        return session
 
     def _get(self, table: dict[str, dict[str, Any]], key: str, kind: str) -> dict[str, Any]:
         if key not in table:

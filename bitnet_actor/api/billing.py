@@ -6,6 +6,11 @@
 - ``GET invoices``, ``GET invoices/<id>`` and ``GET invoices/<id>.html``: monthly invoices
   (:mod:`bitnet_actor.services.billing.invoices`), the current month's as a draft computed on the fly; the
   ``.html`` form is a printable page rendered here (everything escaped, no script).
+- ``POST billing/checkout`` (``{"plan": name}``) and ``POST billing/portal``: a Stripe Checkout Session for a
+  paid plan and a Stripe Billing Portal session (:mod:`bitnet_actor.services.billing.checkout`), with
+  ``billing:manage`` (owners and billing members, signed in: API keys carry no such scope); the answer's
+  ``url`` is Stripe's page, which comes back to the portal's billing page. Without a Stripe key: 404
+  ``stripe_not_configured``; Stripe down: 503, Stripe refusing: 502.
 
 ``<org>`` is an organization's id or ``current`` (see :mod:`bitnet_actor.api.auth`).
 """
@@ -17,12 +22,16 @@ from typing import TYPE_CHECKING, Any
 from quart import Blueprint, Response, jsonify, request
 
 from bitnet_actor.api.auth import OrgRef, handles, org_access
+from bitnet_actor.api.errors import ApiError
 from bitnet_actor.api.invoice_page import HTML_HEADERS, render_invoice
+from bitnet_actor.api.validate import Field, parse_body
 from bitnet_actor.services import tenancy
 from bitnet_actor.services.billing import invoices, plans, usage
 
 if TYPE_CHECKING:
     from uuid import UUID
+
+    from bitnet_actor.services.billing.checkout import StripeCheckout
 
 __all__ = ["blueprint"]
 
@@ -83,3 +92,44 @@ async def invoice_page(org_id: OrgRef, invoice_id: UUID) -> Response:
     invoice = await invoices.get_invoice(db, access.org_id, invoice_id)
     org = await tenancy.get_org(db, access.org_id)
     return Response(render_invoice(invoice, org_name=org.name), status=200, headers=HTML_HEADERS)
+
+
+def stripe_checkout() -> StripeCheckout:
+    """The Checkout service, or a 404 when billing runs locally (no Stripe key)."""
+    found = handles().checkout
+    if found is None:
+        raise ApiError(
+            404, "Stripe billing is not configured on this server (billing runs locally)", code="stripe_not_configured"
+        )
+    return found
+
+
+def billing_page_url(org_id: UUID, query: str = "") -> str:
+    """The absolute URL of the portal's billing page of ``org_id`` (where Stripe's pages come back to)."""
+    return f"{handles().settings.base_url}/portal/orgs/{org_id}/billing{query}"
+
+
+@blueprint.post("/orgs/<org:org_id>/billing/checkout")
+async def checkout_session(org_id: OrgRef) -> Response:
+    """A Stripe Checkout Session subscribing the organization to a paid plan (``billing:manage``)."""
+    access = await org_access(org_id, "billing:manage")
+    service = stripe_checkout()
+    body = await parse_body({"plan": Field(str, max_len=63)})
+    page = await service.start_checkout(
+        access.org_id,
+        body["plan"],
+        success_url=billing_page_url(access.org_id, "?checkout=success"),
+        cancel_url=billing_page_url(access.org_id, "?checkout=canceled"),
+        actor=access.actor,
+    )
+    return _json({"object": "checkout.session", "id": page.id, "url": page.url})
+
+
+@blueprint.post("/orgs/<org:org_id>/billing/portal")
+async def billing_portal_session(org_id: OrgRef) -> Response:
+    """A Stripe Billing Portal session for the organization's customer (``billing:manage``)."""
+    access = await org_access(org_id, "billing:manage")
+    page = await stripe_checkout().open_portal(
+        access.org_id, return_url=billing_page_url(access.org_id), actor=access.actor
+    )
+    return _json({"object": "billing_portal.session", "id": page.id, "url": page.url})

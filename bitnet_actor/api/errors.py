@@ -18,6 +18,7 @@ from bitnet_actor.services.errors import (
     AuthenticationError,
     ConflictStateError,
     NotFoundError,
+    PaymentProviderError,
     PermissionDeniedError,
     ServiceError,
     ThrottledError,
@@ -45,6 +46,7 @@ _TYPES: dict[int, tuple[str, str | None]] = {
     422: ("invalid_request_error", "invalid_value"),
     429: ("rate_limit_error", "rate_limit_exceeded"),
     500: ("server_error", "internal_error"),
+    502: ("server_error", "payment_provider_error"),
     503: ("server_error", "service_unavailable"),
 }
 
@@ -143,6 +145,10 @@ def service_error(err: ServiceError) -> ApiError:
         return ApiError(400, str(err), param=err.field, code="invalid_value")
     if isinstance(err, ThrottledError):
         return ApiError(429, str(err), headers={"Retry-After": str(err.retry_after)})
+    if isinstance(err, PaymentProviderError):  # Stripe's answer, not the request, is at fault
+        if err.retryable:
+            return ApiError(503, str(err), code="payment_provider_unavailable", headers={"Retry-After": "30"})
+        return ApiError(502, str(err), code="payment_provider_error")
     return ApiError(400, str(err))
 
 

@@ -48,6 +48,14 @@ _BUCKET_PARAMS = [
     _q("page", _S, "the next_page cursor of the previous page"),
 ]
 _ARRAY = {"type": "array", "items": _S}
+_STRIPE_PAGE = {
+    "type": "object",
+    "properties": {
+        "object": {"type": "string", "enum": ["checkout.session", "billing_portal.session"]},
+        "id": _S,
+        "url": {**_S, "description": "Stripe's page (https); it returns to the portal's billing page"},
+    },
+}
 
 
 def _page_of(result: dict[str, Any]) -> dict[str, Any]:
@@ -134,6 +142,28 @@ BILLING_PATHS: dict[str, Any] = {
     "/api/v1/orgs/{org_id}/invoices/{invoice_id}": {
         "parameters": [_ORG, _INVOICE_ID],
         "get": {"summary": "An invoice", "responses": _ok("invoice", _ref("Invoice"))},
+    },
+    "/api/v1/orgs/{org_id}/billing/checkout": {
+        "parameters": [_ORG],
+        "post": {
+            "summary": "A Stripe Checkout Session subscribing to a paid plan (billing:manage; 404 without Stripe;"
+            " 409 when on the plan or subscribed already; 502/503 when Stripe refuses or is down)",
+            "requestBody": _body({"plan": {**_S, "description": "a plan with a Stripe price"}}, ["plan"]),
+            "responses": {
+                **_ok("the session: send the browser to its url", _STRIPE_PAGE),
+                **{c: {"$ref": "#/components/responses/Error"} for c in ("502", "503")},
+            },
+        },
+    },
+    "/api/v1/orgs/{org_id}/billing/portal": {
+        "parameters": [_ORG],
+        "post": {
+            "summary": "A Stripe Billing Portal session for the organization's customer (billing:manage)",
+            "responses": {
+                **_ok("the session: send the browser to its url", _STRIPE_PAGE),
+                **{c: {"$ref": "#/components/responses/Error"} for c in ("502", "503")},
+            },
+        },
     },
     "/api/v1/orgs/{org_id}/invoices/{invoice_id}.html": {
         "parameters": [_ORG, _INVOICE_ID],

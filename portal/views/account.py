@@ -3,7 +3,18 @@
 Each calls the same tenancy service as its JSON twin, so the rules are the same: sign-up answers alike
 whether or not the address has an account, and mails the link; a sign-up link is used by a POST (a link
 scanner opening the mail cannot spend it); failed logins share one message and are throttled; a new session
-(a new id) starts at every sign-in; sign-out ends it. Single sign-on starts at the API's OIDC login route.
+(a new id) starts at every sign-in; sign-out ends it. Single sign-on starts at the API's OIDC login route,
+or, for an organization with SAML, at its SAML login route.
+
+"Sign in with SSO" asks for the organization's name (the service has no lookup by email domain: allowed
+domains are not verified, so a domain would let one organization send another's people to its IdP), finds
+it through :meth:`SamlService.org_for_sign_in <bitnet_actor.services.saml.SamlService.org_for_sign_in>` (an
+unknown name, one without SAML and one switched off get the same answer), and answers with a page whose link
+(followed at once by a static script) goes to ``/api/v1/saml/<org>/login?return_to=<next>``: a 303 there would
+end at the IdP, which the login page's ``form-action 'self'`` forbids (browsers hold every redirect of a form
+to it), and the IdP's origin is not known when the page is served. After the IdP, the ACS starts the session
+and 303s to ``next``; portal pages take the session's CSRF token from the server-side session (see
+:func:`portal.security.form_token`), so the browser needs nothing more.
 """
 
 from __future__ import annotations
@@ -17,7 +28,9 @@ from bitnet_actor.api.accounts import with_session_cookie
 from bitnet_actor.api.auth import client_ip, handles, request_actor
 from bitnet_actor.services import tenancy
 from bitnet_actor.services.errors import AuthenticationError, ThrottledError, ValidationError
+from bitnet_actor.services.saml import SamlNotConfiguredError, SamlUnavailableError, safe_return_to
 from bitnet_actor.services.sessions import COOKIE_NAME
+from portal.errors import PortalError
 from portal.forms import FormState, read_form, text
 from portal.security import anonymous_form, safe_next
 from portal.web import blueprint, redirect_to, render, see_other
@@ -44,14 +57,23 @@ def _sso() -> dict[str, str] | None:
     return {"name": name, "url": url_for("tokens.oidc_login", return_to=safe_next(request.args.get("next")))}
 
 
-async def _login_page(state: FormState, *, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+async def _login_page(
+    state: FormState,
+    *,
+    sso_state: FormState | None = None,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    sso_state = sso_state or FormState()
     return await render(
         "portal/account/login.html",
         status=status,
         headers=headers,
         state=state,
-        next=safe_next(state.values.get("next") or request.args.get("next")),
+        sso_state=sso_state,
+        next=safe_next(state.values.get("next") or sso_state.values.get("next") or request.args.get("next")),
         sso=_sso(),
+        saml=handles().auth.saml is not None,
         signed_out=request.args.get("signed_out") == "1",
     )
 
@@ -81,6 +103,36 @@ async def login_post() -> Response:
     except AuthenticationError as exc:
         return await _login_page(FormState.refused(form, exc, default_field="email"), status=400)
     return await sign_in(user_id, safe_next(form.get("next")))
+
+
+@blueprint.post("/login/sso")
+@anonymous_form
+async def login_sso() -> Response:
+    """Sign in with the SAML identity provider of the organization named in the form."""
+    saml = handles().auth.saml
+    if saml is None:
+        raise PortalError(404, "SAML single sign-on is not enabled on this server.")
+    form = await read_form()
+    name = form.get("organization", "")
+    try:
+        org_id = await saml.org_for_sign_in(name)
+    except SamlNotConfiguredError as exc:
+        hint = " Give the organization's name, not your email address." if "@" in name else ""
+        refusal = ValidationError(f"{str(exc).capitalize()}.{hint}", field="organization")
+        return await _login_page(FormState(), sso_state=FormState.refused(form, refusal), status=400)
+    except SamlUnavailableError:
+        refusal = ValidationError("Single sign-on is unavailable on this server right now.", field="organization")
+        return await _login_page(FormState(), sso_state=FormState.refused(form, refusal), status=503)
+    target = safe_next(form.get("next"))
+    if not safe_return_to(target):  # the SAML service takes printable ASCII paths only
+        target = "/portal"
+    return await render(
+        "portal/leave.html",
+        title="Continue to your identity provider",
+        text="You sign in at your organization's identity provider, then come back here.",
+        url=url_for("saml.login", org_id=org_id, return_to=target),
+        label="Continue to sign in",
+    )
 
 
 @blueprint.post("/logout")

@@ -118,7 +118,7 @@ async def serve(
     extra.setdefault("secret_key", base64.urlsafe_b64encode(b"k" * 32).decode().rstrip("="))
     settings = Settings(
         data_dir=data_dir,
-        port=0,
+        port=extra.pop("port", 0),  # a fixed one when the base URL must be known before the start (SAML)
         database_url=pg_dsn,
         redis_url=redis_url,
         no_demo_model=True,

@@ -4,17 +4,22 @@ in-memory mailer) driven with cookies and HTML forms, with every page checked as
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import pytest
 
+from bitnet_actor.config import Settings
+from bitnet_actor.services.billing.checkout import STRIPE_PAGE_ORIGINS
 from bitnet_actor.services.sessions import COOKIE_NAME
-from portal.security import CONTENT_SECURITY_POLICY
-from tests.api.conftest import Caller, Harness, harness, model_dir  # noqa: F401  (the fixtures)
+from portal.security import CONTENT_SECURITY_POLICY, content_security_policy
+from tests.api.conftest import Caller, Harness, harness, model_dir, open_harness  # noqa: F401  (the fixtures)
 from tests.portal.html import Node, a11y_problems, csp_problems, form_fields, parse
+from tests.stripe_server import StripeServer
 
 HOSTILE = "<script>alert(1)</script>\"'{{7*7}}&amp;"
 
@@ -45,9 +50,16 @@ class Page:
         return self.doc.by_id(element_id)
 
 
+# The one page allowed more in form-action: billing, whose buttons' redirects go to Stripe's pages.
+BILLING_CSP = content_security_policy(STRIPE_PAGE_ORIGINS)
+
+
 def check_security_headers(page: Page) -> None:
     h = page.headers
-    assert h.get("Content-Security-Policy") == CONTENT_SECURITY_POLICY, page.path
+    allowed = {CONTENT_SECURITY_POLICY}
+    if re.fullmatch(r"/portal/orgs/[0-9a-f-]{36}/billing(/checkout|/portal)?(\?.*)?", page.path):
+        allowed.add(BILLING_CSP)
+    assert h.get("Content-Security-Policy") in allowed, page.path
     assert "unsafe-inline" not in h["Content-Security-Policy"]
     assert h.get("X-Frame-Options") == "DENY", page.path
     assert h.get("X-Content-Type-Options") == "nosniff", page.path
@@ -131,6 +143,25 @@ class Browser:
 @pytest.fixture
 def browser(harness: Harness) -> Browser:  # noqa: F811
     return Browser(harness)
+
+
+@pytest.fixture
+def stripe_server() -> Iterator[StripeServer]:
+    with StripeServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def billed(
+    aio_loop: object, pg_dsn: str, redis_url: str, tmp_path: Path, stripe_server: StripeServer
+) -> AsyncIterator[Harness]:
+    """The app with Stripe configured (the local Stripe server)."""
+    settings = Settings(
+        data_dir=tmp_path, database_url=pg_dsn, redis_url=redis_url, stripe_api_key=stripe_server.api_key,
+        stripe_api_base=stripe_server.url, stripe_webhook_secret=stripe_server.webhook_secret,
+    )  # fmt: skip
+    async with open_harness(settings) as h:
+        yield h
 
 
 def token_link(h: Harness, to: str | None) -> str:

@@ -107,8 +107,8 @@ def form_fields(form: Node) -> list[tuple[str, str]]:
             options = node.find_all("option")
             chosen = [o for o in options if "selected" in o.attrs] or options[:1]
             out += [(name, o.attrs.get("value", o.text())) for o in chosen]
-        elif node.tag == "textarea":
-            out.append((name, node.text()))
+        elif node.tag == "textarea":  # its text as written (a PEM keeps its lines)
+            out.append((name, "".join(c for c in node.children if isinstance(c, str))))
     return out
 
 

@@ -1,4 +1,5 @@
-"""The audit log (portal/views/audit.py: filters, paging, CSV) and the settings page (settings.py)."""
+"""The audit log (portal/views/audit.py: filters, paging, CSV) and the settings page (settings.py: its single
+sign-on part in test_sso_settings.py)."""
 
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def test_csv_cells_never_start_a_formula() -> None:
     assert csv_cell("fine") == "fine" and csv_cell(None) == "" and csv_cell(7) == "7"
 
 
-async def test_settings_rename_region_and_sso_placeholder(browser: Browser) -> None:
+async def test_settings_rename_and_region(browser: Browser) -> None:
     h = browser.h
     owner = await h.signup()
     org = next(iter(owner.orgs.values()))

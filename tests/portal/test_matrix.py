@@ -1,15 +1,17 @@
 """The route x role x tenant matrix of tests/api/test_isolation.py, extended to the portal's pages and forms:
 each route as each role of organization A, as organization B's owner (a 404: nothing about A leaks), and
 signed out (GET: to the sign-in page; POST: refused for want of a CSRF token). Every answer also passes the
-checks of every page (security headers, accessibility basics, nothing the CSP would block)."""
+checks of every page (security headers, accessibility basics, nothing the CSP would block). The app runs with
+Stripe configured (the local Stripe server), so the billing forms do their work."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from bitnet_actor.services.billing import plans
 from tests.api.conftest import ANON, Caller, Harness
 from tests.api.test_isolation import (
     BILLING_READERS,
@@ -48,6 +50,31 @@ async def an_alias(h: Harness, w: World) -> dict[str, str]:
     return {**ids, "alias": "stable"}
 
 
+from tests.saml_idp import make_certificate
+
+if TYPE_CHECKING:
+    from bitnet_actor.stores.postgres import Database
+    from tests.stripe_server import StripeServer
+
+# Written out by hand, as test_isolation's sets: billing:manage is the owners' and billing members'.
+BILLING_MANAGERS = frozenset({"owner", "billing"})
+MATRIX_PLAN = "portal-matrix-paid"  # given this run's Stripe price by the test
+CERT = make_certificate("idp.a.example")[1]
+
+
+async def a_paid_plan(h: Harness, w: World) -> dict[str, str]:
+    return {"plan": MATRIX_PLAN}
+
+
+async def fresh_saml(h: Harness, w: World) -> dict[str, str]:
+    """Organization A with a SAML configuration (a destructive call may have removed the last one)."""
+    body = {"idp_entity_id": "https://idp.a.example/metadata", "idp_sso_url": "https://idp.a.example/sso",
+            "idp_certificates": [CERT]}  # fmt: skip
+    r = await h.call("PUT", f"/api/v1/orgs/{w.org_a}/sso/saml", w.a["owner"], json=body)
+    assert r.status_code == 200, await r.get_data()
+    return {}
+
+
 ORG = "/portal/orgs/{org}"
 DEMO_TAR = tar_of(DEMO_MODEL)
 # (method, path template, form fields, roles allowed, prepare)
@@ -64,6 +91,8 @@ ROUTES: list[tuple[str, str, dict[str, Any] | str | None, frozenset[str], Prepar
     ("GET", ORG + "/usage", None, BILLING_READERS, nothing),
     ("GET", ORG + "/usage.csv", None, BILLING_READERS, nothing),
     ("GET", ORG + "/billing", None, BILLING_READERS, nothing),
+    ("POST", ORG + "/billing/checkout", "checkout", BILLING_MANAGERS, a_paid_plan),
+    ("POST", ORG + "/billing/portal", {}, BILLING_MANAGERS, nothing),
     ("GET", ORG + "/team", None, EVERYONE, nothing),
     ("POST", ORG + "/team/members/{member}/role", {"role": "member"}, MANAGERS, fresh_member),
     ("POST", ORG + "/team/members/{member}/remove", {}, MANAGERS, fresh_member),
@@ -96,6 +125,9 @@ ROUTES: list[tuple[str, str, dict[str, Any] | str | None, frozenset[str], Prepar
     ("POST", ORG + "/routes/{route}", "route", MODEL_WRITERS, a_route),
     ("GET", ORG + "/routes/{route}/delete", None, MODEL_WRITERS, a_route),
     ("POST", ORG + "/routes/{route}/delete", {}, MODEL_WRITERS, a_route),
+    ("POST", ORG + "/settings/sso", "sso", MANAGERS, nothing),
+    ("GET", ORG + "/settings/sso/delete", None, MANAGERS, fresh_saml),
+    ("POST", ORG + "/settings/sso/delete", {}, MANAGERS, fresh_saml),
 ]
 
 
@@ -107,6 +139,12 @@ def form_for(spec: dict[str, Any] | str | None, ids: dict[str, str]) -> dict[str
         return {"public_name": f"r-{uuid.uuid4().hex[:8]}", "version-0": f"{ids['model']}:1", "weight-0": "100"}
     if spec == "route":
         return {"version-0": f"{ids['model']}:1", "weight-0": "100"}
+    if spec == "checkout":
+        return {"plan": ids["plan"]}
+    if spec == "sso":
+        entity = f"https://idp-{uuid.uuid4().hex[:6]}.example/metadata"
+        return {"enabled": "on", "idp_entity_id": entity, "idp_sso_url": "https://idp.a.example/sso",
+                "idp_certificates": CERT, "default_role": "member"}  # fmt: skip
     if spec == "invite":
         return {"email": f"i-{uuid.uuid4().hex[:6]}@example.com", "role": "viewer"}
     if spec == "rename":
@@ -149,10 +187,11 @@ async def run_matrix(h: Harness, w: World) -> list[str]:
 
 
 @pytest.mark.slow
-async def test_portal_route_role_tenant_matrix(harness: Harness) -> None:
-    w = await build_world(harness)
+async def test_portal_route_role_tenant_matrix(billed: Harness, db: Database, stripe_server: StripeServer) -> None:
+    await plans.upsert_plan(db, MATRIX_PLAN, {"stripe_price_id": stripe_server.create_price()})
+    w = await build_world(billed)
     assert set(w.a) == EVERYONE
-    failures = await run_matrix(harness, w)
+    failures = await run_matrix(billed, w)
     assert not failures, "\n".join(failures)
 
 

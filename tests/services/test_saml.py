@@ -289,6 +289,30 @@ async def test_without_xmlsec1_sign_in_is_unavailable(sso: Sso, monkeypatch: pyt
     assert "EntityDescriptor" in await sso.saml.metadata(sso.org_id)  # metadata needs no xmlsec1
 
 
+async def test_the_organization_to_sign_in_to_is_found_by_its_name(
+    saml: SamlService, db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No xmlsec1 needed (it is looked for last)."""
+    org_id = await new_org(db)
+    name = (await tenancy.get_org(db, org_id)).name
+    answers = []
+    for asked in (name, "", " ", "x" * 201, f"nobody-{uuid.uuid4().hex}"):
+        error = await refused(saml.org_for_sign_in(asked))
+        assert isinstance(error, SamlNotConfiguredError), asked
+        answers.append(str(error))
+    idp = TestIdp(tmp_path)
+    await configure(saml, org_id, idp, enabled=False)
+    error = await refused(saml.org_for_sign_in(name))
+    assert isinstance(error, SamlNotConfiguredError)  # switched off: the same answer as no organization at all
+    assert {*answers, str(error)} == {"there is no single sign-on for an organization of that name"}
+    await configure(saml, org_id, idp)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert isinstance(await refused(saml.org_for_sign_in(name)), SamlUnavailableError)
+    monkeypatch.undo()
+    if saml.available:
+        assert await saml.org_for_sign_in(f"  {name.upper()} ") == org_id
+
+
 # ---------------------------------------------------------------------------------------- sign-in
 
 

@@ -91,6 +91,14 @@ class StripeBilling:
         )
         self._limiter = trio.CapacityLimiter(_STRIPE_CONCURRENCY)
 
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run one blocking SDK call (``fn``, made with :attr:`client`) in a worker thread.
+
+        Raises:
+            PaymentProviderError: Stripe's error, classified (:func:`classify`).
+        """
+        return await self._call(fn)
+
     async def _call(self, fn: Callable[[], T]) -> T:
         try:
             return await trio.to_thread.run_sync(fn, limiter=self._limiter, abandon_on_cancel=True)

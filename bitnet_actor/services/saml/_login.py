@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 import trio
 
 from bitnet_actor.services import audit
-from bitnet_actor.services.errors import ValidationError
+from bitnet_actor.services.errors import NotFoundError, ValidationError
 from bitnet_actor.services.saml import _config
 from bitnet_actor.services.saml._errors import (
     SamlAccountError,
@@ -54,7 +54,7 @@ from bitnet_actor.services.saml._sp import (
     xmlsec_binary,
 )
 from bitnet_actor.services.saml._verify import MAX_AGE, VerifiedAssertion, decode_response, verify_response
-from bitnet_actor.services.tenancy import normalize_email
+from bitnet_actor.services.tenancy import normalize_email, org_id_by_name
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -171,6 +171,29 @@ class SamlService:
         if not self.available:
             raise SamlUnavailableError()
         return config
+
+    async def org_for_sign_in(self, name: str) -> UUID:
+        """The organization called ``name`` (as its members know it; case does not matter), if they may sign
+        in with SAML now: what a sign-in page asks before ``begin_login``.
+
+        Raises:
+            SamlNotConfiguredError: no organization of that name, none configured, or switched off: one answer
+                for all three, so a name tells nobody more than that it has single sign-on.
+            SamlUnavailableError: this server cannot verify sign-ins.
+        """
+        nobody = SamlNotConfiguredError("there is no single sign-on for an organization of that name")
+        if not name.strip() or len(name) > 200:
+            raise nobody
+        try:
+            org_id = await org_id_by_name(self._db, name.strip())
+        except NotFoundError:
+            raise nobody from None
+        config = await self.get_config(org_id)
+        if config is None or not config.enabled:
+            raise nobody
+        if not self.available:
+            raise SamlUnavailableError()
+        return org_id
 
     # -- the sign-in ------------------------------------------------------------------------------------
 
