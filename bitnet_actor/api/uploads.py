@@ -43,7 +43,12 @@ class StreamingRequest(TrioRequest):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.method in ("POST", "PUT") and _UPLOAD_PATH.match(self.path) and not self.path.endswith("/uploads"):
+        self.streams_body = (
+            self.method in ("POST", "PUT")
+            and bool(_UPLOAD_PATH.match(self.path))
+            and not self.path.endswith("/uploads")
+        )
+        if self.streams_body:
             self.body = self.body_class(self.content_length, None)
 
 
