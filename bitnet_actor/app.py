@@ -98,6 +98,7 @@ def create_app(handles: Handles) -> QuartTrio:
 
     @app.after_request
     async def _finish(response: Response) -> Response:
+        await _settle_body(response)
         request_id = g.get("request_id") or uuid.uuid4().hex
         response.headers["X-Request-ID"] = request_id
         for name, value in (g.get("ratelimit_headers") or {}).items():  # set by the /v1 routes' admission
@@ -134,3 +135,20 @@ def create_app(handles: Handles) -> QuartTrio:
             metrics.http_in_flight.dec()
 
     return app
+
+
+async def _settle_body(response: Response) -> None:
+    """Leave the connection ready for its next request when the handler answered without reading the body.
+
+    Hypercorn stalls a keep-alive connection whose request body nobody received: the client's next request on
+    it never gets an answer (found by schemathesis: a 403 before the body was read, then a hang). A capped body
+    is read and dropped here; a streamed upload's, which may be gigabytes, closes the connection instead.
+    """
+    if getattr(request, "streams_body", False):
+        if response.status_code >= 400:
+            response.headers["Connection"] = "close"
+        return
+    try:
+        await request.get_data(cache=False)
+    except Exception:  # over the cap, or the client went away: this connection cannot be reused
+        response.headers["Connection"] = "close"

@@ -357,7 +357,12 @@ def _hypercorn_config(settings: Settings) -> hypercorn.config.Config:
     config.graceful_timeout = settings.shutdown_grace
     config.accesslog = None  # our own JSON access log covers it
     config.errorlog = logging.getLogger("hypercorn.error")
+    # An idle connection, and one whose request head is still arriving (a slowloris), is cut off after this.
     config.keep_alive_timeout = 75  # above common load balancer idle timeouts
+    config.h11_max_incomplete_size = 16 * 1024  # a request head past 16 KiB is refused (400)
+    config.websocket_max_message_size = 16 * 1024 * 1024  # a bigger message closes the socket with 1009
+    # No read_timeout: it limits every receive, and an SSE client is silent for the whole stream. A slow body
+    # is bounded by the app's BODY_TIMEOUT instead.
     config.include_server_header = False
     return config
 

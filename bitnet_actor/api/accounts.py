@@ -421,6 +421,8 @@ async def audit_log(org_id: OrgRef) -> Response:
         before = int(request.args["before"]) if "before" in request.args else None
     except ValueError:
         raise ApiError(400, "limit and before must be integers", param="limit") from None
+    if before is not None and not 0 <= before < 2**63:  # a seq is a bigint: PostgreSQL refuses the rest
+        raise ApiError(400, "before must be a seq, 0 to 2**63-1", param="before", code="invalid_value")
     entries = await audit.list_entries(handles().stores.db, access.org_id, limit=limit, before_seq=before)
     return _json({"data": entries, "next_before": entries[-1].seq if len(entries) == limit else None})
 

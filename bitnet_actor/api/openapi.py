@@ -254,7 +254,7 @@ SPEC: dict[str, Any] = {
                     "name": _S,
                     "plan": _S,
                     "created_at": _S,
-                    "role": _ROLE,
+                    "role": {**_ROLE, "type": ["string", "null"], "enum": [*_ROLE["enum"], None]},  # null: a key
                     "response_cache_ttl_s": {"type": ["integer", "null"]},
                 },
             },
@@ -466,14 +466,17 @@ SPEC: dict[str, Any] = {
             "get": {
                 "summary": "Start single sign-on (redirects to the provider)",
                 "security": [],
-                "responses": {"302": {"description": "to the provider"}},
+                "responses": {
+                    "302": {"description": "to the provider"},
+                    "404": {"$ref": "#/components/responses/Error"},
+                },  # 404: SSO not configured
             }
         },
         "/api/v1/oidc/callback": {
             "get": {
                 "summary": "Single sign-on callback; starts a session",
                 "security": [],
-                "responses": {"302": {"description": "signed in"}},
+                "responses": {"302": {"description": "signed in"}, "404": {"$ref": "#/components/responses/Error"}},
             }
         },
         "/.well-known/jwks.json": {

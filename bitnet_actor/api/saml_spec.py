@@ -60,7 +60,10 @@ SAML_PATHS: dict[str, Any] = {
         "get": {
             "summary": "Our SAML SP metadata for the organization",
             "security": [],
-            "responses": {"200": {"description": "metadata", "content": {"application/samlmetadata+xml": {}}}},
+            "responses": {
+                "200": {"description": "metadata", "content": {"application/samlmetadata+xml": {}}},
+                "404": {"$ref": "#/components/responses/Error"},  # no such organization, or no SAML set up
+            },
         },
     },
     "/api/v1/saml/{org_id}/login": {

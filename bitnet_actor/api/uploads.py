@@ -45,9 +45,10 @@ class StreamingRequest(TrioRequest):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        api = _UPLOAD_PATH.match(self.path) and not self.path.endswith("/uploads")
-        portal = self.method == "POST" and _PORTAL_UPLOAD_PATH.match(self.path)
-        if self.method in ("POST", "PUT") and (api or portal):
+        api = bool(_UPLOAD_PATH.match(self.path)) and not self.path.endswith("/uploads")
+        portal = self.method == "POST" and bool(_PORTAL_UPLOAD_PATH.match(self.path))
+        self.streams_body = self.method in ("POST", "PUT") and (api or portal)
+        if self.streams_body:
             self.body = self.body_class(self.content_length, None)
 
 
