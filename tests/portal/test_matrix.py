@@ -32,6 +32,7 @@ from tests.api.test_isolation import (
 )
 from tests.portal.conftest import Browser
 from tests.portal.uploading import DEMO_MODEL, post_multipart, tar_of
+from tests.saml_idp import make_certificate
 
 MODEL_READERS, MODEL_WRITERS = KEY_READERS, KEY_MAKERS  # models:read, models:write (the same roles)
 
@@ -49,8 +50,6 @@ async def an_alias(h: Harness, w: World) -> dict[str, str]:
     await registry.set_alias(h.system.stores.db, uuid.UUID(w.org_a), ids["model"], "stable", "1")
     return {**ids, "alias": "stable"}
 
-
-from tests.saml_idp import make_certificate
 
 if TYPE_CHECKING:
     from bitnet_actor.stores.postgres import Database
