@@ -30,8 +30,9 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_CONTEXT", "SUPPORTED_ARCHITECTURES", "SUPPORTED_GGUF_ARCHITECTURES", "ModelConfig", "QuantConfig"]
 
-MAX_CONTEXT = 1 << 19
-"""The longest context a model may declare (524,288 tokens; BitNet b1.58 2B4T has 4,096, Llama 3.1 131,072)."""
+MAX_CONTEXT = 1 << 24
+"""The longest context a model may declare (16,777,216 tokens; BitNet b1.58 2B4T has 4,096, Llama 3.1 131,072):
+its RoPE tables are made at load, so a header's absurd claim is refused before it allocates them."""
 
 SUPPORTED_ARCHITECTURES = ("BitNetForCausalLM", "BitnetForCausalLM", "LlamaForCausalLM")
 SUPPORTED_GGUF_ARCHITECTURES = ("bitnet-b1.58", "bitnet-25", "bitnet", "llama")
@@ -122,8 +123,8 @@ class ModelConfig:
         for name in ("intermediate_size", "vocab_size", "context_length"):
             if getattr(self, name) < 1:
                 raise CorruptModelError(f"config: {name} must be positive, got {getattr(self, name)}")
-        if self.context_length > MAX_CONTEXT:  # its RoPE tables are made at load: a lying header must not
-            raise UnsupportedModelError(  # allocate gigabytes
+        if self.context_length > MAX_CONTEXT:  # its RoPE tables are made at load: an absurd claim must not
+            raise UnsupportedModelError(  # allocate them
                 f"config: context_length {self.context_length:,} is more than the {MAX_CONTEXT:,} tokens this "
                 "engine supports"
             )
