@@ -132,6 +132,18 @@ def drive(url: str, data_dir: Path, dsn: str, tar: Path) -> dict[str, Any]:
         time.sleep(2.5)  # two poll intervals: a finished job is not polled again
         out["polls_later"] = len([p for p in polls if str(job) in p])
         screenshot(page, "models-job-followed")
+
+        # ... and serve it: the uploaded model answers in the playground (the websocket API, the session's)
+        page.goto(f"/portal/orgs/{org}/playground")
+        page.select_option("#pg-model", "demo")
+        page.fill("#pg-message", "Return the")
+        page.fill("#pg-max-tokens", "8")
+        page.fill("#pg-temperature", "0")
+        page.click("#pg-send")
+        page.locator("#pg-status", has_text="Done.").wait_for(timeout=120_000)
+        out["served_tokens"] = int(page.inner_text("#pg-output-tokens"))
+        out["served_text"] = page.inner_text("#pg-output")
+        screenshot(page, "models-served-in-playground")
         context.close()
     return {**out, "org": org, "seen": seen, "problems": problems, "posts": posts}
 

@@ -46,3 +46,4 @@ async def test_upload_progress_and_live_job_page_in_a_browser(pg_dsn: str, redis
     assert ("7 of 10 tensors", 7) in job and job[-1] == ("10 of 10 tensors", 10), job
     assert got["result_visible"] and not got["cancel_visible"] and got["bar"] == [10, 10]
     assert got["polls_at_end"] >= 2 and got["polls_later"] == got["polls_at_end"], got
+    assert got["served_tokens"] > 0 and got["served_text"].strip(), got  # the upload serves
