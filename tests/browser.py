@@ -73,3 +73,19 @@ def screenshot(page: Any, name: str) -> Path:
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def in_browser_process(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` (a module-level function that uses :func:`open_browser`) in a fresh Python process, with
+    asyncio's default loop policy there (see the module docstring); call from a worker thread."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_with_default_policy, (fn, *args))
+
+
+def _with_default_policy(fn: Any, *args: Any) -> Any:
+    import asyncio
+
+    asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())  # importing trio-asyncio replaced it
+    return fn(*args)

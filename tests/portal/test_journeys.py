@@ -23,7 +23,7 @@ import pytest
 import trio
 
 from tests.api.served import Served, serve
-from tests.browser import open_browser, require_browser, screenshot
+from tests.browser import in_browser_process, open_browser, require_browser, screenshot
 
 openai = pytest.importorskip("openai", reason="the openai client is a test dependency")
 
@@ -50,22 +50,6 @@ def _mailed_token(mail: Path, to: str, timeout: float = 20.0) -> str:
                 return found.group(1)
         time.sleep(0.1)
     raise AssertionError(f"no mail to {to} in {mail}")
-
-
-def _in_a_child(fn: Any, *args: Any) -> Any:
-    """``fn(*args)`` in a fresh Python process: Playwright's sync API runs an asyncio loop of its own, which
-    the trio-asyncio loop policy of this test process would not let it start."""
-    import multiprocessing
-
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_child, (fn, *args))
-
-
-def _child(fn: Any, *args: Any) -> Any:
-    import asyncio
-
-    asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())  # importing trio-asyncio replaced it
-    return fn(*args)
 
 
 def _tab_reaches_skip_link(page: Any) -> None:
@@ -167,7 +151,7 @@ def _journey(url: str, mail: Path) -> dict[str, Any]:
 
 async def test_signup_key_playground_usage_revoke(served: tuple[Served, Path]) -> None:
     server, data_dir = served
-    seen = await trio.to_thread.run_sync(_in_a_child, _journey, server.url, data_dir / "mail")
+    seen = await trio.to_thread.run_sync(in_browser_process, _journey, server.url, data_dir / "mail")
     assert seen["dashboard_h1"] == "Journey Co"
     assert seen["secret"].startswith("bnk_")
     assert seen["playground_output"].strip(), "the playground streamed nothing"
